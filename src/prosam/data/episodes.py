@@ -1,0 +1,223 @@
+"""Seeded few-shot episodes, their JSON files, and splitting work across ranks.
+
+An episode file stores sample keys (relative image file names), never pixels, so it is only
+meaningful together with the dataset it was drawn from; :func:`load_episodes` checks every
+key and class name against that dataset and the stored hash against the episodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from prosam.data.types import ANNOTATION_KINDS, Dataset, Episode, Sample
+from prosam.errors import InputError
+from prosam.io import write_bytes_atomic
+
+T = TypeVar("T")
+
+EPISODE_FORMAT = "prosam-episodes"
+EPISODE_VERSION = 1
+
+
+def make_episodes(
+    dataset: Dataset,
+    classes: Iterable[int],
+    n: int = 1000,
+    shots: int = 1,
+    seed: int = 0,
+    annotation: str = "mask",
+) -> list[Episode]:
+    """Draw ``n`` episodes: a class uniformly, then a target and ``shots`` distinct references.
+
+    References are distinct samples of that class, none of them the target. Classes with
+    fewer than ``shots + 1`` samples are skipped with a warning. The same dataset, arguments
+    and seed give the same episodes (numpy ``PCG64``); each episode gets its own
+    ``annotation_seed`` drawn from the same stream.
+    """
+    if annotation not in ANNOTATION_KINDS:
+        raise InputError(f"unknown annotation {annotation!r}; one of {', '.join(ANNOTATION_KINDS)}")
+    if shots < 1 or n < 0:
+        raise InputError(f"need shots >= 1 and n >= 0, got shots={shots}, n={n}")
+    requested = sorted({int(c) for c in classes})
+    eligible = [c for c in requested if len(dataset.samples_with_class(c)) > shots]
+    skipped = sorted(set(requested) - set(eligible))
+    if skipped:
+        warnings.warn(
+            f"{len(skipped)} classes have fewer than {shots + 1} samples and were skipped: "
+            f"{skipped}",
+            stacklevel=2,
+        )
+    if not eligible and n:
+        raise InputError(f"no class has {shots + 1} or more samples in {dataset.description}")
+    rng = np.random.default_rng(seed)
+    episodes: list[Episode] = []
+    for _ in range(n):
+        class_id = eligible[int(rng.integers(len(eligible)))]
+        pool = dataset.samples_with_class(class_id)
+        t = int(rng.integers(len(pool)))
+        picks = rng.choice(len(pool) - 1, size=shots, replace=False)
+        refs = tuple(pool[int(i) + (int(i) >= t)] for i in picks)
+        episodes.append(
+            Episode(
+                references=refs,
+                target=pool[t],
+                class_id=class_id,
+                class_name=dataset.class_names.get(class_id, ""),
+                annotation=annotation,
+                annotation_seed=int(rng.integers(2**31 - 1)),
+            )
+        )
+    return episodes
+
+
+def _record(ep: Episode) -> dict[str, Any]:
+    return {
+        "references": [s.key for s in ep.references],
+        "target": ep.target.key,
+        "class_id": ep.class_id,
+        "class_name": ep.class_name,
+        "annotation": ep.annotation,
+        "annotation_seed": ep.annotation_seed,
+    }
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def episodes_hash(episodes: Iterable[Episode]) -> str:
+    """sha256 hex digest of the episodes' canonical JSON (keys, classes, annotations)."""
+    return hashlib.sha256(_canonical([_record(e) for e in episodes])).hexdigest()
+
+
+def save_episodes(
+    path: str | os.PathLike[str], episodes: Sequence[Episode], meta: Mapping[str, Any]
+) -> str:
+    """Write episodes and ``meta`` (dataset description, fold, shots, seed...) to a JSON file.
+
+    The write is atomic. Returns the episodes' hash, which is stored in the file too.
+    """
+    digest = episodes_hash(episodes)
+    doc = {
+        "format": EPISODE_FORMAT,
+        "version": EPISODE_VERSION,
+        "meta": dict(meta),
+        "count": len(episodes),
+        "hash": digest,
+        "episodes": [_record(e) for e in episodes],
+    }
+    try:
+        text = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"episode meta is not JSON-serialisable ({err})") from err
+    write_bytes_atomic(path, (text + "\n").encode("utf-8"))
+    return digest
+
+
+def load_episodes(
+    path: str | os.PathLike[str], dataset: Dataset
+) -> tuple[list[Episode], dict[str, Any]]:
+    """Read an episode file against ``dataset``; returns ``(episodes, meta)``.
+
+    :class:`InputError` if the file is not an episode file, names a sample or class the
+    dataset lacks, or no longer matches its stored hash.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise InputError(f"{path}: no such file") from err
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable episode file ({err})") from err
+    if not isinstance(doc, dict) or doc.get("format") != EPISODE_FORMAT:
+        raise InputError(f"{path}: not a prosam episode file")
+    if doc.get("version") != EPISODE_VERSION:
+        raise InputError(f"{path}: episode file version {doc.get('version')} is not supported")
+    episodes: list[Episode] = []
+    try:
+        for i, rec in enumerate(doc["episodes"]):
+            class_id = int(rec["class_id"])
+            name = str(rec.get("class_name", ""))
+            known = dataset.class_names.get(class_id)
+            if known is None or (name and name != known):
+                raise InputError(
+                    f"episode {i} has class {class_id} {name!r}, but the dataset "
+                    f"{dataset.description} calls it {known!r}"
+                )
+            episodes.append(
+                Episode(
+                    references=tuple(dataset.sample(k) for k in rec["references"]),
+                    target=dataset.sample(rec["target"]),
+                    class_id=class_id,
+                    class_name=name,
+                    annotation=str(rec["annotation"]),
+                    annotation_seed=int(rec["annotation_seed"]),
+                )
+            )
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from err
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{path}: malformed episode record ({err!r})") from err
+    if episodes_hash(episodes) != doc.get("hash"):
+        raise InputError(f"{path}: episodes do not match the stored hash (edited or corrupt)")
+    return episodes, dict(doc.get("meta", {}))
+
+
+def split_for_rank(items: Sequence[T], rank: int, world: int) -> list[T]:
+    """This rank's share of ``items``: ``items[rank::world]``.
+
+    Every item goes to exactly one rank and none is dropped or repeated, so shares may differ
+    in length by one when ``len(items)`` is not a multiple of ``world`` (gather with padding
+    or per-rank counts, not a fixed-size all-gather).
+    """
+    if world < 1 or not 0 <= rank < world:
+        raise InputError(f"rank {rank} is not in 0..{world - 1}")
+    return list(items[rank::world])
+
+
+def rank_and_world_from_env() -> tuple[int, int]:
+    """``(rank, world_size)`` from ``RANK`` and ``WORLD_SIZE``; ``(0, 1)`` when unset."""
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError as err:
+        raise InputError(f"RANK / WORLD_SIZE must be integers ({err})") from err
+    if world < 1 or not 0 <= rank < world:
+        raise InputError(f"RANK={rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE={world})")
+    return rank, world
+
+
+def _target_key(item: object) -> str:
+    if isinstance(item, Episode):
+        return item.target.key
+    if isinstance(item, Sample):
+        return item.key
+    return str(item)
+
+
+def validation_test_split(
+    items: Sequence[T], fraction: float, seed: int = 0
+) -> tuple[list[T], list[T]]:
+    """Split episodes (or samples, or keys) into ``(validation, test)`` by target image.
+
+    About ``fraction`` of the distinct target images (rounded) go to validation, with all
+    their items; no target image is in both parts. Items keep their order. Only targets are
+    kept apart: a validation episode may still use a test target as a reference.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise InputError(f"fraction must be in [0, 1], got {fraction}")
+    keys = sorted({_target_key(it) for it in items})
+    order = np.random.default_rng(seed).permutation(len(keys))
+    n_val = round(fraction * len(keys))
+    val_keys = {keys[int(i)] for i in order[:n_val]}
+    val = [it for it in items if _target_key(it) in val_keys]
+    test = [it for it in items if _target_key(it) not in val_keys]
+    return val, test

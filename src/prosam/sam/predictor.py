@@ -1,0 +1,143 @@
+"""Promptable prediction with a frozen SAM: points, boxes and mask input, as SAM does it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from prosam.errors import InputError
+from prosam.sam.embedding_cache import EmbeddingCache
+from prosam.sam.model import FrozenSam
+from prosam.sam.transforms import (
+    ImageGeometry,
+    check_image,
+    geometry_for,
+    postprocess_logits,
+    preprocess_image,
+    transform_boxes,
+    transform_coords,
+)
+
+
+@dataclass
+class ImageEmbedding:
+    """An image's SAM embedding ``(1, C, h, w)`` and its geometry."""
+
+    embedding: torch.Tensor
+    geometry: ImageGeometry
+
+
+@dataclass
+class Prediction:
+    """Masks at the original size ``(M, H, W)``, predicted IoUs ``(M,)``, low-res logits."""
+
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: torch.Tensor
+
+    def best(self) -> tuple[np.ndarray, float]:
+        """The mask with the highest predicted IoU and that score."""
+        i = int(np.argmax(self.scores))
+        return self.masks[i], float(self.scores[i])
+
+
+class Predictor:
+    """SAM's promptable interface over a :class:`FrozenSam`, with an optional embedding cache.
+
+    Coordinates are in original-image pixels, ``x`` to the right and ``y`` down; boxes are
+    ``(x0, y0, x1, y1)``.
+    """
+
+    def __init__(
+        self, model: FrozenSam, *, cache: EmbeddingCache | None = None, mask_threshold: float = 0.0
+    ) -> None:
+        self.model = model
+        self.cache = cache
+        self.mask_threshold = mask_threshold
+
+    @torch.inference_mode()
+    def _encode(self, image: np.ndarray) -> tuple[torch.Tensor, ImageGeometry]:
+        x, geometry = preprocess_image(self.model.sam, image)
+        return self.model.image_encoder(x), geometry
+
+    def embed(self, image: np.ndarray) -> ImageEmbedding:
+        """Encode an ``(H, W, 3) uint8`` RGB image (from the cache when possible)."""
+        image = check_image(image)
+        if self.cache is None:
+            emb, geometry = self._encode(image)
+            return ImageEmbedding(emb, geometry)
+
+        def compute() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+            emb, _ = self._encode(image)
+            return {"embedding": emb}, {}
+
+        tensors, _ = self.cache.get_or_compute(image, compute)
+        geometry = geometry_for(image.shape[:2], self.model.image_size)
+        return ImageEmbedding(tensors["embedding"].to(self.model.device), geometry)
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        embedded: ImageEmbedding,
+        *,
+        points: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> Prediction:
+        """Predict masks from prompts.
+
+        Arguments:
+          points: ``(N, 2)`` xy pixel coordinates in the original image.
+          point_labels: ``(N,)``, 1 = foreground, 0 = background (all 1 when omitted).
+          box: ``(4,)`` xyxy in the original image.
+          mask_input: ``(1, 256, 256)`` low-res logits from an earlier prediction.
+          multimask_output: three candidate masks (SAM's choice for a single point) or one.
+        """
+        geometry = embedded.geometry
+        device = self.model.device
+        point_arg = None
+        if points is not None:
+            pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+            if pts.shape[0] == 0:
+                raise InputError("points is empty")
+            labels = np.ones(len(pts)) if point_labels is None else np.asarray(point_labels).ravel()
+            if labels.shape[0] != pts.shape[0]:
+                raise InputError(f"{pts.shape[0]} points but {labels.shape[0]} labels")
+            if not set(np.unique(labels).tolist()) <= {0, 1}:
+                raise InputError("point labels must be 0 (background) or 1 (foreground)")
+            point_arg = (
+                transform_coords(pts, geometry)[None].to(device),
+                torch.as_tensor(labels, dtype=torch.int64, device=device)[None],
+            )
+        box_arg = None
+        if box is not None:
+            b = np.asarray(box, dtype=np.float64).ravel()
+            if b.shape != (4,) or b[2] < b[0] or b[3] < b[1]:
+                raise InputError(f"box must be x0,y0,x1,y1 with x0<=x1 and y0<=y1, got {box}")
+            box_arg = transform_boxes(b[None], geometry).to(device)
+        mask_arg = None
+        if mask_input is not None:
+            mask_arg = torch.as_tensor(mask_input, dtype=torch.float32, device=device)
+            mask_arg = mask_arg.reshape(1, 1, *mask_arg.shape[-2:])
+        if point_arg is None and box_arg is None and mask_arg is None:
+            raise InputError("give at least one prompt: points, a box or a mask input")
+        sam = self.model.sam
+        sparse, dense = sam.prompt_encoder(points=point_arg, boxes=box_arg, masks=mask_arg)
+        low_res, iou = sam.mask_decoder(
+            image_embeddings=embedded.embedding,
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+        logits = postprocess_logits(low_res, geometry)
+        masks = (logits > self.mask_threshold)[0].cpu().numpy()
+        return Prediction(masks, iou[0].float().cpu().numpy(), low_res[0])
+
+    def predict_image(self, image: np.ndarray, **prompts: object) -> Prediction:
+        """Embed ``image`` and predict in one call; see :meth:`predict` for the prompts."""
+        return self.predict(self.embed(image), **prompts)  # type: ignore[arg-type]
