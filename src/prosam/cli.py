@@ -9,11 +9,15 @@ import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from prosam import __version__
 from prosam.errors import InputError, ProsamError
+
+if TYPE_CHECKING:
+    from prosam.sam import EmbeddingCache, FrozenSam
 
 
 def _floats(text: str, n: set[int], what: str) -> list[float]:
@@ -131,10 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_weights(sub)
     _add_demo(sub)
+    from prosam.cli_fss import add_episodes_parser, add_eval_parser
+
+    add_episodes_parser(sub)
+    add_eval_parser(sub, _add_model_args)
     return parser
 
 
-def _load_model(args: argparse.Namespace):
+def _load_model(args: argparse.Namespace) -> tuple[FrozenSam, EmbeddingCache | None]:
     from prosam.sam import EmbeddingCache, load_sam
     from prosam.sam.embedding_cache import default_embedding_dir
 

@@ -1,0 +1,1 @@
+"""Loops: evaluation (and, later, training), alone or under torchrun."""

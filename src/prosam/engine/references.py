@@ -1,0 +1,41 @@
+"""Turning dataset samples into method inputs: simulated annotations and embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from prosam.data.types import Episode, Sample
+from prosam.methods.base import Reference, Target
+from prosam.prompts import simulate_annotation
+from prosam.sam.predictor import Predictor
+
+
+def reference_annotation(
+    sample: Sample, class_id: int, kind: str, seed: int, index: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The simulated annotation of ``sample``'s class mask and the mask itself.
+
+    Reference ``index`` of an episode draws from ``default_rng([seed, index])`` so each of
+    the k references gets its own, reproducible annotation.
+    """
+    mask, _ = sample.mask(class_id)
+    rng = np.random.default_rng([seed, index])
+    return simulate_annotation(mask, kind, rng), mask  # type: ignore[arg-type]
+
+
+def episode_inputs(
+    episode: Episode, predictor: Predictor
+) -> tuple[list[Reference], Target, np.ndarray, np.ndarray]:
+    """References, target, and the target's ground-truth ``(mask, ignore)``."""
+    references = []
+    for j, sample in enumerate(episode.references):
+        image = sample.image()
+        annotation, _ = reference_annotation(
+            sample, episode.class_id, episode.annotation, episode.annotation_seed, j
+        )
+        references.append(
+            Reference(image, annotation, predictor.embed(image), kind=episode.annotation)
+        )
+    image = episode.target.image()
+    truth, ignore = episode.target.mask(episode.class_id)
+    return references, Target(image, predictor.embed(image)), truth, ignore

@@ -1,0 +1,45 @@
+"""Methods by name, so the CLI and benchmarks can build any of them the same way."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from prosam.errors import InputError
+from prosam.methods.base import ReferenceMethod
+from prosam.sam.model import FrozenSam
+
+
+def _persam(model: FrozenSam, checkpoint: str | None, **options: Any) -> ReferenceMethod:
+    from prosam.methods.persam import PerSAM
+
+    _no_checkpoint("persam", checkpoint)
+    return PerSAM(model, **options)
+
+
+def _geometric(model: FrozenSam, checkpoint: str | None, **options: Any) -> ReferenceMethod:
+    from prosam.methods.geometric import GeometricPrompts
+
+    _no_checkpoint("geometric", checkpoint)
+    return GeometricPrompts(model, **options)
+
+
+def _no_checkpoint(name: str, checkpoint: str | os.PathLike[str] | None) -> None:
+    if checkpoint is not None:
+        raise InputError(f"method {name!r} is training-free and takes no checkpoint")
+
+
+METHODS: dict[str, Callable[..., ReferenceMethod]] = {
+    "persam": _persam,
+    "geometric": _geometric,
+}
+
+
+def build_method(
+    name: str, model: FrozenSam, *, checkpoint: str | None = None, **options: Any
+) -> ReferenceMethod:
+    """Build the method called ``name`` on a frozen SAM (with its checkpoint, if trained)."""
+    if name not in METHODS:
+        raise InputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name](model, checkpoint, **options)

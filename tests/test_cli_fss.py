@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prosam.cli import main
+from tests.fixtures_coco import write_coco_fixture
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory):
+    return write_coco_fixture(tmp_path_factory.mktemp("coco"), images=10)
+
+
+def _make(coco_root, out, *extra):
+    return main(
+        [
+            "episodes",
+            "make",
+            "--data",
+            f"coco:{coco_root}",
+            "--fold",
+            "0",
+            "--folds",
+            "2",
+            "--classes",
+            "all",
+            "--n",
+            "12",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
+
+
+def test_episode_files_are_seeded_and_split_by_target(coco_root, tmp_path):
+    assert _make(coco_root, tmp_path / "a.json") == 0
+    assert _make(coco_root, tmp_path / "b.json") == 0
+    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
+    assert (
+        _make(
+            coco_root,
+            tmp_path / "t.json",
+            "--val-fraction",
+            "0.4",
+            "--val-out",
+            str(tmp_path / "v.json"),
+        )
+        == 0
+    )
+    test = json.loads((tmp_path / "t.json").read_text())
+    val = json.loads((tmp_path / "v.json").read_text())
+    assert test["count"] + val["count"] == 12
+    assert not {e["target"] for e in test["episodes"]} & {e["target"] for e in val["episodes"]}
+    assert val["meta"]["role"] == "validation" and test["meta"]["fold"] == 0
+
+
+def test_eval_fss_writes_results_with_hashes(coco_root, tmp_path, capsys):
+    episodes = tmp_path / "ep.json"
+    assert _make(coco_root, episodes, "--annotation", "box") == 0
+    out = tmp_path / "res.json"
+    code = main(
+        [
+            "eval",
+            "fss",
+            "--data",
+            f"coco:{coco_root}",
+            "--fold",
+            "0",
+            "--folds",
+            "2",
+            "--classes",
+            "all",
+            "--method",
+            "persam",
+            "--episodes",
+            str(episodes),
+            "--json",
+            str(out),
+            "--model",
+            "tiny",
+            "--no-progress",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["num_episodes"] == 12 and report["protocol"]["annotation"] == "box"
+    assert report["episodes_hash"] == json.loads(episodes.read_text())["hash"]
+    for block in ("original_size", "working_resolution"):
+        s = report[block]["summary"]
+        assert 0.0 <= s["miou_fss"] <= 1.0 and 0.0 <= s["fb_iou"] <= 1.0
+    table = capsys.readouterr().out
+    assert "mIoU (FSS" in table and "FB-IoU" in table
+
+
+def test_eval_refuses_contradicting_arguments(coco_root, tmp_path, capsys):
+    episodes = tmp_path / "ep.json"
+    _make(coco_root, episodes)
+    code = main(
+        [
+            "eval",
+            "fss",
+            "--data",
+            f"coco:{coco_root}",
+            "--fold",
+            "0",
+            "--folds",
+            "2",
+            "--classes",
+            "all",
+            "--method",
+            "geometric",
+            "--episodes",
+            str(episodes),
+            "--shots",
+            "5",
+            "--json",
+            str(tmp_path / "r.json"),
+            "--model",
+            "tiny",
+        ]
+    )
+    assert code == 2 and "contradicts" in capsys.readouterr().err
+    code = main(
+        [
+            "eval",
+            "fss",
+            "--data",
+            f"coco:{coco_root}",
+            "--fold",
+            "0",
+            "--folds",
+            "2",
+            "--classes",
+            "novel",
+            "--method",
+            "geometric",
+            "--episodes",
+            str(episodes),
+            "--json",
+            str(tmp_path / "r.json"),
+            "--model",
+            "tiny",
+        ]
+    )
+    assert code == 2 and "not in the novel classes" in capsys.readouterr().err
+    code = main(
+        [
+            "eval",
+            "fss",
+            "--data",
+            "coco:/nonexistent",
+            "--fold",
+            "0",
+            "--method",
+            "persam",
+            "--json",
+            str(tmp_path / "r.json"),
+            "--model",
+            "tiny",
+        ]
+    )
+    assert code == 2 and "does not exist" in capsys.readouterr().err
