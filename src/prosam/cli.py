@@ -70,6 +70,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu")
     p.add_argument(
+        "--no-embedding-cache", action="store_true", help="do not read or write cached embeddings"
+    )
+    p.add_argument(
         "--no-download", action="store_true", help="fail instead of fetching missing weights"
     )
 
@@ -94,7 +97,6 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="three candidates and keep the best-scoring one; auto = on for a "
         "single point, off otherwise (SAM's recommendation)",
     )
-    p.add_argument("--no-embedding-cache", action="store_true")
     _add_model_args(p)
     p.set_defaults(func=cmd_predict)
 
@@ -139,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_episodes_parser(sub)
     add_eval_parser(sub, _add_model_args)
+    from prosam.cli_fss import _add_data_args
+    from prosam.cli_segment import add_segment_parser
+    from prosam.cli_train import add_train_parser
+
+    add_train_parser(sub, _add_model_args, _add_data_args)
+    add_segment_parser(sub, _add_model_args)
     return parser
 
 

@@ -194,6 +194,7 @@ def _table(report: dict[str, Any], names: dict[int, str]) -> str:
 
 def cmd_eval_fss(args: argparse.Namespace) -> int:
     from prosam.cli import _load_model
+    from prosam.engine.checkpoint import checkpoint_files
     from prosam.engine.evaluate import evaluate_episodes
     from prosam.io import write_bytes_atomic
     from prosam.methods import build_method
@@ -230,7 +231,9 @@ def cmd_eval_fss(args: argparse.Namespace) -> int:
         },
         "method": args.method,
         "checkpoint": args.checkpoint,
-        "checkpoint_sha256": sha256_file(args.checkpoint) if args.checkpoint else None,
+        "checkpoint_sha256": (
+            sha256_file(checkpoint_files(args.checkpoint)[0]) if args.checkpoint else None
+        ),
         "model": model.name,
         "sam_variant": model.variant,
         "weights_sha256": model.weights_sha256,

@@ -25,6 +25,17 @@ def _geometric(model: FrozenSam, checkpoint: str | None, **options: Any) -> Refe
     return GeometricPrompts(model, **options)
 
 
+def _trained(kind: str) -> Callable[..., ReferenceMethod]:
+    def build(model: FrozenSam, checkpoint: str | None, **options: Any) -> ReferenceMethod:
+        from prosam.methods.loading import load_prompt_method
+
+        if checkpoint is None:
+            raise InputError(f"method {kind!r} needs --checkpoint (a `prosam train` output)")
+        return load_prompt_method(checkpoint, model, expected_method=kind, **options)
+
+    return build
+
+
 def _no_checkpoint(name: str, checkpoint: str | os.PathLike[str] | None) -> None:
     if checkpoint is not None:
         raise InputError(f"method {name!r} is training-free and takes no checkpoint")
@@ -33,6 +44,8 @@ def _no_checkpoint(name: str, checkpoint: str | os.PathLike[str] | None) -> None
 METHODS: dict[str, Callable[..., ReferenceMethod]] = {
     "persam": _persam,
     "geometric": _geometric,
+    "vrp": _trained("vrp"),
+    "prosam": _trained("prosam"),
 }
 
 

@@ -1,0 +1,117 @@
+"""``prosam segment``: segment targets like an annotated reference."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from prosam.errors import InputError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def add_segment_parser(
+    sub: argparse._SubParsersAction, add_model_args: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    from prosam.cli import parse_box, parse_point
+
+    p = sub.add_parser("segment", help="segment targets like an annotated reference image")
+    p.add_argument("--ref", required=True, help="reference image")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--ref-mask", help="reference mask (0/255 or palette PNG)")
+    group.add_argument("--ref-box", type=parse_box, metavar="X0,Y0,X1,Y1")
+    group.add_argument(
+        "--ref-points",
+        type=lambda text: [parse_point(t) for t in text.split(";") if t],
+        action="append",
+        metavar="X,Y[;X,Y...]",
+        help="foreground clicks on the reference (repeat the option or separate with ';')",
+    )
+    group.add_argument("--ref-scribble", help="image of the scribble (non-zero = drawn)")
+    p.add_argument("targets", nargs="+", help="target images or folders")
+    p.add_argument("--out", required=True, help="output folder: OUT/<target stem>.png")
+    p.add_argument(
+        "--method", default="persam", help="prosam | vrp (need --checkpoint) | persam | geometric"
+    )
+    p.add_argument("--checkpoint", default=None)
+    add_model_args(p)
+    p.set_defaults(func=cmd_segment)
+
+
+def reference_annotation_from_args(
+    args: argparse.Namespace, size: tuple[int, int]
+) -> tuple[np.ndarray, str]:
+    """The reference annotation rasterised at the reference image's size, and its kind."""
+    from prosam.io import read_binary_mask
+    from prosam.prompts import box_to_mask, draw_points
+
+    h, w = size
+    if args.ref_mask:
+        fg, _ = read_binary_mask(args.ref_mask, expected_size=size)
+        kind = "mask"
+        ann = fg
+    elif args.ref_scribble:
+        fg, _ = read_binary_mask(args.ref_scribble, expected_size=size)
+        kind, ann = "scribble", fg
+    elif args.ref_box is not None:
+        kind, ann = "box", box_to_mask(args.ref_box, size)
+    else:
+        clicks = [p for group in args.ref_points for p in group]
+        pts = np.array([[x, y] for x, y, _ in clicks], dtype=np.int64)
+        if ((pts[:, 0] < 0) | (pts[:, 0] >= w) | (pts[:, 1] < 0) | (pts[:, 1] >= h)).any():
+            raise InputError(f"a reference point lies outside the {w}x{h} reference image")
+        kind, ann = "point", draw_points(pts, size, radius=2)
+    if not ann.any():
+        raise InputError("the reference annotation is empty")
+    return ann, kind
+
+
+def expand_targets(items: list[str]) -> list[Path]:
+    """Target files, with folders expanded to their images (sorted)."""
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise InputError(f"{p}: no such file or folder")
+    if not paths:
+        raise InputError("no target images found")
+    return paths
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from prosam.cli import _load_model
+    from prosam.io import read_image, write_mask_png
+    from prosam.methods import Reference, Target, build_method
+    from prosam.sam import Predictor
+    from prosam.sam.transforms import postprocess_logits
+
+    ref_image = read_image(args.ref)
+    annotation, kind = reference_annotation_from_args(args, ref_image.shape[:2])
+    targets = expand_targets(args.targets)
+    model, cache = _load_model(args)
+    predictor = Predictor(model, cache=cache)
+    method = build_method(args.method, model, checkpoint=args.checkpoint)
+    method.fit([Reference(ref_image, annotation, predictor.embed(ref_image), kind)])
+    out = Path(args.out)
+    failed = 0
+    for path in targets:
+        try:
+            image = read_image(path)
+        except InputError as err:
+            print(f"skipped: {err}")
+            failed += 1
+            continue
+        embedded = predictor.embed(image)
+        result = method.predict(Target(image, embedded))
+        logits = postprocess_logits(result.low_res_logits[None].float(), embedded.geometry)
+        mask = (logits[0, 0] > 0).cpu().numpy()
+        write_mask_png(out / f"{path.stem}.png", mask)
+        print(f"{out / (path.stem + '.png')}: {int(mask.sum())} px, score {result.score:.3f}")
+    return 1 if failed else 0

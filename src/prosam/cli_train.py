@@ -1,0 +1,167 @@
+"""``prosam train``: episodic training of a VRP or ProSAM prompt encoder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from prosam.errors import InputError
+
+
+def add_train_parser(
+    sub: argparse._SubParsersAction,
+    add_model_args: Callable[[argparse.ArgumentParser], None],
+    add_data_args: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    p = sub.add_parser("train", help="train a VRP or ProSAM prompt encoder on base classes")
+    add_data_args(p)
+    p.add_argument("--method", choices=["vrp", "prosam"], required=True)
+    p.add_argument("--out", required=True, help="run folder (checkpoints, log, tensorboard)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--episodes-per-epoch", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-6)
+    p.add_argument(
+        "--scheduler",
+        choices=["cosine", "cosine_restarts"],
+        default=None,
+        help="default: cosine_restarts (every 15 epochs) for prosam, cosine for vrp",
+    )
+    p.add_argument("--restart-every", type=int, default=15)
+    p.add_argument("--seed", type=int, default=321)
+    p.add_argument(
+        "--annotation", default="mask", choices=["point", "scribble", "box", "mask", "mixed"]
+    )
+    p.add_argument(
+        "--val-episodes",
+        default=None,
+        help="episode file to choose the best checkpoint on (never the test list)",
+    )
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--backbone-checkpoint", default=None)
+    p.add_argument("--backbone-input", type=int, default=512)
+    p.add_argument("--samples", type=int, default=10, help="ProSAM: Monte-Carlo samples K")
+    p.add_argument("--nu", type=float, default=5.0, help="ProSAM: degrees of freedom")
+    p.add_argument(
+        "--n-mode",
+        choices=["token", "all", "element"],
+        default="token",
+        help="ProSAM: what the t-distribution's dimensionality n counts",
+    )
+    p.add_argument("--family", choices=["student_t", "gaussian"], default="student_t")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    p.add_argument("--no-progress", action="store_true")
+    add_model_args(p)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from prosam.backbones import build_backbone
+    from prosam.cli import _load_model
+    from prosam.cli_fss import _dataset_and_classes
+    from prosam.data.episodes import load_episodes
+    from prosam.engine.feature_store import FeatureStore
+    from prosam.engine.train import TrainSettings, train
+    from prosam.io import write_bytes_atomic
+    from prosam.methods.prompt_model import PromptModel, PromptModelConfig
+    from prosam.sam import Predictor
+    from prosam.sam.embedding_cache import default_embedding_dir
+
+    if args.classes != "base":
+        args.classes = "base"  # training always uses the fold's base classes
+    dataset, classes, scheme = _dataset_and_classes(args)
+    model_sam, cache = _load_model(args)
+    backbone = build_backbone(args.backbone, checkpoint=args.backbone_checkpoint)
+    backbone.to(model_sam.device)
+    config = PromptModelConfig(
+        method=args.method,
+        backbone=args.backbone,
+        backbone_input=args.backbone_input,
+        dim=model_sam.embed_dim,
+        family=args.family,
+        nu=args.nu,
+        n_mode=args.n_mode,
+        samples_train=args.samples,
+    )
+    model = PromptModel(config, backbone.mid_channels).to(model_sam.device)
+    val_episodes, val_classes = None, None
+    if args.val_episodes:
+        val_episodes, meta = load_episodes(args.val_episodes, dataset)
+        val_classes = meta.get("classes")
+        if set(val_classes or []) & set(classes):
+            raise InputError(f"{args.val_episodes} holds base classes of fold {args.fold}")
+    settings = TrainSettings(
+        epochs=args.epochs,
+        episodes_per_epoch=args.episodes_per_epoch,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        scheduler=args.scheduler or ("cosine_restarts" if args.method == "prosam" else "cosine"),
+        restart_every=args.restart_every,
+        seed=args.seed,
+        annotation=args.annotation,
+    )
+    feature_root = (
+        Path(args.cache_dir) / "features"
+        if args.cache_dir
+        else default_embedding_dir().parent / "features"
+    )
+    store = FeatureStore(
+        Predictor(model_sam, cache=cache),
+        backbone,
+        args.backbone_input,
+        feature_root,
+        f"{args.backbone}:{args.backbone_checkpoint or 'default'}",
+    )
+    run_config = {
+        "model": config.to_dict(),
+        "backbone_mid_channels": list(backbone.mid_channels),
+        "backbone_checkpoint": args.backbone_checkpoint,
+        "sam_model": model_sam.name,
+        "sam_variant": model_sam.variant,
+        "sam_weights_sha256": model_sam.weights_sha256,
+        "sam_embed_dim": model_sam.embed_dim,
+        "data": args.data,
+        "fold": args.fold,
+        "folds": args.folds,
+        "scheme": scheme,
+        "train_classes": classes,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "train.log"
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        with open(log_path, "a") as fh:
+            fh.write(line + "\n")
+
+    log(
+        f"{args.method}: {run_config['trainable_parameters']:,} trainable parameters, "
+        f"{len(classes)} base classes, backbone {args.backbone}, SAM {model_sam.name}"
+    )
+    summary = train(
+        model,
+        model_sam,
+        store,
+        dataset,
+        classes,
+        settings,
+        out,
+        config=run_config,
+        val_episodes=val_episodes,
+        val_classes=val_classes,
+        resume=args.resume,
+        progress=not args.no_progress,
+        log=log,
+    )
+    write_bytes_atomic(out / "summary.json", json.dumps(summary, indent=1).encode())
+    log(
+        f"done: {summary['train_seconds']:.0f} s training, "
+        f"{summary['seconds_per_episode']:.2f} s per episode; checkpoints in {out}"
+    )
+    return 0

@@ -1,0 +1,62 @@
+"""Frozen outputs computed once per image: SAM embeddings and backbone features.
+
+Training and validation read both from on-disk caches (the same :class:`EmbeddingCache`
+format), so after the first epoch an epoch costs only prompt-encoder and decoder passes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from prosam.backbones.base import Backbone, BackboneFeatures
+from prosam.data.types import Sample
+from prosam.methods.prompt_model import (
+    backbone_features,
+    features_to_tensors,
+    tensors_to_features,
+)
+from prosam.sam.embedding_cache import EmbeddingCache
+from prosam.sam.predictor import ImageEmbedding, Predictor
+
+
+class FeatureStore:
+    """SAM embeddings and backbone features of images, cached on disk."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        backbone: Backbone,
+        backbone_input: int,
+        cache_root: str | os.PathLike[str] | None,
+        backbone_id: str,
+    ) -> None:
+        self.predictor = predictor
+        self.backbone = backbone
+        self.backbone_input = backbone_input
+        self.cache = (
+            EmbeddingCache(Path(cache_root), f"{backbone_id}:{backbone_input}")
+            if cache_root is not None
+            else None
+        )
+
+    def embedding(self, image: np.ndarray) -> ImageEmbedding:
+        return self.predictor.embed(image)
+
+    def features(self, image: np.ndarray) -> BackboneFeatures:
+        if self.cache is None:
+            return backbone_features(self.backbone, image, self.backbone_input)
+
+        def compute() -> tuple[dict, dict]:
+            feats = backbone_features(self.backbone, image, self.backbone_input)
+            return features_to_tensors(feats), {}
+
+        tensors, _ = self.cache.get_or_compute(image, compute)
+        device = next(self.backbone.parameters()).device
+        return tensors_to_features({k: v.to(device) for k, v in tensors.items()})
+
+    def sample(self, sample: Sample) -> tuple[np.ndarray, ImageEmbedding, BackboneFeatures]:
+        image = sample.image()
+        return image, self.embedding(image), self.features(image)

@@ -1,0 +1,283 @@
+"""Episodic training of VRP / ProSAM prompt encoders against a frozen SAM.
+
+Only the prompt encoder has gradients. SAM embeddings and backbone features come from a
+:class:`FeatureStore` (computed once, cached on disk). Each epoch draws fresh 1-shot
+episodes from the base classes with a seed derived from ``(seed, epoch)``, so a resumed run
+sees the same episodes as an uninterrupted one. Runs alone or under torchrun (gloo/nccl DDP,
+each rank taking a strided share of the epoch's episodes).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from prosam.backbones.base import BackboneFeatures
+from prosam.data.episodes import make_episodes, rank_and_world_from_env, split_for_rank
+from prosam.data.types import ANNOTATION_KINDS, Dataset, Episode
+from prosam.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from prosam.engine.evaluate import evaluate_episodes, resize_nearest
+from prosam.engine.feature_store import FeatureStore
+from prosam.engine.references import reference_annotation
+from prosam.errors import InputError
+from prosam.methods.prompt_method import PromptMethod
+from prosam.methods.prompt_model import PromptModel, decode_prompt_logits, stack_features
+from prosam.methods.variational import prosam_loss
+from prosam.prompts import downsample_annotation
+from prosam.sam.model import FrozenSam
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings (ProSAM / VRP-SAM defaults where the papers give them)."""
+
+    epochs: int = 10
+    episodes_per_epoch: int = 500
+    batch_size: int = 2
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    scheduler: str = "cosine_restarts"  # or "cosine"
+    restart_every: int = 15
+    seed: int = 321
+    annotation: str = "mask"  # a kind, or "mixed"
+    grad_clip: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.annotation not in (*ANNOTATION_KINDS, "mixed"):
+            raise InputError(f"annotation must be one of {ANNOTATION_KINDS} or 'mixed'")
+        if self.scheduler not in ("cosine", "cosine_restarts"):
+            raise InputError("scheduler must be 'cosine' or 'cosine_restarts'")
+
+
+def _scheduler(
+    opt: torch.optim.Optimizer, s: TrainSettings
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if s.scheduler == "cosine_restarts":
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=s.restart_every)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(s.epochs, 1))
+
+
+def epoch_episodes(
+    dataset: Dataset, classes: Sequence[int], settings: TrainSettings, epoch: int
+) -> list[Episode]:
+    """This epoch's training episodes (seeded by ``seed`` and ``epoch``)."""
+    seed = settings.seed * 100_003 + epoch
+    kind = "mask" if settings.annotation == "mixed" else settings.annotation
+    episodes = make_episodes(
+        dataset, classes, n=settings.episodes_per_epoch, shots=1, seed=seed, annotation=kind
+    )
+    if settings.annotation == "mixed":
+        rng = np.random.default_rng(seed)
+        kinds = rng.choice(ANNOTATION_KINDS, size=len(episodes))
+        episodes = [
+            Episode(e.references, e.target, e.class_id, e.class_name, str(k), e.annotation_seed)
+            for e, k in zip(episodes, kinds, strict=True)
+        ]
+    return episodes
+
+
+class _TrainingPrompts(torch.nn.Module):
+    """Adapter so DDP wraps the call that produces training prompts."""
+
+    def __init__(self, model: PromptModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, ref: BackboneFeatures, ann: torch.Tensor, tgt: BackboneFeatures
+    ) -> torch.Tensor:
+        return self.model.training_prompts(ref, ann, tgt)
+
+
+def train(
+    model: PromptModel,
+    sam: FrozenSam,
+    store: FeatureStore,
+    dataset: Dataset,
+    classes: Sequence[int],
+    settings: TrainSettings,
+    out_dir: str | Path,
+    *,
+    config: dict[str, Any],
+    val_episodes: Sequence[Episode] | None = None,
+    val_classes: Sequence[int] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train ``model``; write ``last`` and ``best`` checkpoints to ``out_dir``; return a summary.
+
+    ``best`` is chosen on ``val_episodes`` (FSS mIoU at the original size); without them the
+    last epoch is also the best. ``config`` goes into every checkpoint's JSON.
+    """
+    out = Path(out_dir)
+    rank, world = rank_and_world_from_env()
+    distributed = world > 1
+    if distributed and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    torch.manual_seed(settings.seed + rank)
+    random.seed(settings.seed + rank)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+    sched = _scheduler(opt, settings)
+    start, best, history = 0, -math.inf, []
+    if resume and (out / "last.json").is_file():
+        ckpt = load_checkpoint(out / "last")
+        model.load_state_dict(ckpt.model)
+        if ckpt.optimizer is not None:
+            opt.load_state_dict(ckpt.optimizer)
+        sched.load_state_dict(ckpt.extra["scheduler"])
+        start = int(ckpt.extra["epoch"]) + 1
+        best = float(ckpt.extra.get("best", -math.inf))
+        history = list(ckpt.extra.get("history", []))
+        log(f"resumed from {out / 'last'} at epoch {start}")
+    wrapped: torch.nn.Module = _TrainingPrompts(model)
+    if distributed:
+        wrapped = torch.nn.parallel.DistributedDataParallel(wrapped)
+    writer = _tensorboard(out / "tensorboard") if rank == 0 else None
+    t_train = 0.0
+    episodes_done = 0
+    for epoch in range(start, settings.epochs):
+        model.train()
+        episodes = split_for_rank(epoch_episodes(dataset, classes, settings, epoch), rank, world)
+        batches = [
+            episodes[i : i + settings.batch_size]
+            for i in range(0, len(episodes), settings.batch_size)
+        ]
+        t0 = time.perf_counter()
+        total = 0.0
+        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not progress or rank)
+        for batch in bar:
+            loss = episode_loss(wrapped, model, sam, store, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.grad_clip:
+                torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
+            opt.step()
+            total += float(loss.detach()) * len(batch)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        sched.step()
+        seconds = time.perf_counter() - t0
+        t_train += seconds
+        episodes_done += len(episodes)
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": total / max(len(episodes), 1),
+            "seconds": seconds,
+            "lr": opt.param_groups[0]["lr"],
+        }
+        if val_episodes and rank == 0:
+            record["val_miou"] = validate(model, sam, store, val_episodes, val_classes)
+        history.append(record)
+        log(
+            " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+            )
+        )
+        if writer is not None:
+            for key in ("loss", "val_miou", "lr"):
+                if key in record:
+                    writer.add_scalar(key, record[key], epoch)
+        if rank == 0:
+            score = record.get("val_miou", -record["loss"])
+            extra = {
+                "epoch": epoch,
+                "scheduler": sched.state_dict(),
+                "history": history,
+                "best": max(best, score),
+            }
+            state = {k: v for k, v in model.state_dict().items()}
+            if score > best:
+                best = score
+                save_checkpoint(out / "best", Checkpoint(state, config, None, extra))
+            save_checkpoint(out / "last", Checkpoint(state, config, opt.state_dict(), extra))
+    if writer is not None:
+        writer.close()
+    return {
+        "history": history,
+        "best": best,
+        "train_seconds": t_train,
+        "seconds_per_episode": t_train / max(episodes_done, 1),
+        "settings": asdict(settings),
+    }
+
+
+def episode_loss(
+    prompt_fn: torch.nn.Module,
+    model: PromptModel,
+    sam: FrozenSam,
+    store: FeatureStore,
+    batch: Sequence[Episode],
+) -> torch.Tensor:
+    """Mean BCE + Dice of a batch of 1-shot episodes (over K samples for ProSAM).
+
+    ``prompt_fn`` produces the training prompts (the model itself, or its DDP wrapper).
+    """
+    device = sam.device
+    c = model.config
+    refs, anns, tgts, embs, truths = [], [], [], [], []
+    for ep in batch:
+        ref_sample = ep.references[0]
+        ann, _ = reference_annotation(ref_sample, ep.class_id, ep.annotation, ep.annotation_seed)
+        pooled = downsample_annotation(
+            ann.astype(np.float32), (c.backbone_input,) * 2, mode=c.annotation_pool
+        )  # type: ignore[arg-type]
+        anns.append(torch.as_tensor(pooled)[None, None])
+        refs.append(store.features(ref_sample.image()))
+        _, emb, feats = store.sample(ep.target)
+        tgts.append(feats)
+        embs.append(emb)
+        truths.append(ep.target.mask(ep.class_id))
+    prompts = prompt_fn(stack_features(refs), torch.cat(anns).to(device), stack_features(tgts))
+    logits, _ = decode_prompt_logits(sam, torch.cat([e.embedding for e in embs]), prompts)
+    low = logits.shape[-1]
+    losses = []
+    for i, (emb, (truth, ignore)) in enumerate(zip(embs, truths, strict=True)):
+        g = emb.geometry
+        h = max(1, round(low * g.input_size[0] / g.image_size))
+        w = max(1, round(low * g.input_size[1] / g.image_size))
+        target = torch.from_numpy(resize_nearest(truth, (h, w)).astype(np.float32))
+        ign = torch.from_numpy(resize_nearest(ignore, (h, w)))
+        losses.append(
+            prosam_loss(
+                logits[:, i : i + 1, :, :h, :w],
+                target[None, None].to(device),
+                ign[None, None].to(device),
+            )
+        )
+    return torch.stack(losses).mean()
+
+
+@torch.no_grad()
+def validate(
+    model: PromptModel,
+    sam: FrozenSam,
+    store: FeatureStore,
+    episodes: Sequence[Episode],
+    classes: Sequence[int] | None = None,
+) -> float:
+    """FSS mIoU (original size) of the model's deterministic prompts on ``episodes``."""
+    model.eval()
+    method = PromptMethod(sam, store.backbone, model, features=store.features)
+    result = evaluate_episodes(method, store.predictor, episodes, progress=False, distributed=False)
+    model.train()
+    return float(result.original.summary(class_ids=classes)["miou_fss"])
+
+
+def _tensorboard(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is the optional `train` extra
+        return None
+    return SummaryWriter(str(path))

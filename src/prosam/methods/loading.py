@@ -1,0 +1,51 @@
+"""Rebuilding a trained VRP / ProSAM method from its checkpoint."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prosam.backbones import build_backbone
+from prosam.engine.checkpoint import load_checkpoint
+from prosam.errors import WeightsError
+from prosam.methods.prompt_method import PromptMethod
+from prosam.methods.prompt_model import PromptModel, PromptModelConfig
+from prosam.sam.build import load_state_dict_strict
+from prosam.sam.model import FrozenSam
+
+
+def load_prompt_model(
+    checkpoint: str | os.PathLike[str], *, expected_method: str | None = None
+) -> tuple[PromptModel, dict[str, Any]]:
+    """The trained prompt model of a checkpoint, loaded strictly, and the checkpoint config."""
+    ckpt = load_checkpoint(checkpoint)
+    if "model" not in ckpt.config:
+        raise WeightsError(f"{checkpoint}: no model config in the checkpoint")
+    config = PromptModelConfig.from_dict(ckpt.config["model"])
+    if expected_method is not None and config.method != expected_method:
+        raise WeightsError(f"{checkpoint} holds a {config.method!r} model, not {expected_method!r}")
+    mid = tuple(ckpt.config.get("backbone_mid_channels", ()))
+    if len(mid) != 2:
+        raise WeightsError(f"{checkpoint}: config lacks backbone_mid_channels")
+    model = PromptModel(config, (int(mid[0]), int(mid[1])))
+    load_state_dict_strict(model, ckpt.model, f"{config.method} checkpoint {checkpoint}")
+    return model.eval(), ckpt.config
+
+
+def load_prompt_method(
+    checkpoint: str | os.PathLike[str],
+    sam: FrozenSam,
+    *,
+    expected_method: str | None = None,
+    backbone_checkpoint: str | None = None,
+    **options: Any,
+) -> PromptMethod:
+    """A ready-to-use :class:`PromptMethod` from a checkpoint written by ``prosam train``."""
+    model, config = load_prompt_model(checkpoint, expected_method=expected_method)
+    if int(config.get("sam_embed_dim", sam.embed_dim)) != sam.embed_dim:
+        raise WeightsError(
+            f"{checkpoint} was trained for {config.get('sam_embed_dim')}-d SAM prompts, "
+            f"but {sam.name} uses {sam.embed_dim}"
+        )
+    backbone = build_backbone(model.config.backbone, checkpoint=backbone_checkpoint)
+    return PromptMethod(sam, backbone.to(sam.device), model.to(sam.device), **options)

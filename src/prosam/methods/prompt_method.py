@@ -1,0 +1,121 @@
+"""VRP-SAM / ProSAM at inference: ``fit(references)`` then ``predict(target)``.
+
+k references are combined as VRP-SAM's Table 7 does: each reference yields its own prompts
+for the target, and the k prompt sets are concatenated into one sparse prompt of k·Q tokens.
+ProSAM predicts with the mean prompt by default (the paper's inference); ``strategy`` picks
+one of its five K-sample strategies instead, and ``uncertainty=True`` adds a per-pixel
+uncertainty map computed from K samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from prosam.backbones.base import Backbone, BackboneFeatures
+from prosam.errors import InputError
+from prosam.methods.base import MethodOutput, Reference, Target
+from prosam.methods.prompt_model import (
+    PromptModel,
+    backbone_features,
+    decode_prompt_logits,
+)
+from prosam.methods.variational import (
+    PromptDistribution,
+    combine_samples,
+    sample_prompts,
+    uncertainty_map,
+)
+from prosam.sam.model import FrozenSam
+
+
+class PromptMethod:
+    """A trained VRP or ProSAM prompt encoder used as a :class:`ReferenceMethod`."""
+
+    def __init__(
+        self,
+        sam: FrozenSam,
+        backbone: Backbone,
+        model: PromptModel,
+        *,
+        strategy: str = "mean_prompt",
+        samples: int = 10,
+        uncertainty: bool = False,
+        seed: int = 0,
+        features: Callable[[np.ndarray], BackboneFeatures] | None = None,
+    ) -> None:
+        self.sam = sam
+        self.backbone = backbone
+        self.model = model.eval()
+        self.config = model.config
+        self.name = self.config.method
+        self.strategy = strategy
+        self.samples = samples
+        self.uncertainty = uncertainty
+        self.seed = seed
+        self._feature_fn = features
+        self._refs: list[tuple[BackboneFeatures, Tensor]] = []
+        if self.config.method != "prosam" and (strategy != "mean_prompt" or uncertainty):
+            raise InputError("sampling strategies and uncertainty need a ProSAM model")
+
+    def _features(self, image: np.ndarray) -> BackboneFeatures:
+        if self._feature_fn is not None:
+            return self._feature_fn(image)
+        return backbone_features(self.backbone, image, self.config.backbone_input)
+
+    @torch.inference_mode()
+    def fit(self, references: Sequence[Reference]) -> None:
+        if not references:
+            raise InputError("fit needs at least one reference")
+        refs = []
+        for ref in references:
+            if not ref.annotation.any():
+                raise InputError("a reference annotation is empty")
+            ann = torch.from_numpy(ref.annotation.astype(np.float32))[None, None]
+            refs.append((self._features(ref.image), ann.to(self.sam.device)))
+        self._refs = refs
+
+    @torch.inference_mode()
+    def predict(self, target: Target) -> MethodOutput:
+        if not self._refs:
+            raise RuntimeError("call fit(references) before predict")
+        tgt = self._features(target.image)
+        outputs = [self.model(ref, ann, tgt) for ref, ann in self._refs]
+        embedding = target.embedded.embedding
+        extras: dict[str, Tensor] = {}
+        if isinstance(outputs[0], PromptDistribution):
+            mean = torch.cat([o.mu for o in outputs], dim=1)
+            need_samples = self.strategy != "mean_prompt" or self.uncertainty
+            if need_samples:
+                samples = self._samples(outputs)  # (K, 1, kQ, D)
+                sample_logits, _ = decode_prompt_logits(self.sam, embedding, samples)
+                if self.uncertainty:
+                    extras["uncertainty"] = uncertainty_map(sample_logits)[0, 0]
+            if self.strategy == "mean_prompt":
+                logits, iou = decode_prompt_logits(self.sam, embedding, mean[None])
+                return MethodOutput(logits[0, 0], float(iou[0, 0]), extras)
+            combined = combine_samples(sample_logits, self.strategy)  # type: ignore[arg-type]
+            _, iou = decode_prompt_logits(self.sam, embedding, mean[None])
+            return MethodOutput(combined[0], float(iou[0, 0]), extras)
+        prompts = torch.cat(outputs, dim=1)[None]
+        logits, iou = decode_prompt_logits(self.sam, embedding, prompts)
+        return MethodOutput(logits[0, 0], float(iou[0, 0]), extras)
+
+    def _samples(self, outputs: list[PromptDistribution]) -> Tensor:
+        c = self.config
+        generator = torch.Generator(device=outputs[0].mu.device).manual_seed(self.seed)
+        parts = [
+            sample_prompts(
+                o,
+                self.samples,
+                family=c.family,
+                nu=c.nu,  # type: ignore[arg-type]
+                n_mode=c.n_mode,
+                generator=generator,
+            )  # type: ignore[arg-type]
+            for o in outputs
+        ]
+        return torch.cat(parts, dim=2)

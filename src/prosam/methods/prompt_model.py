@@ -1,0 +1,167 @@
+"""VRP-SAM and ProSAM as one model: a frozen backbone, a trainable prompt encoder, a frozen SAM.
+
+:class:`PromptModelConfig` is everything needed to rebuild a model (it is the JSON half of a
+checkpoint); :class:`PromptModel` holds the trainable encoder; :func:`decode_prompt_logits`
+runs SAM's decoder on prompts for training and inference alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prosam.backbones.base import Backbone, BackboneFeatures
+from prosam.errors import InputError
+from prosam.methods.variational import PromptDistribution, VariationalPromptEncoder, sample_prompts
+from prosam.methods.vrp_encoder import VRPEncoder
+from prosam.sam.decode import decode_masks
+from prosam.sam.model import FrozenSam
+
+METHOD_KINDS = ("vrp", "prosam")
+
+
+@dataclass
+class PromptModelConfig:
+    """How a VRP / ProSAM model is built. Defaults follow the papers where they say."""
+
+    method: str = "prosam"
+    backbone: str = "efficientnet_lite0"
+    backbone_input: int = 512
+    dim: int = 256
+    num_queries: int = 50
+    num_heads: int = 4
+    dropout: float = 0.5
+    mask_scale: float = 10.0
+    annotation_pool: str = "max"
+    pseudo_mask_source: str = "high"
+    normalize_pseudo_mask: bool = False
+    # ProSAM only
+    family: str = "student_t"
+    nu: float = 5.0
+    n_mode: str = "token"
+    samples_train: int = 10
+    init_log_sigma: float = -2.0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHOD_KINDS:
+            raise InputError(f"method must be one of {METHOD_KINDS}, got {self.method!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PromptModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"unknown model config keys {unknown}")
+        return cls(**data)
+
+
+class PromptModel(nn.Module):
+    """The trainable part: a VRP encoder, or ProSAM's variational one."""
+
+    def __init__(self, config: PromptModelConfig, mid_channels: tuple[int, int]) -> None:
+        super().__init__()
+        self.config = config
+        encoder = VRPEncoder(
+            mid_channels,
+            config.dim,
+            config.num_queries,
+            config.num_heads,
+            dropout=config.dropout,
+            mask_scale=config.mask_scale,
+            annotation_pool=config.annotation_pool,  # type: ignore[arg-type]
+            pseudo_mask_source=config.pseudo_mask_source,  # type: ignore[arg-type]
+            normalize_pseudo_mask=config.normalize_pseudo_mask,
+        )
+        self.encoder: nn.Module = (
+            VariationalPromptEncoder(encoder, init_log_sigma=config.init_log_sigma)
+            if config.method == "prosam"
+            else encoder
+        )
+
+    def forward(
+        self, ref: BackboneFeatures, ref_annotation: Tensor, tgt: BackboneFeatures
+    ) -> Tensor | PromptDistribution:
+        """Prompts ``(B, Q, D)`` (VRP) or their distribution (ProSAM)."""
+        return self.encoder(ref.mid, ref.high, ref_annotation, tgt.mid, tgt.high)
+
+    def training_prompts(
+        self, ref: BackboneFeatures, ref_annotation: Tensor, tgt: BackboneFeatures
+    ) -> Tensor:
+        """Prompts to train on: ``(1, B, Q, D)`` for VRP, ``(K, B, Q, D)`` samples for ProSAM."""
+        out = self(ref, ref_annotation, tgt)
+        if isinstance(out, PromptDistribution):
+            c = self.config
+            return sample_prompts(
+                out,
+                c.samples_train,
+                family=c.family,
+                nu=c.nu,  # type: ignore[arg-type]
+                n_mode=c.n_mode,
+            )  # type: ignore[arg-type]
+        return out[None]
+
+    def mean_prompts(
+        self, ref: BackboneFeatures, ref_annotation: Tensor, tgt: BackboneFeatures
+    ) -> Tensor:
+        """Deterministic prompts ``(B, Q, D)``: VRP's, or ProSAM's mean prompt."""
+        out = self(ref, ref_annotation, tgt)
+        return out.mu if isinstance(out, PromptDistribution) else out
+
+
+def decode_prompt_logits(
+    sam: FrozenSam, image_embeddings: Tensor, prompts: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Decode ``(K, B, Q, D)`` prompt sets against ``(B, C, h, w)`` embeddings.
+
+    Returns low-res logits ``(K, B, 1, 4h, 4w)`` and predicted IoUs ``(K, B)``; single-mask
+    output, SAM's no-mask dense embedding, as VRP-SAM does.
+    """
+    b = prompts.shape[1]
+    logits, ious = [], []
+    for i in range(b):
+        lo, iou = decode_masks(sam.sam, image_embeddings[i : i + 1], prompts[:, i])
+        logits.append(lo)
+        ious.append(iou[:, 0])
+    return torch.stack(logits, 1), torch.stack(ious, 1)
+
+
+def image_to_backbone_input(image: np.ndarray, size: int, device: torch.device) -> Tensor:
+    """An ``(H, W, 3) uint8`` image as a ``(1, 3, size, size)`` float tensor in ``[0, 1]``.
+
+    VRP-SAM feeds its backbone square resized images; aspect ratio is not kept.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x / 255.0, (size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp_(0.0, 1.0)
+
+
+@torch.inference_mode()
+def backbone_features(backbone: Backbone, image: np.ndarray, size: int) -> BackboneFeatures:
+    """Backbone features of one image (batch of 1)."""
+    device = next(backbone.parameters()).device
+    return backbone(image_to_backbone_input(image, size, device))
+
+
+def features_to_tensors(features: BackboneFeatures) -> dict[str, Tensor]:
+    """For the on-disk feature cache."""
+    return {"mid0": features.mid[0], "mid1": features.mid[1], "high": features.high}
+
+
+def tensors_to_features(tensors: dict[str, Tensor]) -> BackboneFeatures:
+    return BackboneFeatures((tensors["mid0"], tensors["mid1"]), tensors["high"])
+
+
+def stack_features(items: list[BackboneFeatures]) -> BackboneFeatures:
+    """Concatenate batch-1 features into one batch."""
+    return BackboneFeatures(
+        (torch.cat([f.mid[0] for f in items]), torch.cat([f.mid[1] for f in items])),
+        torch.cat([f.high for f in items]),
+    )

@@ -1,0 +1,386 @@
+"""VRP-SAM's visual reference prompt encoder (Sun et al., CVPR 2024, section 4).
+
+Turns a reference image, its annotation and a target image, all seen through a frozen
+backbone, into ``num_queries`` sparse prompt embeddings for SAM's mask decoder. It follows
+VRP-SAM's released code (``model/VRP_encoder.py``, ``model/base/transformer_decoder.py``)
+where that differs from the paper:
+
+Feature augmenter
+    The two mid-level maps (ResNet-50 layer 2 and 3: 512 + 1024 channels) are concatenated
+    and reduced by one shared 1x1 convolution (no bias) + ReLU + ``Dropout2d(0.5)``. The
+    prototype is the masked average ``sum(f * m) / (sum(m) + 5e-4)`` of the reduced
+    reference features. A second shared 1x1 convolution (no bias) + ReLU maps
+    ``[features, prototype, 10 * mask]`` to the enhanced reference features and
+    ``[features, prototype, 10 * pseudo-mask]`` to the enhanced target features (the x10
+    is in the code only: ``mask_scale``).
+
+Pseudo-mask
+    PFENet's prior: for every target position, the highest cosine similarity (eps 1e-7 in
+    the denominator) between its high-level feature and the reference's high-level
+    features multiplied by the reference mask, so positions outside the mask count as a
+    similarity of 0. VRP-SAM's code does *not* min-max normalise the result, unlike PFENet
+    and ProSAM's appendix ("normalized into [0, 1]"); with post-ReLU backbone features the
+    cosine is already in ``[0, 1]``. ``normalize_pseudo_mask=True`` adds PFENet's
+    ``(x - min) / (max - min + 1e-7)`` per image. VRP-SAM computes the reference's layer-4
+    map from mask-multiplied layer-3 features (as PFENet does): that is the backbone's job,
+    pass such a map as ``ref_high`` to reproduce it. ``pseudo_mask_source="reduced"`` uses
+    the reduced mid-level features instead (detached, so it stays a fixed prior).
+
+Prompt generator
+    ``num_queries`` learned queries (``nn.Embedding``, 256-d, 4 heads, one layer):
+    cross-attention to the enhanced reference tokens, self-attention, cross-attention to
+    the enhanced target tokens, self-attention. Every attention is post-norm
+    (``LayerNorm(x + attn(x))``) without dropout. A DETR sine positional encoding
+    (normalised, temperature 10000) is added to the keys only, not to the values or the
+    queries. The code builds no FFN (its FFN list stays empty; the paper's 1.6 M
+    parameters agree), so ``ffn_dim=0`` by default; ``ffn_dim > 0`` adds a post-norm FFN
+    after each self-attention.
+
+Annotations
+    The code resizes the annotation to the feature size with nearest-neighbour sampling,
+    which drops most points and thin scribbles; here it is adaptive-max pooled (a cell is
+    1 when any of its pixels is marked) by default, or area pooled
+    (``annotation_pool="area"``), separately to the mid- and the high-level sizes.
+
+With ResNet-50 mid channels (512 + 1024), ``dim=256`` and 50 queries the encoder has
+1,592,064 trainable parameters (VRP-SAM reports 1.6 M); with EfficientNet-Lite0's 40 + 112
+it has 1,237,760.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prosam.errors import InputError
+from prosam.prompts import downsample_annotation
+
+PoolMode = Literal["max", "area"]
+PseudoMaskSource = Literal["high", "reduced"]
+
+#: Mid-level channels (layer 2, layer 3) of a ResNet-50 (VRP-SAM's default backbone).
+RESNET50_MID_CHANNELS = (512, 1024)
+#: Mid-level channels (layer 2, layer 3) of VGG-16 as VRP-SAM slices it.
+VGG16_MID_CHANNELS = (256, 512)
+#: Mid-level channels of EfficientNet-Lite0 at strides 8 and 16.
+EFFICIENTNET_LITE0_MID_CHANNELS = (40, 112)
+
+#: Denominator constant of VRP-SAM's masked average pooling.
+PROTOTYPE_EPS = 5e-4
+#: Constant of the cosine and min-max normalisations (PFENet's ``cosine_eps``).
+COSINE_EPS = 1e-7
+
+
+def masked_average_pool(features: Tensor, mask: Tensor, eps: float = PROTOTYPE_EPS) -> Tensor:
+    """``(B, C, 1, 1)`` prototype ``sum(f * m) / (sum(m) + eps)`` of ``(B, C, h, w)`` features
+    under a ``(B, 1, h, w)`` mask."""
+    return (features * mask).sum(dim=(2, 3), keepdim=True) / (
+        mask.sum(dim=(2, 3), keepdim=True) + eps
+    )
+
+
+def target_pseudo_mask(
+    tgt_features: Tensor,
+    ref_features: Tensor,
+    ref_mask: Tensor,
+    *,
+    normalize: bool = False,
+    eps: float = COSINE_EPS,
+) -> Tensor:
+    """PFENet/VRP-SAM prior ``(B, 1, h_t, w_t)`` of a target given an annotated reference.
+
+    For each target position: ``max_j cos(t, r_j * m_j)`` over the reference positions
+    ``j``, with ``cos(a, b) = a.b / (|a| |b| + eps)``, so masked-out positions give 0.
+    ``normalize`` min-max normalises each image's map (PFENet; VRP-SAM's code does not).
+
+    Args:
+        tgt_features: ``(B, C, h_t, w_t)``.
+        ref_features: ``(B, C, h_r, w_r)``.
+        ref_mask: ``(B, 1, h_r, w_r)`` weights in ``[0, 1]``.
+    """
+    b, _, h, w = tgt_features.shape
+    ref = (ref_features * ref_mask).flatten(2)  # (B, C, Nr)
+    tgt = tgt_features.flatten(2)  # (B, C, Nt)
+    dots = torch.einsum("bcr,bct->brt", ref, tgt)
+    norms = ref.norm(dim=1)[:, :, None] * tgt.norm(dim=1)[:, None, :]
+    corr = (dots / (norms + eps)).amax(dim=1)  # (B, Nt)
+    if normalize:
+        lo = corr.amin(dim=1, keepdim=True)
+        hi = corr.amax(dim=1, keepdim=True)
+        corr = (corr - lo) / (hi - lo + eps)
+    return corr.reshape(b, 1, h, w)
+
+
+def sine_position_encoding(
+    h: int,
+    w: int,
+    dim: int,
+    *,
+    temperature: float = 10000.0,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """DETR's normalised sine encoding of an ``h x w`` grid as ``(h * w, dim)`` tokens.
+
+    Channels ``[0, dim/2)`` encode the row, ``[dim/2, dim)`` the column; within each half,
+    even channels are ``sin`` and odd ones ``cos`` of ``pos / temperature**(2 floor(i/2) /
+    (dim/2))``, with ``pos = (index + 1) / (size + 1e-6) * 2 pi``.
+    """
+    if dim % 2:
+        raise ValueError(f"dim must be even, got {dim}")
+    half = dim // 2
+    y = torch.arange(1, h + 1, device=device, dtype=torch.float32) / (h + 1e-6) * 2 * math.pi
+    x = torch.arange(1, w + 1, device=device, dtype=torch.float32) / (w + 1e-6) * 2 * math.pi
+    i = torch.arange(half, device=device, dtype=torch.float32)
+    freq = temperature ** (2 * torch.div(i, 2, rounding_mode="floor") / half)
+    even = (torch.arange(half, device=device) % 2) == 0
+
+    def encode(pos: Tensor) -> Tensor:
+        arg = pos[:, None] / freq
+        return torch.where(even, arg.sin(), arg.cos())
+
+    pos_y = encode(y)[:, None, :].expand(h, w, half)
+    pos_x = encode(x)[None, :, :].expand(h, w, half)
+    return torch.cat([pos_y, pos_x], dim=-1).reshape(h * w, dim).to(dtype)
+
+
+class _Attention(nn.Module):
+    """Post-norm multi-head attention block: ``LayerNorm(query + attn(query, key, value))``."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        out = self.attn(query, key, value, need_weights=False)[0]
+        return self.norm(query + out)
+
+
+class _FFN(nn.Module):
+    """Post-norm feed-forward block: ``LayerNorm(x + W2 relu(W1 x))``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(dim, hidden)
+        self.linear2 = nn.Linear(hidden, dim)
+        self.norm = nn.LayerNorm(dim)
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x + self.linear2(F.relu(self.linear1(x))))
+
+
+@dataclass
+class AugmentedFeatures:
+    """What the feature augmenter produced, at the (first) mid-level resolution.
+
+    ``reference``/``target``: ``(B, dim, h, w)`` enhanced features; ``prototype``:
+    ``(B, dim)``; ``ref_mask``: ``(B, 1, h_r, w_r)`` the pooled annotation;
+    ``pseudo_mask``: ``(B, 1, h_t, w_t)`` the target prior (unscaled).
+    """
+
+    reference: Tensor
+    target: Tensor
+    prototype: Tensor
+    ref_mask: Tensor
+    pseudo_mask: Tensor
+
+
+class VRPEncoder(nn.Module):
+    """VRP-SAM's visual reference prompt encoder (feature augmenter + prompt generator).
+
+    Args:
+        mid_channels: channels of the two mid-level backbone maps (ResNet-50: 512, 1024).
+        dim: width of the reduced features and of the prompts (SAM's 256).
+        num_queries: number of prompt embeddings produced.
+        num_heads: attention heads.
+        dropout: ``Dropout2d`` probability after the reduction (train mode only; 0: none).
+        mask_scale: factor on the mask / pseudo-mask channel of the merge convolution.
+        annotation_pool: ``"max"`` or ``"area"`` pooling of the annotation to feature size.
+        pseudo_mask_source: ``"high"`` (high-level backbone maps, VRP-SAM) or ``"reduced"``.
+        normalize_pseudo_mask: min-max normalise the pseudo-mask per image (PFENet).
+        ffn_dim: hidden width of an FFN after each self-attention; 0 (VRP-SAM): none.
+    """
+
+    def __init__(
+        self,
+        mid_channels: tuple[int, int] = RESNET50_MID_CHANNELS,
+        dim: int = 256,
+        num_queries: int = 50,
+        num_heads: int = 4,
+        *,
+        dropout: float = 0.5,
+        mask_scale: float = 10.0,
+        annotation_pool: PoolMode = "max",
+        pseudo_mask_source: PseudoMaskSource = "high",
+        normalize_pseudo_mask: bool = False,
+        ffn_dim: int = 0,
+    ) -> None:
+        super().__init__()
+        if len(mid_channels) != 2:
+            raise ValueError(f"mid_channels must hold two values, got {mid_channels}")
+        if annotation_pool not in ("max", "area"):
+            raise ValueError(f"annotation_pool must be 'max' or 'area', got {annotation_pool!r}")
+        if pseudo_mask_source not in ("high", "reduced"):
+            raise ValueError(
+                f"pseudo_mask_source must be 'high' or 'reduced', got {pseudo_mask_source!r}"
+            )
+        if dim % num_heads or dim % 2:
+            raise ValueError(f"dim {dim} must be even and divisible by num_heads {num_heads}")
+        self.mid_channels = (int(mid_channels[0]), int(mid_channels[1]))
+        self.dim = dim
+        self.num_queries = num_queries
+        self.mask_scale = mask_scale
+        self.annotation_pool: PoolMode = annotation_pool
+        self.pseudo_mask_source: PseudoMaskSource = pseudo_mask_source
+        self.normalize_pseudo_mask = normalize_pseudo_mask
+
+        self.reduce = nn.Conv2d(sum(self.mid_channels), dim, kernel_size=1, bias=False)
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.merge = nn.Conv2d(2 * dim + 1, dim, kernel_size=1, bias=False)
+
+        self.queries = nn.Embedding(num_queries, dim)
+        self.cross_ref = _Attention(dim, num_heads)
+        self.self_ref = _Attention(dim, num_heads)
+        self.cross_tgt = _Attention(dim, num_heads)
+        self.self_tgt = _Attention(dim, num_heads)
+        self.ffn_ref = _FFN(dim, ffn_dim) if ffn_dim > 0 else nn.Identity()
+        self.ffn_tgt = _FFN(dim, ffn_dim) if ffn_dim > 0 else nn.Identity()
+
+    def count_parameters(self, trainable_only: bool = True) -> int:
+        """Number of (trainable) parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def _mid_features(self, mid: tuple[Tensor, Tensor], name: str) -> Tensor:
+        if len(mid) != 2 or any(t.ndim != 4 for t in mid):
+            raise InputError(f"{name} must be two (B, C, h, w) maps")
+        first, second = mid
+        channels = (first.shape[1], second.shape[1])
+        if channels != self.mid_channels:
+            raise InputError(f"{name} has channels {channels}, expected {self.mid_channels}")
+        if first.shape[0] != second.shape[0]:
+            raise InputError(f"{name} maps have batch sizes {first.shape[0]}, {second.shape[0]}")
+        if second.shape[-2:] != first.shape[-2:]:
+            # VRP-SAM's code aligns VGG's maps this way (bilinear, align_corners=True).
+            second = F.interpolate(
+                second, size=first.shape[-2:], mode="bilinear", align_corners=True
+            )
+        return torch.cat([first, second], dim=1)
+
+    def _pool_annotation(self, annotation: Tensor, like: Tensor) -> Tensor:
+        """The annotation pooled to the spatial size of the ``(B, C, h, w)`` map ``like``."""
+        size = (int(like.shape[-2]), int(like.shape[-1]))
+        pooled = cast(Tensor, downsample_annotation(annotation, size, self.annotation_pool))
+        return pooled.to(like.device, like.dtype)
+
+    def augment(
+        self,
+        ref_mid: tuple[Tensor, Tensor],
+        ref_high: Tensor,
+        ref_annotation: Tensor,
+        tgt_mid: tuple[Tensor, Tensor],
+        tgt_high: Tensor,
+    ) -> AugmentedFeatures:
+        """The feature augmenter: enhanced reference and target features (see module doc)."""
+        ref_cat = self._mid_features(ref_mid, "ref_mid")
+        tgt_cat = self._mid_features(tgt_mid, "tgt_mid")
+        batch = ref_cat.shape[0]
+        if ref_annotation.ndim != 4 or ref_annotation.shape[:2] != (batch, 1):
+            raise InputError(
+                f"ref_annotation must be ({batch}, 1, H, W), got {tuple(ref_annotation.shape)}"
+            )
+        if tgt_cat.shape[0] != batch:
+            raise InputError(f"target batch {tgt_cat.shape[0]} != reference batch {batch}")
+        if ref_high.ndim != 4 or tgt_high.ndim != 4 or ref_high.shape[1] != tgt_high.shape[1]:
+            raise InputError(
+                f"ref_high {tuple(ref_high.shape)} and tgt_high {tuple(tgt_high.shape)} must be "
+                "(B, C, h, w) maps with the same channels"
+            )
+        if ref_high.shape[0] != batch or tgt_high.shape[0] != batch:
+            raise InputError("ref_high and tgt_high must have the reference batch size")
+
+        ref_reduced = F.relu(self.reduce(ref_cat))
+        tgt_reduced = F.relu(self.reduce(tgt_cat))
+        ref_mask = self._pool_annotation(ref_annotation, ref_reduced)
+
+        if self.pseudo_mask_source == "high":
+            high_mask = self._pool_annotation(ref_annotation, ref_high)
+            pseudo = target_pseudo_mask(
+                tgt_high, ref_high, high_mask, normalize=self.normalize_pseudo_mask
+            )
+        else:
+            pseudo = target_pseudo_mask(
+                tgt_reduced.detach(),
+                ref_reduced.detach(),
+                ref_mask,
+                normalize=self.normalize_pseudo_mask,
+            )
+        pseudo = pseudo.to(tgt_reduced.dtype)
+        if pseudo.shape[-2:] != tgt_reduced.shape[-2:]:
+            pseudo = F.interpolate(
+                pseudo, size=tgt_reduced.shape[-2:], mode="bilinear", align_corners=True
+            )
+
+        ref_feat = self.dropout(ref_reduced)
+        tgt_feat = self.dropout(tgt_reduced)
+        prototype = masked_average_pool(ref_feat, ref_mask)
+        ref_in = torch.cat(
+            [ref_feat, prototype.expand_as(ref_feat), ref_mask * self.mask_scale], dim=1
+        )
+        tgt_in = torch.cat(
+            [tgt_feat, prototype.expand_as(tgt_feat), pseudo * self.mask_scale], dim=1
+        )
+        return AugmentedFeatures(
+            reference=F.relu(self.merge(ref_in)),
+            target=F.relu(self.merge(tgt_in)),
+            prototype=prototype.flatten(1),
+            ref_mask=ref_mask,
+            pseudo_mask=pseudo,
+        )
+
+    def generate(self, reference: Tensor, target: Tensor) -> Tensor:
+        """The prompt generator: ``(B, num_queries, dim)`` prompts from enhanced features."""
+        ref_tokens, ref_pos = self._tokens(reference)
+        tgt_tokens, tgt_pos = self._tokens(target)
+        q = self.queries.weight[None].expand(reference.shape[0], -1, -1)
+        q = self.cross_ref(q, ref_tokens + ref_pos, ref_tokens)
+        q = self.ffn_ref(self.self_ref(q, q, q))
+        q = self.cross_tgt(q, tgt_tokens + tgt_pos, tgt_tokens)
+        return self.ffn_tgt(self.self_tgt(q, q, q))
+
+    def _tokens(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        _, _, h, w = features.shape
+        pos = sine_position_encoding(h, w, self.dim, device=features.device, dtype=features.dtype)
+        return features.flatten(2).transpose(1, 2), pos[None]
+
+    def forward(
+        self,
+        ref_mid: tuple[Tensor, Tensor],
+        ref_high: Tensor,
+        ref_annotation: Tensor,
+        tgt_mid: tuple[Tensor, Tensor],
+        tgt_high: Tensor,
+    ) -> Tensor:
+        """Sparse prompt embeddings ``(B, num_queries, dim)``.
+
+        Args:
+            ref_mid: the reference's two mid-level maps ``(B, C1, h, w)``, ``(B, C2, h', w')``
+                (the second is resized to the first's size when they differ).
+            ref_high: the reference's high-level map ``(B, Ch, hh, wh)``.
+            ref_annotation: ``(B, 1, H, W)`` annotation in ``[0, 1]`` at any resolution.
+            tgt_mid: the target's two mid-level maps.
+            tgt_high: the target's high-level map.
+        """
+        aug = self.augment(ref_mid, ref_high, ref_annotation, tgt_mid, tgt_high)
+        return self.generate(aug.reference, aug.target)

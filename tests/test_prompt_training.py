@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from prosam.backbones import build_backbone
+from prosam.data.specs import load_dataset_spec
+from prosam.engine.checkpoint import load_checkpoint
+from prosam.engine.feature_store import FeatureStore
+from prosam.engine.train import TrainSettings, episode_loss, epoch_episodes, train
+from prosam.methods.base import ReferenceMethod
+from prosam.methods.prompt_method import PromptMethod
+from prosam.methods.prompt_model import PromptModel, PromptModelConfig
+from prosam.sam import Predictor
+from tests.fixtures_coco import write_coco_fixture
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return build_backbone("efficientnet_lite0", pretrained=False)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return load_dataset_spec(f"coco:{write_coco_fixture(tmp_path_factory.mktemp('c'))}")
+
+
+def _model(method: str, backbone, **kw) -> PromptModel:
+    config = PromptModelConfig(
+        method=method, backbone_input=64, dim=32, num_queries=6, samples_train=3, **kw
+    )
+    torch.manual_seed(0)
+    return PromptModel(config, backbone.mid_channels)
+
+
+@pytest.mark.parametrize("method", ["vrp", "prosam"])
+def test_gradients_reach_exactly_the_prompt_encoder(method, backbone, tiny_sam, dataset):
+    model = _model(method, backbone)
+    store = FeatureStore(Predictor(tiny_sam), backbone, 64, None, "b")
+    settings = TrainSettings(episodes_per_epoch=2, batch_size=2, annotation="point")
+    batch = epoch_episodes(dataset, [1, 2, 3], settings, epoch=0)
+    loss = episode_loss(model.training_prompts, model, tiny_sam, store, batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in tiny_sam.sam.parameters())
+    assert all(p.grad is None for p in backbone.parameters())
+
+
+def test_prosam_trains_k_samples_and_predicts_with_the_mean(backbone, tiny_sam, dataset):
+    model = _model("prosam", backbone)
+    sample = dataset.samples_with_class(1)[0]
+    image = sample.image()
+    feats = FeatureStore(Predictor(tiny_sam), backbone, 64, None, "b").features(image)
+    ann = torch.from_numpy(sample.mask(1)[0].astype(np.float32))[None, None]
+    assert model.training_prompts(feats, ann, feats).shape == (3, 1, 6, 32)
+    model.eval()
+    dist = model(feats, ann, feats)
+    assert torch.equal(model.mean_prompts(feats, ann, feats), dist.mu)
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("vrp", {}), ("prosam", {}), ("prosam", {"strategy": "vote", "uncertainty": True})],
+)
+def test_prompt_method_predicts_low_res_logits(method, options, backbone, tiny_sam, dataset):
+    from prosam.engine.references import episode_inputs
+
+    predictor = Predictor(tiny_sam)
+    pm = PromptMethod(tiny_sam, backbone, _model(method, backbone), **options)
+    assert isinstance(pm, ReferenceMethod)
+    ep = epoch_episodes(dataset, [1], TrainSettings(episodes_per_epoch=1), 0)[0]
+    refs, target, _, _ = episode_inputs(ep, predictor)
+    pm.fit(refs + refs)  # two shots: prompts concatenated
+    out = pm.predict(target)
+    assert out.low_res_logits.shape == (1, 32, 32)
+    if options.get("uncertainty"):
+        u = out.extras["uncertainty"]
+        assert u.shape == (32, 32) and float(u.min()) >= 0 and float(u.max()) <= 1
+    again = pm.predict(target)
+    assert torch.equal(out.low_res_logits, again.low_res_logits)
+
+
+def test_train_writes_checkpoints_and_resumes(backbone, tiny_sam, dataset, tmp_path):
+    store = FeatureStore(Predictor(tiny_sam), backbone, 64, tmp_path / "feat", "b")
+    settings = TrainSettings(epochs=2, episodes_per_epoch=4, batch_size=2)
+    val = epoch_episodes(dataset, [4], TrainSettings(episodes_per_epoch=3, seed=9), 0)
+    model = _model("vrp", backbone)
+    config = {"model": model.config.to_dict()}
+    summary = train(
+        model,
+        tiny_sam,
+        store,
+        dataset,
+        [1, 2, 3],
+        settings,
+        tmp_path / "run",
+        config=config,
+        val_episodes=val,
+        progress=False,
+        log=lambda _: None,
+    )
+    assert [h["epoch"] for h in summary["history"]] == [0, 1]
+    last = load_checkpoint(tmp_path / "run" / "last")
+    assert last.extra["epoch"] == 1 and last.config == config and last.optimizer is not None
+    for k, v in model.state_dict().items():
+        assert torch.equal(last.model[k], v)
+    # Asking for one more epoch resumes after epoch 1 instead of starting over.
+    more = TrainSettings(epochs=3, episodes_per_epoch=4, batch_size=2)
+    resumed = _model("vrp", backbone)
+    summary = train(
+        resumed,
+        tiny_sam,
+        store,
+        dataset,
+        [1, 2, 3],
+        more,
+        tmp_path / "run",
+        config=config,
+        resume=True,
+        progress=False,
+        log=lambda _: None,
+    )
+    assert [h["epoch"] for h in summary["history"]] == [0, 1, 2]
+    assert (tmp_path / "run" / "best.safetensors").is_file()
+
+
+def test_epoch_episodes_are_reproducible_and_mixed(dataset):
+    s = TrainSettings(episodes_per_epoch=20, annotation="mixed")
+    a, b = epoch_episodes(dataset, [1, 2], s, 3), epoch_episodes(dataset, [1, 2], s, 3)
+    assert a == b and a != epoch_episodes(dataset, [1, 2], s, 4)
+    assert len({e.annotation for e in a}) > 1
