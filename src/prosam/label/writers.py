@@ -1,0 +1,525 @@
+"""Output formats of the auto-labelling workflow: PNG masks, COCO JSON, YOLO-seg, previews.
+
+Every writer takes the class names (their order gives class indices) and, per image,
+``add(key, image_size, masks, ...)`` where ``masks`` lists the :class:`LabelMask` kept for
+that image (at most one per class; a class without a mask is "nothing found"). Per-image
+files are written as they come, each atomically; :meth:`finalize` writes what covers the
+whole data set (``coco.json``, ``classes.txt``).
+
+Layout under the output folder ``OUT`` (``<key>`` is the image's stem, made unique):
+
+- ``png``: ``OUT/png/<class>/<key>.png``, one 0/255 mask per image and class (all 0 when the
+  class was not found); with ``indexed=True``: ``OUT/png/<key>.png``, one palette PNG per
+  image, value 0 = background and value ``i`` = the ``i``-th class (1-based, in the order
+  given), coloured with the PASCAL VOC colour map (:func:`voc_palette`); where masks of two
+  classes overlap the higher-scoring class wins. ``prosam.io.read_label_map`` reads the
+  values back.
+- ``coco``: ``OUT/coco.json``, one annotation per image and class found, the mask as
+  compressed RLE (``counts`` a string), its ``bbox`` ``[x, y, w, h]`` and ``area`` from the
+  RLE, and ``score`` (and ``uncertainty`` when the method gives one); categories are numbered
+  from 1 in class order.
+- ``yolo``: ``OUT/yolo/<key>.txt``, one line per polygon, ``class_idx x1 y1 x2 y2 ...``
+  with ``x`` / ``y`` the boundary pixels' column / row divided by the image width / height
+  (OpenCV ``findContours`` convention, as Ultralytics converts masks); an image without
+  masks gets an empty file; ``OUT/yolo/classes.txt`` lists the names, one a line.
+- ``overlay``: ``OUT/overlay/<key>.jpg``, the masks drawn over the image (one colour per
+  class, see :data:`prosam.visualize.PALETTE`), downscaled to ``max_side`` pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+from scipy import ndimage
+
+from prosam import __version__
+from prosam.io import atomic_path, read_image, write_bytes_atomic, write_image, write_mask_png
+from prosam.visualize import overlay_masks
+
+ImageSource = np.ndarray | str | os.PathLike[str] | None
+RLE = dict[str, Any]
+
+FORMATS = ("png", "png-indexed", "coco", "yolo", "overlay")
+
+
+class LabelMask(NamedTuple):
+    """One class's mask on one image: a bool ``(H, W)`` array or a COCO RLE dict."""
+
+    class_name: str
+    mask: np.ndarray | RLE
+    score: float
+    extras: Mapping[str, Any] | None = None
+
+
+@runtime_checkable
+class Writer(Protocol):
+    """An output format: ``add`` per image, then ``finalize`` once."""
+
+    name: str
+
+    def add(
+        self,
+        key: str,
+        image_size: tuple[int, int],
+        masks: Sequence[LabelMask],
+        *,
+        file_name: str | None = None,
+        image: ImageSource = None,
+    ) -> None: ...
+
+    def finalize(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- masks and RLE
+
+
+def encode_mask(mask: np.ndarray) -> RLE:
+    """COCO compressed RLE of a bool ``(H, W)`` mask, ``counts`` decoded to ``str`` for JSON."""
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=bool).astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_mask(rle: RLE) -> np.ndarray:
+    """The bool ``(H, W)`` mask of an RLE from :func:`encode_mask`."""
+    return mask_utils.decode(_rle_for_coco(rle)).astype(bool)
+
+
+def _rle_for_coco(rle: RLE) -> RLE:
+    counts = rle["counts"]
+    return {"size": list(rle["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
+
+
+def rle_bbox_area(rle: RLE) -> tuple[list[float], int]:
+    """``([x, y, w, h], area)`` of an RLE, computed by pycocotools."""
+    coco_rle = _rle_for_coco(rle)
+    return [float(v) for v in mask_utils.toBbox(coco_rle)], int(mask_utils.area(coco_rle))
+
+
+def as_bool_mask(mask: np.ndarray | RLE) -> np.ndarray:
+    """A :class:`LabelMask` mask as a bool array (decoding an RLE)."""
+    return decode_mask(mask) if isinstance(mask, Mapping) else np.asarray(mask, dtype=bool)
+
+
+def as_rle(mask: np.ndarray | RLE) -> RLE:
+    """A :class:`LabelMask` mask as an RLE dict (encoding an array)."""
+    return dict(mask) if isinstance(mask, Mapping) else encode_mask(mask)
+
+
+def safe_name(name: str) -> str:
+    """A class name usable as a folder name (characters other than ``A-Za-z0-9._-`` → ``_``)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".")
+    return safe or "_"
+
+
+def _check_classes(classes: Sequence[str]) -> list[str]:
+    names = [str(c) for c in classes]
+    if not names:
+        raise ValueError("give at least one class name")
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate class names in {names}")
+    bad = [c for c in names if not c or "\n" in c or "\r" in c]
+    if bad:
+        raise ValueError(f"class names must be non-empty single lines, got {bad!r}")
+    return names
+
+
+def _by_class(
+    classes: Sequence[str], masks: Sequence[LabelMask]
+) -> dict[str, LabelMask]:
+    found: dict[str, LabelMask] = {}
+    for m in masks:
+        if m.class_name not in classes:
+            raise ValueError(f"unknown class {m.class_name!r}; the writer has {list(classes)}")
+        if m.class_name in found:
+            raise ValueError(f"two masks for class {m.class_name!r} on one image")
+        found[m.class_name] = m
+    return found
+
+
+# --------------------------------------------------------------------------- PNG
+
+
+def voc_palette(n: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map: ``(n, 3) uint8``, index 0 black, 1 dark red, 2 dark green..."""
+    palette = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette[i] = (r, g, b)
+    return palette
+
+
+class PngWriter:
+    """0/255 PNG masks per class, or one indexed palette PNG per image (``indexed=True``)."""
+
+    def __init__(self, out_dir: str | os.PathLike[str], classes: Sequence[str], *, indexed: bool = False) -> None:
+        self.classes = _check_classes(classes)
+        self.indexed = indexed
+        self.name = "png-indexed" if indexed else "png"
+        self.root = Path(out_dir) / "png"
+        if indexed and len(self.classes) > 254:
+            raise ValueError("an indexed PNG holds at most 254 classes (255 is VOC's 'ignore')")
+        folders = [safe_name(c) for c in self.classes]
+        if not indexed and len({f.casefold() for f in folders}) != len(folders):
+            raise ValueError(f"class names {self.classes} collide as folder names {folders}")
+        self.folders = dict(zip(self.classes, folders, strict=True))
+
+    def paths(self, key: str) -> list[Path]:
+        """The files written for image ``key``."""
+        if self.indexed:
+            return [self.root / f"{key}.png"]
+        return [self.root / self.folders[c] / f"{key}.png" for c in self.classes]
+
+    def add(
+        self,
+        key: str,
+        image_size: tuple[int, int],
+        masks: Sequence[LabelMask],
+        *,
+        file_name: str | None = None,
+        image: ImageSource = None,
+    ) -> None:
+        found = _by_class(self.classes, masks)
+        h, w = image_size
+        if self.indexed:
+            labels = np.zeros((h, w), dtype=np.uint8)
+            # Lowest score first, so the best-scoring class ends on top; ties: class order.
+            order = sorted(found.values(), key=lambda m: (m.score, -self.classes.index(m.class_name)))
+            for m in order:
+                labels[_sized(as_bool_mask(m.mask), image_size)] = self.classes.index(m.class_name) + 1
+            img = Image.fromarray(labels, mode="P")
+            img.putpalette(voc_palette().ravel().tolist())
+            with atomic_path(self.root / f"{key}.png") as tmp:
+                img.save(tmp, format="PNG")
+            return
+        for c in self.classes:
+            mask = (
+                _sized(as_bool_mask(found[c].mask), image_size)
+                if c in found
+                else np.zeros((h, w), dtype=bool)
+            )
+            write_mask_png(self.root / self.folders[c] / f"{key}.png", mask)
+
+    def finalize(self) -> None:
+        """Nothing to do: every file is written by :meth:`add`."""
+
+
+def _sized(mask: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    if mask.shape != tuple(image_size):
+        raise ValueError(f"mask {mask.shape} does not match the image size {tuple(image_size)}")
+    return mask
+
+
+# --------------------------------------------------------------------------- COCO
+
+
+class CocoWriter:
+    """One COCO JSON file with RLE masks, written at :meth:`finalize`.
+
+    Image ids are the ``image_id`` given to :meth:`add` (default: 1, 2, ... in call order);
+    annotation ids run from 1 in the order images are added, classes in class order.
+    """
+
+    name = "coco"
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        classes: Sequence[str],
+        *,
+        file_name: str = "coco.json",
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.classes = _check_classes(classes)
+        self.path = Path(out_dir) / file_name
+        self.info = {"description": "prosam label", "version": __version__, **(info or {})}
+        self.images: list[dict[str, Any]] = []
+        self.annotations: list[dict[str, Any]] = []
+
+    def add(
+        self,
+        key: str,
+        image_size: tuple[int, int],
+        masks: Sequence[LabelMask],
+        *,
+        file_name: str | None = None,
+        image: ImageSource = None,
+        image_id: int | None = None,
+    ) -> None:
+        found = _by_class(self.classes, masks)
+        h, w = (int(v) for v in image_size)
+        image_id = len(self.images) + 1 if image_id is None else int(image_id)
+        self.images.append(
+            {"id": image_id, "file_name": file_name or key, "width": w, "height": h}
+        )
+        for c in self.classes:
+            if c not in found:
+                continue
+            m = found[c]
+            rle = as_rle(m.mask)
+            if list(rle["size"]) != [h, w]:
+                raise ValueError(f"{key}: mask of size {rle['size']} on a {h}x{w} image")
+            bbox, area = rle_bbox_area(rle)
+            ann: dict[str, Any] = {
+                "id": len(self.annotations) + 1,
+                "image_id": image_id,
+                "category_id": self.classes.index(c) + 1,
+                "segmentation": rle,
+                "area": area,
+                "bbox": bbox,
+                "iscrowd": 0,
+                "score": float(m.score),
+            }
+            uncertainty = (m.extras or {}).get("uncertainty")
+            if isinstance(uncertainty, (int, float)):
+                ann["uncertainty"] = float(uncertainty)
+            self.annotations.append(ann)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The COCO data set as a dict."""
+        categories = [
+            {"id": i + 1, "name": c, "supercategory": "object"} for i, c in enumerate(self.classes)
+        ]
+        return {
+            "info": self.info,
+            "images": self.images,
+            "annotations": self.annotations,
+            "categories": categories,
+        }
+
+    def finalize(self) -> None:
+        """Write the JSON file atomically."""
+        text = json.dumps(self.to_dict(), separators=(",", ":"))
+        write_bytes_atomic(self.path, text.encode())
+
+
+# --------------------------------------------------------------------------- YOLO
+
+# 8-neighbourhood as (dy, dx), clockwise on screen (y down) starting east.
+_DIRS = ((0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1))
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def _trace_outer(padded: np.ndarray, y0: int, x0: int) -> list[tuple[int, int]]:
+    """Moore-neighbour (radial sweep) tracing of the outer boundary of the 8-connected
+    component holding ``(y0, x0)``, its first pixel in raster order. ``padded`` has a
+    background border. Returns ``(y, x)`` boundary pixels, clockwise on screen."""
+    points = [(y0, x0)]
+    y, x, back, first = y0, x0, 4, -1  # we "came from" the west, which is background
+    while True:
+        for k in range(1, 9):
+            d = (back + k) % 8
+            dy, dx = _DIRS[d]
+            if padded[y + dy, x + dx]:
+                break
+        else:
+            return points  # an isolated pixel
+        if (y, x) == (y0, x0):
+            if first < 0:
+                first = d
+            elif d == first:  # leaving the start the same way again: the loop is closed
+                return points[:-1]
+        y, x, back = y + dy, x + dx, (d + 4) % 8
+        points.append((y, x))
+
+
+def _drop_collinear(points: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    n = len(points)
+    if n < 3:
+        return points
+    keep = []
+    for i in range(n):
+        (ay, ax), (by, bx), (cy, cx) = points[i - 1], points[i], points[(i + 1) % n]
+        if (by - ay, bx - ax) != (cy - by, cx - bx):
+            keep.append(points[i])
+    return keep
+
+
+def mask_polygons(mask: np.ndarray) -> list[np.ndarray]:
+    """Outer boundary polygons of a mask's 8-connected components, as ``(N, 2)`` ``x, y``
+    pixel coordinates (collinear points dropped, like OpenCV's ``CHAIN_APPROX_SIMPLE``).
+
+    Holes are not represented (YOLO-seg polygons have none, so a hole comes back filled);
+    components of one or two pixels, too small to give a polygon of three points, are left
+    out. Components come in raster order of their first pixel.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    labels, n = ndimage.label(mask, structure=_EIGHT)
+    polygons = []
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        component = labels[sl] == i
+        padded = np.pad(component, 1)
+        ys, xs = np.nonzero(padded)
+        contour = _trace_outer(padded, int(ys[0]), int(xs[0]))
+        simple = _drop_collinear(contour)
+        if len(simple) < 3:
+            simple = contour  # a straight line of pixels: keep its pixels
+        if len(simple) < 3:
+            continue
+        yx = np.asarray(simple, dtype=np.int64) - 1 + [sl[0].start, sl[1].start]
+        polygons.append(yx[:, ::-1].copy())
+    return polygons
+
+
+class YoloWriter:
+    """YOLO-seg label files (``OUT/yolo/<key>.txt``) and ``OUT/yolo/classes.txt``."""
+
+    name = "yolo"
+
+    def __init__(
+        self, out_dir: str | os.PathLike[str], classes: Sequence[str], *, decimals: int = 6
+    ) -> None:
+        self.classes = _check_classes(classes)
+        self.root = Path(out_dir) / "yolo"
+        self.decimals = decimals
+
+    def paths(self, key: str) -> list[Path]:
+        """The files written for image ``key``."""
+        return [self.root / f"{key}.txt"]
+
+    def add(
+        self,
+        key: str,
+        image_size: tuple[int, int],
+        masks: Sequence[LabelMask],
+        *,
+        file_name: str | None = None,
+        image: ImageSource = None,
+    ) -> None:
+        found = _by_class(self.classes, masks)
+        h, w = image_size
+        scale = np.array([w, h], dtype=np.float64)
+        lines = []
+        for idx, c in enumerate(self.classes):
+            if c not in found:
+                continue
+            for poly in mask_polygons(_sized(as_bool_mask(found[c].mask), image_size)):
+                coords = (poly / scale).ravel()
+                lines.append(" ".join([str(idx), *(f"{v:.{self.decimals}f}" for v in coords)]))
+        text = "".join(line + "\n" for line in lines)
+        write_bytes_atomic(self.root / f"{key}.txt", text.encode())
+
+    def finalize(self) -> None:
+        """Write ``classes.txt``."""
+        write_bytes_atomic(self.root / "classes.txt", "".join(c + "\n" for c in self.classes).encode())
+
+
+def read_yolo_polygons(
+    path: str | os.PathLike[str], image_size: tuple[int, int]
+) -> list[tuple[int, np.ndarray]]:
+    """``(class_idx, (N, 2) x, y pixel polygon)`` for each line of a YOLO-seg file."""
+    h, w = image_size
+    out = []
+    for line in Path(path).read_text().splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        xy = np.asarray(parts[1:], dtype=np.float64).reshape(-1, 2) * [w, h]
+        out.append((int(parts[0]), xy))
+    return out
+
+
+def rasterize_polygons(polygons: Sequence[np.ndarray], image_size: tuple[int, int]) -> np.ndarray:
+    """Fill ``x, y`` pixel polygons (outline included) into a bool ``(H, W)`` mask."""
+    from PIL import ImageDraw
+
+    h, w = image_size
+    img = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(img)
+    for poly in polygons:
+        pts = [(float(x), float(y)) for x, y in np.rint(poly)]
+        if len(pts) == 1:
+            draw.point(pts, fill=1)
+        else:
+            draw.polygon(pts, fill=1, outline=1)
+    return np.asarray(img, dtype=bool)
+
+
+# --------------------------------------------------------------------------- overlays
+
+
+class OverlayWriter:
+    """JPEG previews, masks blended over the image (``OUT/overlay/<key>.jpg``)."""
+
+    name = "overlay"
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        classes: Sequence[str],
+        *,
+        max_side: int = 1280,
+        quality: int = 85,
+    ) -> None:
+        self.classes = _check_classes(classes)
+        self.root = Path(out_dir) / "overlay"
+        self.max_side = max_side
+        self.quality = quality
+
+    def paths(self, key: str) -> list[Path]:
+        """The files written for image ``key``."""
+        return [self.root / f"{key}.jpg"]
+
+    def add(
+        self,
+        key: str,
+        image_size: tuple[int, int],
+        masks: Sequence[LabelMask],
+        *,
+        file_name: str | None = None,
+        image: ImageSource = None,
+    ) -> None:
+        if image is None:
+            raise ValueError("the overlay writer needs the image (array or path)")
+        pixels = image if isinstance(image, np.ndarray) else read_image(image)
+        if pixels.shape[:2] != tuple(image_size):
+            raise ValueError(f"{key}: image {pixels.shape[:2]} is not {tuple(image_size)}")
+        found = _by_class(self.classes, masks)
+        h, w = image_size
+        layers = [
+            as_bool_mask(found[c].mask) if c in found else np.zeros((h, w), dtype=bool)
+            for c in self.classes
+        ]
+        scale = min(1.0, self.max_side / max(h, w))
+        if scale < 1.0:
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
+            layers = [
+                np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST))
+                for m in layers
+            ]
+        write_image(self.root / f"{key}.jpg", overlay_masks(pixels, layers), quality=self.quality)
+
+    def finalize(self) -> None:
+        """Nothing to do: every file is written by :meth:`add`."""
+
+
+def make_writer(
+    name: str, out_dir: str | os.PathLike[str], classes: Sequence[str]
+) -> PngWriter | CocoWriter | YoloWriter | OverlayWriter:
+    """The writer of a format name (one of :data:`FORMATS`)."""
+    if name == "png":
+        return PngWriter(out_dir, classes)
+    if name == "png-indexed":
+        return PngWriter(out_dir, classes, indexed=True)
+    if name == "coco":
+        return CocoWriter(out_dir, classes)
+    if name == "yolo":
+        return YoloWriter(out_dir, classes)
+    if name == "overlay":
+        return OverlayWriter(out_dir, classes)
+    raise ValueError(f"unknown format {name!r}; choose from {', '.join(FORMATS)}")

@@ -1,0 +1,42 @@
+"""Stable-SAM (Fan et al.): deformable sampling and dynamic routing plugins for a frozen SAM
+decoder, its robust training strategy, and the prompt-robustness evaluation protocol.
+
+- :mod:`prosam.stable.plugin`: :class:`StableSamPlugin`, :func:`attach_stable_plugin`.
+- :mod:`prosam.stable.train`: :func:`train_stable` (RTS).
+- :mod:`prosam.stable.robustness`: :func:`evaluate_robustness`, :func:`to_markdown`.
+"""
+
+from prosam.stable.checkpoint import load_stable_plugin, save_stable_plugin
+from prosam.stable.objects import ObjectItem, dataset_objects, object_masks
+from prosam.stable.plugin import (
+    StablePluginHandle,
+    StableSamPlugin,
+    attach_stable_plugin,
+    count_parameters,
+    detach_stable_plugin,
+    is_attached,
+)
+from prosam.stable.prompts import ROBUSTNESS_KINDS, Prompt, sample_prompt
+from prosam.stable.robustness import evaluate_robustness, to_markdown
+from prosam.stable.train import StableTrainSettings, train_stable
+
+__all__ = [
+    "ROBUSTNESS_KINDS",
+    "ObjectItem",
+    "Prompt",
+    "StablePluginHandle",
+    "StableSamPlugin",
+    "StableTrainSettings",
+    "attach_stable_plugin",
+    "count_parameters",
+    "dataset_objects",
+    "detach_stable_plugin",
+    "evaluate_robustness",
+    "is_attached",
+    "load_stable_plugin",
+    "object_masks",
+    "sample_prompt",
+    "save_stable_plugin",
+    "to_markdown",
+    "train_stable",
+]
