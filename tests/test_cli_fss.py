@@ -165,3 +165,43 @@ def test_eval_refuses_contradicting_arguments(coco_root, tmp_path, capsys):
         ]
     )
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_method_options_reach_the_method(coco_root, tmp_path, capsys):
+    episodes = tmp_path / "ep.json"
+    _make(coco_root, episodes)
+    common = [
+        "eval",
+        "fss",
+        "--data",
+        f"coco:{coco_root}",
+        "--fold",
+        "0",
+        "--folds",
+        "2",
+        "--classes",
+        "all",
+        "--episodes",
+        str(episodes),
+        "--model",
+        "tiny",
+        "--no-progress",
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
+    code = main(
+        [
+            *common,
+            "--method",
+            "geometric",
+            "--method-option",
+            "backbone=efficientnet_lite0",
+            "--method-option",
+            "backbone_input=64",
+        ]
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["method_options"] == {"backbone": "efficientnet_lite0", "backbone_input": 64}
+    code = main([*common, "--method", "persam", "--method-option", "nonsense=1"])
+    assert code == 2 and "nonsense" in capsys.readouterr().err

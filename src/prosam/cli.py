@@ -90,6 +90,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--box", type=parse_box, default=None, metavar="X0,Y0,X1,Y1")
     p.add_argument("--out", required=True, help="output mask PNG (0/255, the image's size)")
+    p.add_argument("--stable", default=None, metavar="CKPT", help="attach a Stable-SAM plugin")
     p.add_argument(
         "--multimask",
         choices=["auto", "on", "off"],
@@ -147,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub, _add_model_args, _add_data_args)
     add_segment_parser(sub, _add_model_args)
+    from prosam.cli_stable import add_stable_parser
+    from prosam.label.cli import add_label_parser
+
+    add_stable_parser(sub, _add_model_args)
+    add_label_parser(sub, _add_model_args)
     return parser
 
 
@@ -190,6 +196,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _check_prompts_inside(points, box, image.shape[:2])
     multimask = {"on": True, "off": False}.get(args.multimask, len(points) == 1 and box is None)
     model, cache = _load_model(args)
+    if args.stable:
+        from prosam.stable import attach_stable_plugin, load_stable_plugin
+
+        attach_stable_plugin(model, load_stable_plugin(args.stable, model))
     predictor = Predictor(model, cache=cache)
     t0 = time.perf_counter()
     prediction = predictor.predict(

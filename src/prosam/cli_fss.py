@@ -79,6 +79,13 @@ def add_eval_parser(
     )
     f.add_argument("--method", required=True)
     f.add_argument("--checkpoint", default=None)
+    f.add_argument(
+        "--method-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option, e.g. backbone=efficientnet_lite0 for geometric (repeatable)",
+    )
     f.add_argument("--episodes", default=None, help="episode list from `prosam episodes make`")
     f.add_argument("--n", type=int, default=1000, help="episodes to draw without --episodes")
     f.add_argument("--seed", type=int, default=0)
@@ -87,6 +94,9 @@ def add_eval_parser(
     f.add_argument("--no-progress", action="store_true")
     add_model_args(f)
     f.set_defaults(func=cmd_eval_fss)
+    from prosam.cli_stable import add_robustness_parser
+
+    add_robustness_parser(vsub, add_model_args)
 
 
 def _dataset_and_classes(args: argparse.Namespace) -> tuple[Dataset, list[int], str]:
@@ -139,6 +149,20 @@ def cmd_episodes_make(args: argparse.Namespace) -> int:
         f"{args.out}: {len(episodes)} episodes over {len(classes)} classes (sha256 {digest[:12]})"
     )
     return 0
+
+
+def parse_method_options(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings to keyword arguments; values are JSON when they parse as JSON."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--method-option needs KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def _check_meta(name: str, given: Any, stored: Any) -> Any:
@@ -205,7 +229,9 @@ def cmd_eval_fss(args: argparse.Namespace) -> int:
     dataset, classes, scheme = _dataset_and_classes(args)
     episodes, digest = _load_or_make_episodes(args, dataset, classes)
     model, cache = _load_model(args)
-    method = build_method(args.method, model, checkpoint=args.checkpoint)
+    method = build_method(
+        args.method, model, checkpoint=args.checkpoint, **parse_method_options(args.method_option)
+    )
     result = evaluate_episodes(
         method,
         Predictor(model, cache=cache),
@@ -230,6 +256,7 @@ def cmd_eval_fss(args: argparse.Namespace) -> int:
             "annotation": args.annotation,
         },
         "method": args.method,
+        "method_options": parse_method_options(args.method_option),
         "checkpoint": args.checkpoint,
         "checkpoint_sha256": (
             sha256_file(checkpoint_files(args.checkpoint)[0]) if args.checkpoint else None

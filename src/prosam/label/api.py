@@ -34,6 +34,7 @@ from prosam.label.job import (
     DEFAULT_SCORE_THRESHOLD,
     LabelJob,
     LabelSummary,
+    TargetEntry,
     load_target_image,
     plan_targets,
     predict_classes,
@@ -54,9 +55,7 @@ from prosam.sam.transforms import check_image
 
 ImageLike = str | os.PathLike[str] | np.ndarray
 AnnotationLike = np.ndarray | str | os.PathLike[str] | Mapping[str, Any]
-ReferenceLike = (
-    Reference | tuple[ImageLike, AnnotationLike] | tuple[ImageLike, AnnotationLike, str]
-)
+ReferenceLike = Reference | tuple[ImageLike, AnnotationLike] | tuple[ImageLike, AnnotationLike, str]
 
 
 @dataclass
@@ -117,7 +116,8 @@ def annotation_to_mask(annotation: AnnotationLike, size: tuple[int, int]) -> tup
         keys = [k for k in ("mask", "box", "points", "scribble") if k in annotation]
         if len(keys) != 1:
             raise InputError(
-                f"an annotation dict needs exactly one of mask, box, points, scribble; got {sorted(annotation)}"
+                "an annotation dict needs exactly one of mask, box, points, scribble; "
+                f"got {sorted(annotation)}"
             )
         kind = keys[0]
         value = annotation[kind]
@@ -203,7 +203,9 @@ class Segmenter:
         name = str(item[2]) if len(item) == 3 else None
         return Reference(image, mask, self.predictor.embed(image), kind), name
 
-    def fit(self, references: Iterable[ReferenceLike], *, class_name: str = DEFAULT_CLASS) -> Segmenter:
+    def fit(
+        self, references: Iterable[ReferenceLike], *, class_name: str = DEFAULT_CLASS
+    ) -> Segmenter:
         """Fit one method per class (``class_name`` for references that name none)."""
         from prosam.methods.registry import build_method
 
@@ -231,7 +233,7 @@ class Segmenter:
         """Label targets (paths or arrays) in memory, in the order given."""
         self._check_fitted()
         items = [targets] if isinstance(targets, (str, os.PathLike, np.ndarray)) else list(targets)
-        paths = [t for t in items if not isinstance(t, np.ndarray)]
+        paths: list[str | os.PathLike[str]] = [t for t in items if not isinstance(t, np.ndarray)]
         planned = {id(p): e for p, e in zip(paths, _plan_in_order(paths), strict=True)}
         results = []
         for i, item in enumerate(items):
@@ -296,7 +298,13 @@ class Segmenter:
         )
         return job.run(targets)
 
-    def save_png(self, results: Sequence[LabelResult], out_dir: str | os.PathLike[str], *, indexed: bool = False) -> None:
+    def save_png(
+        self,
+        results: Sequence[LabelResult],
+        out_dir: str | os.PathLike[str],
+        *,
+        indexed: bool = False,
+    ) -> None:
         """See :func:`save_png`."""
         save_png(results, out_dir, indexed=indexed, classes=self.classes)
 
@@ -313,10 +321,10 @@ class Segmenter:
         save_overlay(results, out_dir, classes=self.classes)
 
 
-def _plan_in_order(paths: Sequence[ImageLike]) -> list[Any]:
+def _plan_in_order(paths: Sequence[str | os.PathLike[str]]) -> list[TargetEntry]:
     """:func:`plan_targets` entries matched back to ``paths`` (a repeated file shares one)."""
-    entries = {Path(e.path).resolve(): e for e in plan_targets(paths)}  # type: ignore[arg-type]
-    return [entries[Path(p).resolve()] for p in paths]  # type: ignore[arg-type]
+    entries = {e.path.resolve(): e for e in plan_targets(paths)}
+    return [entries[Path(p).resolve()] for p in paths]
 
 
 def _result(

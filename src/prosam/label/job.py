@@ -123,7 +123,9 @@ def plan_targets(paths: Sequence[str | os.PathLike[str]]) -> list[TargetEntry]:
     return entries
 
 
-def load_target_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_target_image(
+    path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Read a target as RGB, refusing images of more than ``max_pixels`` before decoding."""
     try:
         with Image.open(path) as img:
@@ -172,7 +174,10 @@ class ClassPrediction:
 
 
 def _uncertainty_in_mask(
-    extras: Mapping[str, Any], mask: np.ndarray, embedded: ImageEmbedding, low_res_shape: tuple[int, ...]
+    extras: Mapping[str, Any],
+    mask: np.ndarray,
+    embedded: ImageEmbedding,
+    low_res_shape: tuple[int, ...],
 ) -> float | None:
     u = extras.get("uncertainty")
     if not isinstance(u, torch.Tensor) or not mask.any():
@@ -205,7 +210,8 @@ def predict_classes(
     for name, method in methods.items():
         result = method.predict(target)
         low_res = result.low_res_logits
-        logits = postprocess_logits(low_res.reshape(1, 1, *low_res.shape[-2:]).float(), embedded.geometry)
+        low_res = low_res.reshape(1, 1, *low_res.shape[-2:]).float()
+        logits = postprocess_logits(low_res, embedded.geometry)
         mask = (logits[0, 0] > predictor.mask_threshold).cpu().numpy()
         area = int(mask.sum())
         kept = area > 0 and area >= min_area_fraction * h * w and result.score >= score_threshold
@@ -239,7 +245,12 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def make_record(entry: TargetEntry, size: tuple[int, int], predictions: Sequence[ClassPrediction], formats: Sequence[str]) -> dict[str, Any]:
+def make_record(
+    entry: TargetEntry,
+    size: tuple[int, int],
+    predictions: Sequence[ClassPrediction],
+    formats: Sequence[str],
+) -> dict[str, Any]:
     """What a finished target leaves in ``records/<key>.json``."""
     return {
         "version": RECORD_VERSION,
@@ -287,7 +298,9 @@ class FinalizeSummary:
     missing: list[str]
 
 
-def finalize_outputs(out_dir: str | os.PathLike[str], formats: Sequence[str] = ("coco",)) -> FinalizeSummary:
+def finalize_outputs(
+    out_dir: str | os.PathLike[str], formats: Sequence[str] = ("coco",)
+) -> FinalizeSummary:
     """Write ``failures.json`` and (with ``"coco"`` in ``formats``) ``coco.json`` from the
     records of the targets in ``targets.json``, in target order; deterministic, so any
     shard, a rerun or a separate step writes the same files."""
@@ -409,7 +422,9 @@ class LabelJob:
         if unknown:
             raise InputError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
         self.writers: list[Writer] = [
-            make_writer(f, self.out, self.classes) for f in dict.fromkeys(self.format_names) if f != "coco"
+            make_writer(f, self.out, self.classes)
+            for f in dict.fromkeys(self.format_names)
+            if f != "coco"
         ]
         self.writers += [f for f in formats if not isinstance(f, str)]
         self.score_threshold = float(score_threshold)
@@ -441,8 +456,9 @@ class LabelJob:
     def _check_config(self) -> None:
         path = self.out / "job.json"
         old = _read_json(path)
-        if old is not None and old != json.loads(json.dumps(self.config)) and not self.restart:
-            diff = sorted(k for k in set(old) | set(self.config) if old.get(k) != self.config.get(k))
+        new = json.loads(json.dumps(self.config))  # tuples as lists, as read back
+        if old is not None and old != new and not self.restart:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise InputError(
                 f"{self.out} holds a labelling job with another configuration (differs in: "
                 f"{', '.join(diff)}); use another output folder or restart the job"
@@ -468,7 +484,13 @@ class LabelJob:
         _write_json(self._failure_path(entry), failure)
         return failure
 
-    def _finish(self, entry: TargetEntry, size: tuple[int, int], preds: Sequence[ClassPrediction], image: np.ndarray) -> None:
+    def _finish(
+        self,
+        entry: TargetEntry,
+        size: tuple[int, int],
+        preds: Sequence[ClassPrediction],
+        image: np.ndarray,
+    ) -> None:
         masks = label_masks(preds)
         for writer in self.writers:
             writer.add(entry.key, size, masks, file_name=entry.file_name, image=image)
@@ -497,7 +519,9 @@ class LabelJob:
         _write_json(self._record_path(entry), record)
         return True
 
-    def _loader(self, entries: Sequence[TargetEntry]) -> Iterator[tuple[int, torch.Tensor | None, str | None]]:
+    def _loader(
+        self, entries: Sequence[TargetEntry]
+    ) -> Iterator[tuple[int, torch.Tensor | None, str | None]]:
         dataset = _TargetImages(entries, self.max_pixels)
         if self.workers == 0 or len(entries) <= 1:
             return (dataset[i] for i in range(len(dataset)))
@@ -540,7 +564,8 @@ class LabelJob:
                 summary.backfilled += self._backfill(e, record)
             except ProsamError as err:
                 summary.failures.append(self._fail(e, str(err)))
-        bar = _progress(len(mine), summary.skipped, self.progress, f"label {i}/{n}" if n > 1 else "label")
+        desc = f"label {i}/{n}" if n > 1 else "label"
+        bar = _progress(len(mine), summary.skipped, self.progress, desc)
         try:
             for pos, tensor, error in self._loader(pending):
                 entry = pending[pos]
@@ -603,4 +628,6 @@ def _progress(total: int, initial: int, enabled: bool, desc: str) -> Any:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit="img", desc=desc, dynamic_ncols=True, smoothing=0.1)
+    return tqdm(
+        total=total, initial=initial, unit="img", desc=desc, dynamic_ncols=True, smoothing=0.1
+    )

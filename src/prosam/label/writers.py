@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -89,12 +90,17 @@ def encode_mask(mask: np.ndarray) -> RLE:
 
 def decode_mask(rle: RLE) -> np.ndarray:
     """The bool ``(H, W)`` mask of an RLE from :func:`encode_mask`."""
-    return mask_utils.decode(_rle_for_coco(rle)).astype(bool)
+    with warnings.catch_warnings():  # pycocotools' decode under numpy 2
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(_rle_for_coco(rle)).astype(bool)
 
 
 def _rle_for_coco(rle: RLE) -> RLE:
     counts = rle["counts"]
-    return {"size": list(rle["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
+    return {
+        "size": list(rle["size"]),
+        "counts": counts.encode() if isinstance(counts, str) else counts,
+    }
 
 
 def rle_bbox_area(rle: RLE) -> tuple[list[float], int]:
@@ -131,9 +137,7 @@ def _check_classes(classes: Sequence[str]) -> list[str]:
     return names
 
 
-def _by_class(
-    classes: Sequence[str], masks: Sequence[LabelMask]
-) -> dict[str, LabelMask]:
+def _by_class(classes: Sequence[str], masks: Sequence[LabelMask]) -> dict[str, LabelMask]:
     found: dict[str, LabelMask] = {}
     for m in masks:
         if m.class_name not in classes:
@@ -164,7 +168,9 @@ def voc_palette(n: int = 256) -> np.ndarray:
 class PngWriter:
     """0/255 PNG masks per class, or one indexed palette PNG per image (``indexed=True``)."""
 
-    def __init__(self, out_dir: str | os.PathLike[str], classes: Sequence[str], *, indexed: bool = False) -> None:
+    def __init__(
+        self, out_dir: str | os.PathLike[str], classes: Sequence[str], *, indexed: bool = False
+    ) -> None:
         self.classes = _check_classes(classes)
         self.indexed = indexed
         self.name = "png-indexed" if indexed else "png"
@@ -196,9 +202,10 @@ class PngWriter:
         if self.indexed:
             labels = np.zeros((h, w), dtype=np.uint8)
             # Lowest score first, so the best-scoring class ends on top; ties: class order.
-            order = sorted(found.values(), key=lambda m: (m.score, -self.classes.index(m.class_name)))
+            index = {c: i + 1 for i, c in enumerate(self.classes)}
+            order = sorted(found.values(), key=lambda m: (m.score, -index[m.class_name]))
             for m in order:
-                labels[_sized(as_bool_mask(m.mask), image_size)] = self.classes.index(m.class_name) + 1
+                labels[_sized(as_bool_mask(m.mask), image_size)] = index[m.class_name]
             img = Image.fromarray(labels, mode="P")
             img.putpalette(voc_palette().ravel().tolist())
             with atomic_path(self.root / f"{key}.png") as tmp:
@@ -261,9 +268,7 @@ class CocoWriter:
         found = _by_class(self.classes, masks)
         h, w = (int(v) for v in image_size)
         image_id = len(self.images) + 1 if image_id is None else int(image_id)
-        self.images.append(
-            {"id": image_id, "file_name": file_name or key, "width": w, "height": h}
-        )
+        self.images.append({"id": image_id, "file_name": file_name or key, "width": w, "height": h})
         for c in self.classes:
             if c not in found:
                 continue
@@ -356,7 +361,7 @@ def mask_polygons(mask: np.ndarray) -> list[np.ndarray]:
     out. Components come in raster order of their first pixel.
     """
     mask = np.asarray(mask, dtype=bool)
-    labels, n = ndimage.label(mask, structure=_EIGHT)
+    labels, _ = ndimage.label(mask, structure=_EIGHT)
     polygons = []
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
@@ -415,7 +420,8 @@ class YoloWriter:
 
     def finalize(self) -> None:
         """Write ``classes.txt``."""
-        write_bytes_atomic(self.root / "classes.txt", "".join(c + "\n" for c in self.classes).encode())
+        text = "".join(c + "\n" for c in self.classes)
+        write_bytes_atomic(self.root / "classes.txt", text.encode())
 
 
 def read_yolo_polygons(

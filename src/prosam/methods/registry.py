@@ -18,11 +18,41 @@ def _persam(model: FrozenSam, checkpoint: str | None, **options: Any) -> Referen
     return PerSAM(model, **options)
 
 
-def _geometric(model: FrozenSam, checkpoint: str | None, **options: Any) -> ReferenceMethod:
+def _geometric(
+    model: FrozenSam,
+    checkpoint: str | None,
+    *,
+    backbone: str | None = None,
+    level: str = "high",
+    backbone_input: int = 512,
+    **options: Any,
+) -> ReferenceMethod:
+    """GP-SAM; ``backbone`` (e.g. ``efficientnet_lite0``) takes the prior from a semantic
+    backbone's ``level`` (``high`` or ``mid1``) instead of SAM's own embeddings."""
     from prosam.methods.geometric import GeometricPrompts
 
     _no_checkpoint("geometric", checkpoint)
+    if backbone is not None:
+        options["features"] = backbone_feature_fn(backbone, level, backbone_input, model)
     return GeometricPrompts(model, **options)
+
+
+def backbone_feature_fn(
+    name: str, level: str, size: int, model: FrozenSam
+) -> Callable[[Any, Any], Any]:
+    """``fn(image, embedded) -> (C, h, w)``: one level of a frozen backbone's features."""
+    from prosam.backbones import build_backbone
+    from prosam.methods.prompt_model import backbone_features
+
+    if level not in ("high", "mid0", "mid1"):
+        raise InputError(f"level must be high, mid0 or mid1, got {level!r}")
+    net = build_backbone(name).to(model.device)
+
+    def features(image: Any, embedded: Any) -> Any:
+        f = backbone_features(net, image, size)
+        return (f.high if level == "high" else f.mid[int(level[-1])])[0]
+
+    return features
 
 
 def _trained(kind: str) -> Callable[..., ReferenceMethod]:
@@ -55,4 +85,9 @@ def build_method(
     """Build the method called ``name`` on a frozen SAM (with its checkpoint, if trained)."""
     if name not in METHODS:
         raise InputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[name](model, checkpoint, **options)
+    try:
+        return METHODS[name](model, checkpoint, **options)
+    except TypeError as err:
+        if "unexpected keyword" not in str(err):
+            raise
+        raise InputError(f"method {name!r}: {err}") from err

@@ -265,7 +265,13 @@ def train_stable(
                         continue
                     embedding, geometry, item = _embed(predictor, plain, item, settings, rng)
                     kind = choose_kind(settings, rng)
-                    prompt = sample_prompt(kind, item.mask, rng, min_iou=settings.noisy_box_min_iou)
+                    try:
+                        prompt = sample_prompt(
+                            kind, item.mask, rng, min_iou=settings.noisy_box_min_iou
+                        )
+                    except InputError:  # e.g. no box in a box_iou_* range for this object
+                        skipped += 1
+                        continue
                     kinds[kind] = kinds.get(kind, 0) + 1
                     losses.append(
                         object_loss(sam, embedding, geometry, prompt, item.mask, item.ignore)

@@ -1,0 +1,296 @@
+"""``prosam label``: label many targets like annotated references, resumably.
+
+Each ``--ref IMAGE`` is followed by one annotation (``--ref-mask``, ``--ref-box``,
+``--ref-points`` or ``--ref-scribble``) and optionally ``--class NAME`` (default
+``object``); references naming the same class fit one method together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from prosam.errors import InputError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+_ANNOTATIONS = ("ref_mask", "ref_box", "ref_points", "ref_scribble")
+
+
+class _ReferenceAction(argparse.Action):
+    """Collect ``--ref`` and the options after it, in order, into ``args.references``."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        refs = list(getattr(namespace, "references", None) or [])
+        if self.dest == "ref":
+            refs.append({"image": values, "class": None, "annotation": None})
+        elif not refs:
+            parser.error(f"{option_string} must follow a --ref")
+        elif self.dest == "class_name":
+            if refs[-1]["class"] is not None:
+                parser.error(f"--ref {refs[-1]['image']}: --class given twice")
+            refs[-1]["class"] = values
+        elif refs[-1]["annotation"] is not None and self.dest != "ref_points":
+            parser.error(f"--ref {refs[-1]['image']}: give one annotation per --ref")
+        elif self.dest == "ref_points":
+            kind, old = refs[-1]["annotation"] or ("ref_points", [])
+            if kind != "ref_points":
+                parser.error(f"--ref {refs[-1]['image']}: give one annotation per --ref")
+            refs[-1]["annotation"] = ("ref_points", [*old, values])
+        else:
+            refs[-1]["annotation"] = (self.dest, values)
+        namespace.references = refs
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``I/N`` with ``0 <= I < N``."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must be I/N, e.g. 0/4; got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= I < N")
+    return i, n
+
+
+def parse_formats(text: str) -> list[str]:
+    """Comma-separated output formats."""
+    from prosam.label.writers import FORMATS
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in FORMATS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown format(s) {bad or text!r}; choose from {','.join(FORMATS)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def add_label_parser(
+    sub: argparse._SubParsersAction, add_model_args: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    """Add ``prosam label`` to the ``prosam`` command's subparsers."""
+    from prosam.cli import parse_box, parse_point
+    from prosam.label.job import (
+        DEFAULT_MAX_PIXELS,
+        DEFAULT_MIN_AREA_FRACTION,
+        DEFAULT_SCORE_THRESHOLD,
+    )
+
+    p = sub.add_parser(
+        "label",
+        help="label many target images like annotated references (png, COCO, YOLO outputs)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(references=None, func=cmd_label)
+    p.add_argument("--ref", action=_ReferenceAction, metavar="IMAGE", help="a reference image")
+    p.add_argument(
+        "--ref-mask", action=_ReferenceAction, metavar="PNG", help="its mask (0/255 or palette)"
+    )
+    p.add_argument("--ref-box", action=_ReferenceAction, type=parse_box, metavar="X0,Y0,X1,Y1")
+    p.add_argument(
+        "--ref-points",
+        action=_ReferenceAction,
+        type=lambda text: [parse_point(t) for t in text.split(";") if t],
+        metavar="X,Y[;X,Y...]",
+        help="foreground clicks on the reference",
+    )
+    p.add_argument(
+        "--ref-scribble", action=_ReferenceAction, metavar="PNG", help="non-zero = drawn"
+    )
+    p.add_argument(
+        "--class",
+        dest="class_name",
+        action=_ReferenceAction,
+        metavar="NAME",
+        help="class of the preceding --ref (default: object)",
+    )
+    p.add_argument(
+        "targets",
+        nargs="*",
+        help="target images, folders of images, or @LIST.txt (one path a line, relative to "
+        "the list's folder)",
+    )
+    p.add_argument("--recursive", action="store_true", help="look into sub-folders too")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--format",
+        dest="formats",
+        type=parse_formats,
+        default=["png", "coco"],
+        metavar="png,coco,...",
+        help="png, png-indexed, coco, yolo, overlay (default: png,coco)",
+    )
+    p.add_argument(
+        "--method", default="persam", help="persam | geometric | vrp, prosam (need --checkpoint)"
+    )
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="ProSAM: record the mean uncertainty inside each mask",
+    )
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=DEFAULT_SCORE_THRESHOLD,
+        help="drop masks scoring below this (SAM's predicted IoU; default %(default)s)",
+    )
+    p.add_argument(
+        "--min-area-fraction",
+        type=float,
+        default=DEFAULT_MIN_AREA_FRACTION,
+        metavar="FRACTION",
+        help="drop masks covering less than this fraction of the image (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="larger targets are reported as failures (default %(default)s)",
+    )
+    p.add_argument(
+        "--shard",
+        type=parse_shard,
+        default=None,
+        metavar="I/N",
+        help="label every N-th target from the I-th (default: RANK/WORLD_SIZE, else 0/1)",
+    )
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes (0: inline)")
+    p.add_argument(
+        "--cache-target-embeddings",
+        action="store_true",
+        help="also cache the targets' SAM embeddings (references' always are)",
+    )
+    p.add_argument(
+        "--restart", action="store_true", help="discard earlier records in --out and start over"
+    )
+    p.add_argument(
+        "--finalize",
+        action="store_true",
+        help="only rebuild coco.json and failures.json from the records (after all shards)",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    add_model_args(p)
+
+
+def expand_label_targets(items: Sequence[str], *, recursive: bool = False) -> list[Path]:
+    """Files as given, folders expanded to their images, ``@list.txt`` to its lines."""
+    paths: list[Path] = []
+    for item in items:
+        if item.startswith("@"):
+            listing = Path(item[1:])
+            try:
+                lines = listing.read_text().splitlines()
+            except OSError as err:
+                raise InputError(f"{listing}: cannot read the target list ({err})") from err
+            for line in lines:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    p = Path(line).expanduser()
+                    paths.append(p if p.is_absolute() else listing.parent / p)
+            continue
+        p = Path(item)
+        if p.is_dir():
+            found = p.rglob("*") if recursive else p.iterdir()
+            paths += sorted(q for q in found if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            paths.append(p)
+        else:
+            raise InputError(f"{p}: no such file or folder")
+    return paths
+
+
+def _annotation(ref: dict[str, Any]) -> Any:
+    """The reference's annotation in the form :func:`prosam.label.api.annotation_to_mask` takes."""
+    kind, value = ref["annotation"]
+    if kind == "ref_mask":
+        return value
+    if kind == "ref_scribble":
+        return {"scribble": value}
+    if kind == "ref_box":
+        return {"box": list(value)}
+    clicks = [p for group in value for p in group]
+    if any(label != 1 for _, _, label in clicks):
+        raise InputError("--ref-points takes foreground clicks only")
+    return {"points": [[x, y] for x, y, _ in clicks]}
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    """Run (or finalize) a labelling job; status 1 when a target failed."""
+    from prosam.label.job import finalize_outputs
+
+    if args.finalize:
+        result = finalize_outputs(args.out, args.formats)
+        print(
+            f"{args.out}: {result.images} images, {result.annotations} masks, "
+            f"{len(result.failures)} failed, {len(result.missing)} not labelled yet"
+        )
+        return 1 if result.failures or result.missing else 0
+
+    references = args.references or []
+    if not references:
+        raise InputError("give at least one --ref IMAGE with --ref-mask/--ref-box/...")
+    for ref in references:
+        if ref["annotation"] is None:
+            raise InputError(f"--ref {ref['image']}: give its --ref-mask, --ref-box, ...")
+    if not args.targets:
+        raise InputError("give target images, folders or @list.txt")
+    targets = expand_label_targets(args.targets, recursive=args.recursive)
+    if not targets:
+        raise InputError("no target images found")
+
+    from prosam.cli import _load_model
+    from prosam.label.api import Segmenter
+    from prosam.sam import Predictor
+
+    model, cache = _load_model(args)
+    options = {"uncertainty": True} if args.uncertainty else {}
+    seg = Segmenter(
+        model,
+        args.method,
+        checkpoint=args.checkpoint,
+        predictor=Predictor(model, cache=cache),
+        cache_targets=args.cache_target_embeddings,
+        score_threshold=args.score_threshold,
+        min_area_fraction=args.min_area_fraction,
+        method_options=options,
+    )
+    seg.fit([(r["image"], _annotation(r), r["class"] or "object") for r in references])
+    summary = seg.label(
+        targets,
+        args.out,
+        formats=args.formats,
+        shard=args.shard,
+        workers=args.workers,
+        max_pixels=args.max_pixels,
+        progress=not args.no_progress,
+        restart=args.restart,
+    )
+    rate = summary.processed / summary.seconds if summary.seconds else 0.0
+    i, n = summary.shard
+    print(
+        f"{args.out}: {summary.processed} labelled ({summary.empty} with nothing found), "
+        f"{summary.skipped} already done, {summary.failed} failed"
+        + (f" [shard {i}/{n}: {summary.shard_targets} of {summary.total}]" if n > 1 else "")
+        + f", {rate:.2f} img/s"
+    )
+    if summary.failed:
+        where = "failures.json" if summary.finalized else "failures"
+        print(f"failed targets and why: {os.path.join(args.out, where)}", file=sys.stderr)
+    if not summary.finalized:
+        print(
+            "other shards are still running: the last to finish writes coco.json "
+            "(or run the same command with --finalize)"
+        )
+    return 1 if summary.failed else 0

@@ -1,0 +1,283 @@
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import prosam.label.job as job_module
+from prosam.errors import InputError
+from prosam.io import read_label_map
+from prosam.label.job import LabelJob, plan_targets
+from prosam.methods.base import MethodOutput, ReferenceMethod, Target
+from prosam.sam import Predictor
+
+ALL_FORMATS = ["png", "png-indexed", "coco", "yolo", "overlay"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_sam) -> Predictor:
+    return Predictor(tiny_sam)
+
+
+class BrightMethod:
+    """A deterministic stub: the mask is the bright (``sign=1``) or dark (``-1``) part of the
+    target, as logits on SAM's low-res grid. Counts its predictions; ``fail_after`` raises
+    on the next one, like a job killed mid-run."""
+
+    name = "bright"
+
+    def __init__(
+        self,
+        sign: float = 1.0,
+        score: float = 0.9,
+        fail_after: int | None = None,
+        uncertainty: bool = False,
+    ) -> None:
+        self.sign, self.score, self.fail_after, self.uncertainty = (
+            sign,
+            score,
+            fail_after,
+            uncertainty,
+        )
+        self.calls = 0
+
+    def fit(self, references) -> None:
+        pass
+
+    def predict(self, target: Target) -> MethodOutput:
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise RuntimeError("killed")
+        self.calls += 1
+        g = target.embedded.geometry
+        s = g.image_size
+        x = torch.from_numpy(target.image.mean(axis=2, dtype=np.float32))[None, None]
+        x = F.interpolate(x, g.input_size, mode="bilinear", align_corners=False)
+        x = F.pad(x, (0, s - g.input_size[1], 0, s - g.input_size[0]), value=128.0)
+        logits = self.sign * (F.interpolate(x, (s // 4, s // 4), mode="bilinear") - 128) / 8
+        extras = {"uncertainty": torch.full((s // 4, s // 4), 0.25)} if self.uncertainty else {}
+        return MethodOutput(logits[0], self.score, extras)
+
+
+def _image(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+    y0, x0 = rng.integers(2, h // 2), rng.integers(2, w // 2)
+    img[y0 : y0 + h // 3, x0 : x0 + w // 3] = 230
+    return img
+
+
+@pytest.fixture
+def targets(tmp_path) -> list[Path]:
+    paths = []
+    for i in range(5):
+        p = tmp_path / "t" / f"img{i}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_image(40 + 4 * i, 56, i)).save(p)
+        paths.append(p)
+    for folder, suffix in (("a", ".png"), ("b", ".jpg")):  # the same stem twice
+        p = tmp_path / folder / f"dup{suffix}"
+        p.parent.mkdir(parents=True)
+        Image.fromarray(_image(48, 48, 10 + len(paths))).save(p, quality=95)
+        paths.append(p)
+    return paths
+
+
+def _job(predictor, out, method: ReferenceMethod | dict, **kw) -> LabelJob:
+    kw = {"workers": 0, "progress": False, "formats": ALL_FORMATS, "shard": (0, 1), **kw}
+    methods = method if isinstance(method, dict) else {"bright": method}
+    return LabelJob(methods, predictor, out, **kw)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("kill_in", ["predict", "record"])
+def test_resume_after_a_kill_matches_an_uninterrupted_run(
+    tmp_path, targets, predictor, monkeypatch, kill_in
+):
+    full = BrightMethod()
+    summary = _job(predictor, tmp_path / "full", full).run(targets)
+    assert full.calls == len(targets) and summary.processed == len(targets) and summary.finalized
+
+    out = tmp_path / "resumed"
+    first = BrightMethod(fail_after=3 if kill_in == "predict" else None)
+    if kill_in == "record":  # killed after a target's files, before its record
+        real, made = job_module.make_record, []
+
+        def make_record(*args, **kwargs):
+            if len(made) == 3:
+                raise RuntimeError("killed")
+            made.append(1)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(job_module, "make_record", make_record)
+    with pytest.raises(RuntimeError, match="killed"):
+        _job(predictor, out, first).run(targets)
+    monkeypatch.undo()
+    assert len(list((out / "records").glob("*.json"))) == 3
+    assert not (out / "coco.json").exists()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+    again = BrightMethod()
+    summary = _job(predictor, out, again).run(targets)
+    assert again.calls == len(targets) - 3  # finished targets are not predicted again
+    assert summary.skipped == 3 and summary.processed == len(targets) - 3 and summary.ok
+    assert _tree(out) == _tree(tmp_path / "full")
+
+    idle = BrightMethod()
+    summary = _job(predictor, out, idle).run(targets)
+    assert idle.calls == 0 and summary.skipped == len(targets) and summary.finalized
+
+
+def _jpeg_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(_image(64, 64, 99)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_bad_inputs_are_reported_and_skipped(tmp_path, targets, predictor):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    (bad / "notes.jpg").write_text("not an image at all\n")
+    (bad / "truncated.jpg").write_bytes(_jpeg_bytes()[:300])
+    (bad / "tiny.jpg").write_bytes(_jpeg_bytes()[:12])
+    Image.fromarray(_image(120, 120, 5)).save(bad / "huge.png")
+    method = BrightMethod()
+    summary = _job(predictor, tmp_path / "out", method, workers=2, max_pixels=100 * 100).run(
+        sorted(bad.iterdir()) + targets
+    )
+    assert summary.processed == len(targets) and summary.failed == 5 and not summary.ok
+    assert summary.finalized
+    failures = json.loads((tmp_path / "out" / "failures.json").read_text())
+    reasons = {f["file_name"]: f["reason"] for f in failures}
+    assert sorted(reasons) == [f"bad/{n}" for n in sorted(p.name for p in bad.iterdir())]
+    assert "more than 10000" in reasons["bad/huge.png"]
+    assert all("bad/" in r for r in reasons.values())  # each reason names its file
+    coco = json.loads((tmp_path / "out" / "coco.json").read_text())
+    assert len(coco["images"]) == len(targets)
+
+    again = BrightMethod()  # a rerun retries the failures only
+    summary = _job(predictor, tmp_path / "out", again, max_pixels=100 * 100).run(
+        sorted(bad.iterdir()) + targets
+    )
+    assert again.calls == 0 and summary.failed == 5 and summary.skipped == len(targets)
+    (bad / "huge.png").unlink()
+    Image.fromarray(_image(60, 60, 5)).save(bad / "huge.png")  # fixed: now labelled
+    summary = _job(predictor, tmp_path / "out", again, max_pixels=100 * 100).run(
+        sorted(bad.iterdir()) + targets
+    )
+    assert again.calls == 1 and summary.failed == 4
+    assert not (tmp_path / "out" / "failures" / "huge.json").exists()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_shards_cover_every_target_exactly_once(tmp_path, targets, predictor, n):
+    single = tmp_path / "single"
+    _job(predictor, single, BrightMethod(), formats=["coco", "yolo"]).run(targets)
+    out = tmp_path / f"sharded{n}"
+    calls = processed = 0
+    for i in range(n):
+        method = BrightMethod()
+        summary = _job(predictor, out, method, formats=["coco", "yolo"], shard=(i, n)).run(targets)
+        calls += method.calls
+        processed += summary.processed
+        assert summary.shard_targets == len(targets[i::n])
+        assert summary.finalized == (i == n - 1)  # the last shard to finish writes coco.json
+    assert calls == processed == len(targets)
+    keys = sorted(e.key for e in plan_targets(targets))
+    assert sorted(p.stem for p in (out / "records").glob("*.json")) == keys
+    assert (out / "coco.json").read_bytes() == (single / "coco.json").read_bytes()
+    assert _tree(out / "yolo") == _tree(single / "yolo")
+
+
+def test_shard_defaults_to_torchrun_environment(predictor, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert _job(predictor, tmp_path, BrightMethod(), shard=None).shard == (1, 3)
+    with pytest.raises(InputError, match="shard"):
+        _job(predictor, tmp_path, BrightMethod(), shard=(3, 3))
+
+
+def test_duplicate_stems_get_distinct_deterministic_keys(tmp_path, targets, predictor):
+    (tmp_path / "c").mkdir()
+    Image.fromarray(_image(40, 40, 3)).save(tmp_path / "c" / "DUP.png")  # same stem, other case
+    paths = [*targets, tmp_path / "c" / "DUP.png", targets[0]]  # and a file listed twice
+    entries = plan_targets(paths)
+    keys = [e.key for e in entries]
+    assert len(entries) == len(targets) + 1 and len({k.casefold() for k in keys}) == len(keys)
+    assert [e.key for e in plan_targets(paths[::-1])] == keys  # independent of the order
+    assert {k for k in keys if k.startswith("img")} == {f"img{i}" for i in range(5)}
+    dups = sorted(k for k in keys if k.casefold().startswith("dup"))
+    assert len(dups) == 3 and all(len(k.split("-")[1]) == 8 for k in dups)
+    assert [e.file_name for e in entries][:3] == ["a/dup.png", "b/dup.jpg", "c/DUP.png"]
+    _job(predictor, tmp_path / "out", BrightMethod(), formats=["png"]).run(paths)
+    assert sorted(p.stem for p in (tmp_path / "out" / "png" / "bright").iterdir()) == sorted(keys)
+
+
+def test_multiple_classes_uncertainty_and_outputs(tmp_path, targets, predictor):
+    methods = {"bright": BrightMethod(uncertainty=True), "dark": BrightMethod(-1.0, score=0.5)}
+    summary = _job(predictor, tmp_path / "out", methods).run(targets[:2])
+    assert summary.processed == 2
+    out = tmp_path / "out"
+    bright = np.asarray(Image.open(out / "png" / "bright" / "img0.png")) > 0
+    dark = np.asarray(Image.open(out / "png" / "dark" / "img0.png")) > 0
+    image = np.asarray(Image.open(targets[0])).mean(axis=2)
+    assert bright.any() and dark.any() and not (bright & dark).any()
+    assert (image[bright] > 128).mean() > 0.9 and (image[dark] < 128).mean() > 0.9
+    labels = read_label_map(out / "png" / "img0.png")
+    assert set(np.unique(labels)) == {1, 2}
+    coco = json.loads((out / "coco.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["bright", "dark"]
+    anns = [a for a in coco["annotations"] if a["image_id"] == 1]
+    assert [a["category_id"] for a in anns] == [1, 2]
+    assert anns[0]["uncertainty"] == pytest.approx(0.25) and "uncertainty" not in anns[1]
+    record = json.loads((out / "records" / "img0.json").read_text())
+    assert [c["class"] for c in record["classes"]] == ["bright", "dark"]
+    assert {
+        int(line.split()[0]) for line in (out / "yolo" / "img0.txt").read_text().splitlines()
+    } == {0, 1}
+
+
+def test_empty_targets_yield_no_masks(tmp_path, targets, predictor):
+    summary = _job(predictor, tmp_path, BrightMethod(score=0.2), score_threshold=0.5).run(
+        targets[:2]
+    )
+    assert summary.empty == 2 and summary.ok
+    assert not np.asarray(Image.open(tmp_path / "png" / "bright" / "img0.png")).any()
+    assert (tmp_path / "yolo" / "img0.txt").read_text() == ""
+    coco = json.loads((tmp_path / "coco.json").read_text())
+    assert len(coco["images"]) == 2 and coco["annotations"] == []
+    record = json.loads((tmp_path / "records" / "img0.json").read_text())
+    assert record["classes"][0]["kept"] is False and record["classes"][0]["score"] == 0.2
+
+
+def test_other_configuration_is_refused_and_new_formats_are_backfilled(
+    tmp_path, targets, predictor
+):
+    _job(predictor, tmp_path, BrightMethod(), formats=["png"]).run(targets[:3])
+    with pytest.raises(InputError, match="score_threshold"):
+        _job(predictor, tmp_path, BrightMethod(), score_threshold=0.5).run(targets[:3])
+    method = BrightMethod()
+    summary = _job(predictor, tmp_path, method, formats=["png", "yolo", "overlay"]).run(targets[:3])
+    assert method.calls == 0 and summary.backfilled == 3
+    assert len(list((tmp_path / "yolo").glob("img*.txt"))) == 3
+    assert len(list((tmp_path / "overlay").glob("*.jpg"))) == 3
+    method = BrightMethod(score=0.2)
+    summary = _job(predictor, tmp_path, method, score_threshold=0.5, restart=True).run(targets[:3])
+    assert method.calls == 3 and summary.empty == 3

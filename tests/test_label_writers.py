@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from prosam.io import read_label_map
+from prosam.label.writers import (
+    CocoWriter,
+    LabelMask,
+    OverlayWriter,
+    PngWriter,
+    YoloWriter,
+    decode_mask,
+    encode_mask,
+    make_writer,
+    mask_polygons,
+    rasterize_polygons,
+    read_yolo_polygons,
+    rle_bbox_area,
+    voc_palette,
+)
+from prosam.prompts import mask_to_box
+
+H, W = 48, 64
+
+
+def _shapes() -> dict[str, np.ndarray]:
+    yy, xx = np.mgrid[:H, :W]
+    disk = (yy - 24) ** 2 + (xx - 30) ** 2 <= 15**2
+    rect = np.zeros((H, W), bool)
+    rect[5:30, 8:60] = True
+    ell = np.zeros((H, W), bool)
+    ell[4:44, 4:16] = True
+    ell[32:44, 4:58] = True
+    blobs = np.zeros((H, W), bool)
+    blobs[3:15, 3:15] = True
+    blobs[(yy - 34) ** 2 + (xx - 48) ** 2 <= 9**2] = True
+    edge = np.zeros((H, W), bool)
+    edge[:, W - 10 :] = True  # touches the image border
+    return {"disk": disk, "rect": rect, "L": ell, "two_blobs": blobs, "border": edge}
+
+
+SHAPES = _shapes()
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_rle_round_trip_and_bbox(name):
+    mask = SHAPES[name]
+    rle = encode_mask(mask)
+    assert isinstance(rle["counts"], str) and rle["size"] == [H, W]
+    json.dumps(rle)
+    np.testing.assert_array_equal(decode_mask(rle), mask)
+    bbox, area = rle_bbox_area(rle)
+    x0, y0, x1, y1 = mask_to_box(mask)
+    assert bbox == [x0, y0, x1 - x0, y1 - y0] and area == mask.sum()
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_yolo_polygons_rasterise_back_to_the_mask(tmp_path, name):
+    mask = SHAPES[name]
+    writer = YoloWriter(tmp_path, ["thing", "other"])
+    writer.add("img", (H, W), [LabelMask("other", mask, 0.9)])
+    writer.finalize()
+    lines = read_yolo_polygons(tmp_path / "yolo" / "img.txt", (H, W))
+    assert len(lines) == (2 if name == "two_blobs" else 1)
+    assert all(idx == 1 for idx, _ in lines)
+    raw = (tmp_path / "yolo" / "img.txt").read_text().split()
+    coords = np.array([float(v) for v in raw if "." in v])
+    assert coords.min() >= 0 and coords.max() <= 1
+    back = rasterize_polygons([poly for _, poly in lines], (H, W))
+    assert _iou(back, mask) >= 0.9
+    assert (tmp_path / "yolo" / "classes.txt").read_text() == "thing\nother\n"
+
+
+def test_polygons_of_thin_and_tiny_components():
+    mask = np.zeros((10, 12), bool)
+    mask[2, 1:9] = True  # a 1-pixel-wide line: kept, as its traced pixels
+    mask[7, 10] = True  # a single pixel: no polygon
+    polys = mask_polygons(mask)
+    assert len(polys) == 1 and len(polys[0]) >= 3
+    assert _iou(rasterize_polygons(polys, mask.shape), mask) >= 0.85
+    assert mask_polygons(np.zeros((4, 4), bool)) == []
+
+
+def test_yolo_empty_image_gives_an_empty_file(tmp_path):
+    YoloWriter(tmp_path, ["a"]).add("nothing", (H, W), [])
+    assert (tmp_path / "yolo" / "nothing.txt").read_text() == ""
+
+
+def test_png_per_class_masks(tmp_path):
+    writer = PngWriter(tmp_path, ["cat", "dog/wolf"])
+    writer.add("x", (H, W), [LabelMask("cat", SHAPES["disk"], 0.5)])
+    cat = np.asarray(Image.open(tmp_path / "png" / "cat" / "x.png"))
+    dog = np.asarray(Image.open(tmp_path / "png" / "dog_wolf" / "x.png"))
+    assert set(np.unique(cat)) == {0, 255}
+    np.testing.assert_array_equal(cat == 255, SHAPES["disk"])
+    assert not dog.any()  # a class not found: an all-zero mask
+
+
+def test_indexed_png_values_palette_and_overlaps(tmp_path):
+    writer = PngWriter(tmp_path, ["rect", "disk", "L"], indexed=True)
+    masks = [
+        LabelMask("rect", SHAPES["rect"], 0.9),  # wins where it overlaps the disk
+        LabelMask("disk", SHAPES["disk"], 0.3),
+    ]
+    writer.add("x", (H, W), masks)
+    img = Image.open(tmp_path / "png" / "x.png")
+    assert img.mode == "P"
+    assert img.getpalette()[: 3 * 4] == voc_palette(4).ravel().tolist()
+    labels = read_label_map(tmp_path / "png" / "x.png")
+    expected = np.zeros((H, W), np.uint8)
+    expected[SHAPES["disk"]] = 2
+    expected[SHAPES["rect"]] = 1
+    np.testing.assert_array_equal(labels, expected)
+    assert voc_palette(3).tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0]]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools under numpy 2
+def test_coco_json_loads_with_pycocotools(tmp_path):
+    writer = CocoWriter(tmp_path, ["rect", "disk"])
+    writer.add(
+        "a",
+        (H, W),
+        [LabelMask("rect", SHAPES["rect"], 0.8), LabelMask("disk", SHAPES["disk"], 0.4)],
+        file_name="sub/a.jpg",
+    )
+    writer.add("b", (H, W), [], file_name="b.jpg")  # an image with nothing found
+    writer.add(
+        "c", (H, W), [LabelMask("disk", encode_mask(SHAPES["L"]), 0.6, {"uncertainty": 0.25})]
+    )
+    writer.finalize()
+    coco = COCO(str(tmp_path / "coco.json"))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["rect", "disk"]
+    assert [coco.imgs[i]["file_name"] for i in sorted(coco.imgs)] == ["sub/a.jpg", "b.jpg", "c"]
+    assert coco.imgs[1]["width"] == W and coco.imgs[1]["height"] == H
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert [(a["image_id"], a["category_id"]) for a in anns] == [(1, 1), (1, 2), (3, 2)]
+    for ann, mask in zip(anns, [SHAPES["rect"], SHAPES["disk"], SHAPES["L"]], strict=True):
+        np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), mask)
+        assert ann["area"] == mask.sum()
+    assert anns[0]["score"] == 0.8 and anns[2]["uncertainty"] == 0.25
+    assert "uncertainty" not in anns[0]
+
+
+def test_overlay_preview(tmp_path):
+    image = np.full((H, W, 3), 100, np.uint8)
+    writer = OverlayWriter(tmp_path, ["a", "b"])
+    writer.add("x", (H, W), [LabelMask("b", SHAPES["disk"], 0.5)], image=image)
+    preview = np.asarray(Image.open(tmp_path / "overlay" / "x.jpg"))
+    assert preview.shape == (H, W, 3)
+    assert np.abs(preview[24, 30].astype(int) - 100).max() > 30  # tinted inside the mask
+    assert np.abs(preview[2, 2].astype(int) - 100).max() < 10
+    small = OverlayWriter(tmp_path / "s", ["a"], max_side=32)
+    small.add("x", (H, W), [LabelMask("a", SHAPES["disk"], 0.5)], image=image)
+    assert Image.open(tmp_path / "s" / "overlay" / "x.jpg").size == (32, 24)
+
+
+def test_writer_checks(tmp_path):
+    with pytest.raises(ValueError, match="duplicate"):
+        PngWriter(tmp_path, ["a", "a"])
+    with pytest.raises(ValueError, match="collide"):
+        PngWriter(tmp_path, ["a/b", "a_b"])
+    with pytest.raises(ValueError, match="unknown class"):
+        YoloWriter(tmp_path, ["a"]).add("x", (H, W), [LabelMask("b", SHAPES["disk"], 1.0)])
+    with pytest.raises(ValueError, match="does not match"):
+        PngWriter(tmp_path, ["a"]).add("x", (H + 1, W), [LabelMask("a", SHAPES["disk"], 1.0)])
+    with pytest.raises(ValueError, match="unknown format"):
+        make_writer("tiff", tmp_path, ["a"])
+    assert not list(tmp_path.rglob("*.tmp"))
