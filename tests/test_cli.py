@@ -123,3 +123,14 @@ def test_fetch_with_a_wrong_local_file_is_refused(tmp_path, capsys):
         ["weights", "fetch", "sam_vit_b", "--from", str(fake), "--cache-dir", str(tmp_path)]
     )
     assert code == 2 and "sha256 mismatch" in capsys.readouterr().err
+
+
+def test_demo_labels_the_bundled_photos(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--model", "tiny", "--no-embedding-cache"]) == 0
+    assert sorted(p.name for p in (out / "labelled" / "png" / "cat").iterdir()) == [
+        "000000358083.png",
+        "000000555705.png",
+    ]
+    assert len(list((out / "from-boxes").iterdir())) == 3
+    assert "labelled 2 photos" in capsys.readouterr().out
