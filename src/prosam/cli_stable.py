@@ -54,6 +54,7 @@ def add_robustness_parser(
         default=None,
         help="drop images whose file name is in this dataset (e.g. the training set)",
     )
+    r.add_argument("--exclude-split", default=None, help="split of --exclude-data")
     r.add_argument("--kinds", default=None, help="comma-separated prompt kinds (default: all)")
     r.add_argument("--b", type=int, default=20, help="random prompts per object")
     r.add_argument("--seed", type=int, default=0)
@@ -129,7 +130,7 @@ def cmd_eval_robustness(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     dataset = load_dataset_spec(args.data, split=args.split, min_area_fraction=args.min_area)
     if args.exclude_data:
-        exclude = {s.key for s in load_dataset_spec(args.exclude_data)}
+        exclude = {s.key for s in load_dataset_spec(args.exclude_data, split=args.exclude_split)}
         kept = [s for s in dataset if s.key not in exclude]
         dataset = Dataset(kept, dataset.class_names, f"{dataset.description} minus training")
     kinds = args.kinds.split(",") if args.kinds else list(ROBUSTNESS_KINDS)
