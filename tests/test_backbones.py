@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -34,15 +33,6 @@ EXPECTED = {
 NAMES = list(EXPECTED)
 
 _BUILT: dict[str, Backbone] = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny inputs: threading only adds overhead (and thrashes on shared cores).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _random(name: str) -> Backbone:

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import prosam.label
@@ -13,14 +12,6 @@ from prosam.errors import InputError
 from prosam.io import write_mask_png
 from prosam.label.api import annotation_to_mask
 from prosam.label.cli import add_label_parser, expand_label_targets, parse_formats, parse_shard
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _image(seed: int, h: int = 40, w: int = 52) -> np.ndarray:

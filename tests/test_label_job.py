@@ -20,14 +20,6 @@ from prosam.sam import Predictor
 ALL_FORMATS = ["png", "png-indexed", "coco", "yolo", "overlay"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def predictor(tiny_sam) -> Predictor:
     return Predictor(tiny_sam)

@@ -27,16 +27,6 @@ from prosam.sam.transforms import geometry_for
 CELL = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny decoder's ops are too small to gain from threads; on shared cores a second
-    thread makes them up to 20x slower. Restore the setting for the other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_masked_mean_feature_by_hand():
     f = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.0, 0.0], [10.0, 0.0]]])
     w = torch.tensor([[1.0, 0.0], [0.5, 0.0]])

@@ -20,14 +20,6 @@ from prosam.stable.prompts import sample_prompt
 from prosam.stable.train import object_loss
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def scene(tiny_sam: FrozenSam):
     rng = np.random.default_rng(0)

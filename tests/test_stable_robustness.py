@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from prosam.errors import InputError
 from prosam.prompts import box_iou, mask_to_box, noisy_box
@@ -23,14 +22,6 @@ from prosam.stable import (
     to_markdown,
 )
 from prosam.stable.prompts import check_kind, noisy_box_with_min_iou
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _items() -> list[ObjectItem]:

@@ -21,14 +21,6 @@ from prosam.stable.train import choose_kind
 from tests.fixtures_coco import write_coco_fixture
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = write_coco_fixture(tmp_path_factory.mktemp("coco"), images=3)

@@ -29,15 +29,6 @@ N = 200_000
 Q, D = 2, 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These ops are too small to gain from threads on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _dist(seed: int = 0, q: int = Q, d: int = D) -> PromptDistribution:
     g = torch.Generator().manual_seed(seed)
     return PromptDistribution(

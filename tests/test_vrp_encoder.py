@@ -23,15 +23,6 @@ QUERIES = 5
 HEADS = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These ops are too small to gain from threads on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _attention_params(dim: int) -> int:
     # in_proj (3 D x D + 3 D), out_proj (D x D + D), LayerNorm (2 D)
     return 3 * dim * dim + 3 * dim + dim * dim + dim + 2 * dim
