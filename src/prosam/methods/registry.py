@@ -71,11 +71,23 @@ def _no_checkpoint(name: str, checkpoint: str | os.PathLike[str] | None) -> None
         raise InputError(f"method {name!r} is training-free and takes no checkpoint")
 
 
+def _cpc(kind: str) -> Callable[..., ReferenceMethod]:
+    def build(model: FrozenSam, checkpoint: str | None, **options: Any) -> ReferenceMethod:
+        from prosam.methods.cpc import build_cpc
+
+        return build_cpc(kind, model, prompt_source=checkpoint or "sam", **options)
+
+    return build
+
+
 METHODS: dict[str, Callable[..., ReferenceMethod]] = {
     "persam": _persam,
     "geometric": _geometric,
     "vrp": _trained("vrp"),
     "prosam": _trained("prosam"),
+    "cpc": _cpc("cpc"),
+    "cpc_uniform": _cpc("cpc_uniform"),
+    "cpc_best_single": _cpc("cpc_best_single"),
 }
 
 
