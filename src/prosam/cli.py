@@ -169,8 +169,9 @@ def _load_model(args: argparse.Namespace) -> tuple[FrozenSam, EmbeddingCache | N
     )
     cache = None
     if not getattr(args, "no_embedding_cache", False):
-        root = Path(args.cache_dir) / "embeddings" if args.cache_dir else default_embedding_dir()
-        cache = EmbeddingCache(root, f"{model.name}:{model.weights_sha256}")
+        cache = EmbeddingCache(
+            default_embedding_dir(args.cache_dir), f"{model.name}:{model.weights_sha256}"
+        )
     return model, cache
 
 

@@ -10,8 +10,6 @@ import numpy as np
 
 from prosam.errors import InputError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
 
 def add_segment_parser(
     sub: argparse._SubParsersAction, add_model_args: Callable[[argparse.ArgumentParser], None]
@@ -45,56 +43,30 @@ def reference_annotation_from_args(
     args: argparse.Namespace, size: tuple[int, int]
 ) -> tuple[np.ndarray, str]:
     """The reference annotation rasterised at the reference image's size, and its kind."""
-    from prosam.io import read_binary_mask
-    from prosam.prompts import box_to_mask, draw_points
+    from prosam.label.api import annotation_to_mask
 
-    h, w = size
     if args.ref_mask:
-        fg, _ = read_binary_mask(args.ref_mask, expected_size=size)
-        kind = "mask"
-        ann = fg
+        annotation: dict = {"mask": args.ref_mask}
     elif args.ref_scribble:
-        fg, _ = read_binary_mask(args.ref_scribble, expected_size=size)
-        kind, ann = "scribble", fg
+        annotation = {"scribble": args.ref_scribble}
     elif args.ref_box is not None:
-        kind, ann = "box", box_to_mask(args.ref_box, size)
+        annotation = {"box": list(args.ref_box)}
     else:
-        clicks = [p for group in args.ref_points for p in group]
-        pts = np.array([[x, y] for x, y, _ in clicks], dtype=np.int64)
-        if ((pts[:, 0] < 0) | (pts[:, 0] >= w) | (pts[:, 1] < 0) | (pts[:, 1] >= h)).any():
-            raise InputError(f"a reference point lies outside the {w}x{h} reference image")
-        kind, ann = "point", draw_points(pts, size, radius=2)
-    if not ann.any():
-        raise InputError("the reference annotation is empty")
-    return ann, kind
-
-
-def expand_targets(items: list[str]) -> list[Path]:
-    """Target files, with folders expanded to their images (sorted)."""
-    paths: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise InputError(f"{p}: no such file or folder")
-    if not paths:
-        raise InputError("no target images found")
-    return paths
+        annotation = {"points": [[x, y] for group in args.ref_points for x, y, _ in group]}
+    return annotation_to_mask(annotation, size)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from prosam.cli import _load_model
     from prosam.io import read_image, write_mask_png
+    from prosam.label.cli import expand_label_targets
     from prosam.methods import Reference, Target, build_method
     from prosam.sam import Predictor
     from prosam.sam.transforms import postprocess_logits
 
     ref_image = read_image(args.ref)
     annotation, kind = reference_annotation_from_args(args, ref_image.shape[:2])
-    targets = expand_targets(args.targets)
+    targets = expand_label_targets(args.targets)
     model, cache = _load_model(args)
     predictor = Predictor(model, cache=cache)
     method = build_method(args.method, model, checkpoint=args.checkpoint)

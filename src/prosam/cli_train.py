@@ -68,7 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from prosam.io import write_bytes_atomic
     from prosam.methods.prompt_model import PromptModel, PromptModelConfig
     from prosam.sam import Predictor
-    from prosam.sam.embedding_cache import default_embedding_dir
+    from prosam.sam.weights import cache_root
 
     if args.classes != "base":
         args.classes = "base"  # training always uses the fold's base classes
@@ -104,11 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         annotation=args.annotation,
     )
-    feature_root = (
-        Path(args.cache_dir) / "features"
-        if args.cache_dir
-        else default_embedding_dir().parent / "features"
-    )
+    feature_root = cache_root(args.cache_dir) / "features"
     store = FeatureStore(
         Predictor(model_sam, cache=cache),
         backbone,

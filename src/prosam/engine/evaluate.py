@@ -101,7 +101,8 @@ def evaluate_episodes(
                 "score": float(output.score),
             }
         )
-        bar.set_postfix(miou=f"{result.original.summary()['miou_fss']:.3f}")
+        if not bar.disable:
+            bar.set_postfix(miou=f"{result.original.summary()['miou_fss']:.3f}")
     if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
         result.original.all_reduce()
         result.working.all_reduce()

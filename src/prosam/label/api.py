@@ -373,7 +373,7 @@ def load(
         sam = load_sam(model, device=device, cache_root=cache_dir, download_missing=download)
     cache = None
     if embedding_cache:
-        root = Path(cache_dir) / "embeddings" if cache_dir else default_embedding_dir()
+        root = default_embedding_dir(cache_dir)
         cache = EmbeddingCache(root, f"{sam.name}:{sam.weights_sha256}")
     return Segmenter(
         sam,

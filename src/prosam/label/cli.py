@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from prosam.data.folder import IMAGE_SUFFIXES
 from prosam.errors import InputError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _ANNOTATIONS = ("ref_mask", "ref_box", "ref_points", "ref_scribble")
 
 

@@ -19,20 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from platformdirs import user_cache_dir
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from prosam.io import atomic_path
+from prosam.sam.weights import cache_root
 
 PREPROCESS_VERSION = "sam-resize-longest-v1"
-CACHE_ENV = "PROSAM_CACHE"
 
 
-def default_embedding_dir() -> Path:
-    """``$PROSAM_CACHE/embeddings`` or the user's XDG cache."""
-    root = os.environ.get(CACHE_ENV) or user_cache_dir("prosam")
-    return Path(root).expanduser() / "embeddings"
+def default_embedding_dir(root: str | os.PathLike[str] | None = None) -> Path:
+    """``<cache root>/embeddings`` (``root``, else ``$PROSAM_CACHE``, else the XDG cache)."""
+    return cache_root(root) / "embeddings"
 
 
 def image_digest(image: np.ndarray) -> str:

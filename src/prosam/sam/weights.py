@@ -105,15 +105,20 @@ WEIGHT_SOURCES: dict[str, WeightSource] = {
 }
 
 
-def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """The weights cache: ``override``, else ``$PROSAM_CACHE``, else the user's XDG cache."""
+def cache_root(override: str | os.PathLike[str] | None = None) -> Path:
+    """prosam's cache root: ``override``, else ``$PROSAM_CACHE``, else the user's XDG cache."""
     if override is not None:
         root = Path(override)
     elif os.environ.get(CACHE_ENV):
         root = Path(os.environ[CACHE_ENV])
     else:
         root = Path(user_cache_dir("prosam"))
-    return root.expanduser() / "weights"
+    return root.expanduser()
+
+
+def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The weights cache, ``<cache root>/weights``."""
+    return cache_root(override) / "weights"
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
