@@ -132,3 +132,22 @@ def test_epoch_episodes_are_reproducible_and_mixed(dataset):
     a, b = epoch_episodes(dataset, [1, 2], s, 3), epoch_episodes(dataset, [1, 2], s, 3)
     assert a == b and a != epoch_episodes(dataset, [1, 2], s, 4)
     assert len({e.annotation for e in a}) > 1
+
+
+def test_chunked_decoding_matches_one_batch(tiny_sam):
+    from prosam.methods.prompt_model import decode_prompt_logits
+
+    torch.manual_seed(0)
+    size = tuple(tiny_sam.sam.prompt_encoder.image_embedding_size)
+    emb = torch.randn(2, tiny_sam.embed_dim, *size)
+    prompts = torch.randn(3, 2, 4, tiny_sam.embed_dim)
+    with torch.no_grad():
+        whole, iou_whole = decode_prompt_logits(tiny_sam, emb, prompts, chunk=3)
+        single, iou_single = decode_prompt_logits(tiny_sam, emb, prompts, chunk=1)
+        pairs, _ = decode_prompt_logits(tiny_sam, emb, prompts, chunk=2)
+    assert whole.shape == (3, 2, 1, *single.shape[-2:])
+    torch.testing.assert_close(single, whole, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(pairs, whole, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(iou_single, iou_whole, atol=1e-4, rtol=1e-4)
+    with pytest.raises(Exception, match="chunk"):
+        decode_prompt_logits(tiny_sam, emb, prompts, chunk=0)

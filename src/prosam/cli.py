@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_stable_parser(sub, _add_model_args)
     add_label_parser(sub, _add_model_args)
+    from prosam.cli_study import add_study_parser
+
+    add_study_parser(sub, _add_model_args)
     return parser
 
 

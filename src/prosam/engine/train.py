@@ -25,7 +25,7 @@ from prosam.backbones.base import BackboneFeatures
 from prosam.data.episodes import make_episodes, rank_and_world_from_env, split_for_rank
 from prosam.data.types import ANNOTATION_KINDS, Dataset, Episode
 from prosam.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from prosam.engine.evaluate import evaluate_episodes, resize_nearest
+from prosam.engine.evaluate import evaluate_episodes
 from prosam.engine.feature_store import FeatureStore
 from prosam.engine.references import reference_annotation
 from prosam.errors import InputError
@@ -34,6 +34,7 @@ from prosam.methods.prompt_model import PromptModel, decode_prompt_logits, stack
 from prosam.methods.variational import prosam_loss
 from prosam.prompts import downsample_annotation
 from prosam.sam.model import FrozenSam
+from prosam.sam.transforms import mask_to_low_res
 
 
 @dataclass
@@ -244,17 +245,10 @@ def episode_loss(
     low = logits.shape[-1]
     losses = []
     for i, (emb, (truth, ignore)) in enumerate(zip(embs, truths, strict=True)):
-        g = emb.geometry
-        h = max(1, round(low * g.input_size[0] / g.image_size))
-        w = max(1, round(low * g.input_size[1] / g.image_size))
-        target = torch.from_numpy(resize_nearest(truth, (h, w)).astype(np.float32))
-        ign = torch.from_numpy(resize_nearest(ignore, (h, w)))
+        target, (h, w) = mask_to_low_res(truth, emb.geometry, low)
+        ign = mask_to_low_res(ignore, emb.geometry, low)[0]
         losses.append(
-            prosam_loss(
-                logits[:, i : i + 1, :, :h, :w],
-                target[None, None].to(device),
-                ign[None, None].to(device),
-            )
+            prosam_loss(logits[:, i : i + 1, :, :h, :w], target.to(device), ign.to(device))
         )
     return torch.stack(losses).mean()
 

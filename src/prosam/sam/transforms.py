@@ -96,3 +96,21 @@ def logits_at_input_resolution(
     w = low_res_logits.shape[-1] * geometry.input_size[1] / s
     crop = low_res_logits[..., : max(1, round(h)), : max(1, round(w))]
     return F.interpolate(crop, size, mode="bilinear", align_corners=False)
+
+
+def low_res_valid_size(geometry: ImageGeometry, low: int) -> tuple[int, int]:
+    """``(h, w)`` of the unpadded image area in ``low x low`` decoder logits."""
+    return (
+        max(1, round(low * geometry.input_size[0] / geometry.image_size)),
+        max(1, round(low * geometry.input_size[1] / geometry.image_size)),
+    )
+
+
+def mask_to_low_res(
+    mask: np.ndarray, geometry: ImageGeometry, low: int
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """A boolean ``(H, W)`` mask as a float ``(1, 1, h, w)`` training target (nearest
+    resampling) for the unpadded area of ``low x low`` logits, and that ``(h, w)``."""
+    h, w = low_res_valid_size(geometry, low)
+    t = torch.from_numpy(np.asarray(mask, dtype=np.uint8))[None, None]
+    return F.interpolate(t, (h, w), mode="nearest").float(), (h, w)

@@ -37,13 +37,17 @@ import torch
 from tqdm.auto import tqdm
 
 from prosam.data.types import Dataset
-from prosam.engine.evaluate import resize_nearest
 from prosam.errors import InputError
 from prosam.methods.variational import bce_dice_loss
 from prosam.prompts import paste_occluder
 from prosam.sam.model import FrozenSam
 from prosam.sam.predictor import Predictor
-from prosam.sam.transforms import ImageGeometry, transform_boxes, transform_coords
+from prosam.sam.transforms import (
+    ImageGeometry,
+    mask_to_low_res,
+    transform_boxes,
+    transform_coords,
+)
 from prosam.stable.checkpoint import save_stable_plugin
 from prosam.stable.objects import ObjectItem, object_masks
 from prosam.stable.plugin import (
@@ -147,14 +151,11 @@ def object_loss(
 ) -> torch.Tensor:
     """BCE + Dice of one prompt's low-res logits on the unpadded area against ``mask``."""
     logits = prompt_logits(sam, embedding, geometry, prompt)
-    low = logits.shape[-1]
-    h = max(1, round(low * geometry.input_size[0] / geometry.image_size))
-    w = max(1, round(low * geometry.input_size[1] / geometry.image_size))
-    target = torch.from_numpy(resize_nearest(mask, (h, w)).astype(np.float32))
+    target, (h, w) = mask_to_low_res(mask, geometry, logits.shape[-1])
     ign = None
     if ignore is not None:
-        ign = torch.from_numpy(resize_nearest(ignore, (h, w)))[None, None].to(logits.device)
-    return bce_dice_loss(logits[:, :, :h, :w], target[None, None].to(logits.device), ign)
+        ign = mask_to_low_res(ignore, geometry, logits.shape[-1])[0].to(logits.device)
+    return bce_dice_loss(logits[:, :, :h, :w], target.to(logits.device), ign)
 
 
 def _draw_object(
