@@ -77,6 +77,29 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_stable_option(p: argparse.ArgumentParser) -> None:
+    """``--stable [CKPT]``: decode with a Stable-SAM plugin."""
+    p.add_argument(
+        "--stable",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="CKPT",
+        help="decode with a Stable-SAM plugin: a checkpoint path or bundled name; alone, "
+        "the plugin bundled for --model",
+    )
+
+
+def attach_stable_from_args(args: argparse.Namespace, model: FrozenSam) -> None:
+    """Attach the plugin ``--stable`` names (if any) to ``model``'s decoder."""
+    if not getattr(args, "stable", None):
+        return
+    from prosam.pretrained import stable_checkpoint
+    from prosam.stable import attach_stable_plugin, load_stable_plugin
+
+    attach_stable_plugin(model, load_stable_plugin(stable_checkpoint(args.stable, model), model))
+
+
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment one image from points and/or a box")
     p.add_argument("image")
@@ -90,7 +113,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--box", type=parse_box, default=None, metavar="X0,Y0,X1,Y1")
     p.add_argument("--out", required=True, help="output mask PNG (0/255, the image's size)")
-    p.add_argument("--stable", default=None, metavar="CKPT", help="attach a Stable-SAM plugin")
+    add_stable_option(p)
     p.add_argument(
         "--multimask",
         choices=["auto", "on", "off"],
@@ -200,10 +223,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _check_prompts_inside(points, box, image.shape[:2])
     multimask = {"on": True, "off": False}.get(args.multimask, len(points) == 1 and box is None)
     model, cache = _load_model(args)
-    if args.stable:
-        from prosam.stable import attach_stable_plugin, load_stable_plugin
-
-        attach_stable_plugin(model, load_stable_plugin(args.stable, model))
+    attach_stable_from_args(args, model)
     predictor = Predictor(model, cache=cache)
     t0 = time.perf_counter()
     prediction = predictor.predict(

@@ -14,7 +14,7 @@ from prosam.errors import InputError
 def add_segment_parser(
     sub: argparse._SubParsersAction, add_model_args: Callable[[argparse.ArgumentParser], None]
 ) -> None:
-    from prosam.cli import parse_box, parse_point
+    from prosam.cli import add_stable_option, parse_box, parse_point
 
     p = sub.add_parser("segment", help="segment targets like an annotated reference image")
     p.add_argument("--ref", required=True, help="reference image")
@@ -31,10 +31,14 @@ def add_segment_parser(
     group.add_argument("--ref-scribble", help="image of the scribble (non-zero = drawn)")
     p.add_argument("targets", nargs="+", help="target images or folders")
     p.add_argument("--out", required=True, help="output folder: OUT/<target stem>.png")
+    p.add_argument("--method", default="persam", help="prosam | vrp | persam | geometric")
     p.add_argument(
-        "--method", default="persam", help="prosam | vrp (need --checkpoint) | persam | geometric"
+        "--checkpoint",
+        default=None,
+        help="vrp / prosam: a `prosam train` checkpoint or a bundled name (default: the "
+        "bundled one for --model)",
     )
-    p.add_argument("--checkpoint", default=None)
+    add_stable_option(p)
     add_model_args(p)
     p.set_defaults(func=cmd_segment)
 
@@ -57,7 +61,7 @@ def reference_annotation_from_args(
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from prosam.cli import _load_model
+    from prosam.cli import _load_model, attach_stable_from_args
     from prosam.io import read_image, write_mask_png
     from prosam.label.cli import expand_label_targets
     from prosam.methods import Reference, Target, build_method
@@ -68,6 +72,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     annotation, kind = reference_annotation_from_args(args, ref_image.shape[:2])
     targets = expand_label_targets(args.targets)
     model, cache = _load_model(args)
+    attach_stable_from_args(args, model)
     predictor = Predictor(model, cache=cache)
     method = build_method(args.method, model, checkpoint=args.checkpoint)
     method.fit([Reference(ref_image, annotation, predictor.embed(ref_image), kind)])

@@ -52,6 +52,7 @@ from prosam.methods.base import Reference, ReferenceMethod
 from prosam.sam.model import FrozenSam
 from prosam.sam.predictor import Predictor
 from prosam.sam.transforms import check_image
+from prosam.stable.plugin import attached_plugin_digest
 
 ImageLike = str | os.PathLike[str] | np.ndarray
 AnnotationLike = np.ndarray | str | os.PathLike[str] | Mapping[str, Any]
@@ -265,6 +266,7 @@ class Segmenter:
             "checkpoint": self.checkpoint,
             "method_options": {k: repr(v) for k, v in sorted(self.method_options.items())},
             "sam": {"name": self.model.name, "weights_sha256": self.model.weights_sha256},
+            "stable_plugin": attached_plugin_digest(self.model),
             "references": references_digest(self.references),
         }
 

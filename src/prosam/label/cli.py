@@ -79,7 +79,7 @@ def add_label_parser(
     sub: argparse._SubParsersAction, add_model_args: Callable[[argparse.ArgumentParser], None]
 ) -> None:
     """Add ``prosam label`` to the ``prosam`` command's subparsers."""
-    from prosam.cli import parse_box, parse_point
+    from prosam.cli import add_stable_option, parse_box, parse_point
     from prosam.label.job import (
         DEFAULT_MAX_PIXELS,
         DEFAULT_MIN_AREA_FRACTION,
@@ -131,10 +131,14 @@ def add_label_parser(
         metavar="png,coco,...",
         help="png, png-indexed, coco, yolo, overlay (default: png,coco)",
     )
+    p.add_argument("--method", default="persam", help="persam | geometric | vrp | prosam")
     p.add_argument(
-        "--method", default="persam", help="persam | geometric | vrp, prosam (need --checkpoint)"
+        "--checkpoint",
+        default=None,
+        help="vrp / prosam: a `prosam train` checkpoint or a bundled name (default: the "
+        "bundled one for --model)",
     )
-    p.add_argument("--checkpoint", default=None)
+    add_stable_option(p)
     p.add_argument(
         "--uncertainty",
         action="store_true",
@@ -250,11 +254,12 @@ def cmd_label(args: argparse.Namespace) -> int:
     if not targets:
         raise InputError("no target images found")
 
-    from prosam.cli import _load_model
+    from prosam.cli import _load_model, attach_stable_from_args
     from prosam.label.api import Segmenter
     from prosam.sam import Predictor
 
     model, cache = _load_model(args)
+    attach_stable_from_args(args, model)
     options = {"uncertainty": True} if args.uncertainty else {}
     seg = Segmenter(
         model,

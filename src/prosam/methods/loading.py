@@ -17,7 +17,11 @@ from prosam.sam.model import FrozenSam
 def load_prompt_model(
     checkpoint: str | os.PathLike[str], *, expected_method: str | None = None
 ) -> tuple[PromptModel, dict[str, Any]]:
-    """The trained prompt model of a checkpoint, loaded strictly, and the checkpoint config."""
+    """The trained prompt model of a checkpoint (a path or a bundled name), loaded strictly,
+    and the checkpoint config."""
+    from prosam.pretrained import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(checkpoint, method=expected_method)
     ckpt = load_checkpoint(checkpoint)
     if "model" not in ckpt.config:
         raise WeightsError(f"{checkpoint}: no model config in the checkpoint")

@@ -58,9 +58,16 @@ def backbone_feature_fn(
 def _trained(kind: str) -> Callable[..., ReferenceMethod]:
     def build(model: FrozenSam, checkpoint: str | None, **options: Any) -> ReferenceMethod:
         from prosam.methods.loading import load_prompt_method
+        from prosam.pretrained import PRETRAINED, default_checkpoint
 
         if checkpoint is None:
-            raise InputError(f"method {kind!r} needs --checkpoint (a `prosam train` output)")
+            checkpoint = default_checkpoint(kind, model.name)
+        if checkpoint is None:
+            names = ", ".join(n for n, c in PRETRAINED.items() if c.method == kind)
+            raise InputError(
+                f"method {kind!r} needs --checkpoint: a `prosam train` output or a bundled "
+                f"name ({names}); none is bundled for SAM {model.name!r}"
+            )
         return load_prompt_method(checkpoint, model, expected_method=kind, **options)
 
     return build

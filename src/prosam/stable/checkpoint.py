@@ -51,6 +51,9 @@ def load_stable_plugin(
     With ``sam`` and ``check_sam``, a checkpoint recorded for another SAM (variant or weights
     sha256) is refused; a different decoder width always is.
     """
+    from prosam.pretrained import resolve_checkpoint
+
+    path = resolve_checkpoint(path, method="stable")
     ckpt = load_checkpoint(path)
     if ckpt.config.get("method") != METHOD:
         raise WeightsError(f"{path}: not a Stable-SAM plugin checkpoint")

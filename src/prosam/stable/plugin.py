@@ -41,6 +41,7 @@ puts the original modules back. SAM's own code and weights are never modified.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -362,6 +363,23 @@ def is_attached(sam: FrozenSam | Sam) -> bool:
         isinstance(layer.cross_attn_token_to_image, PluggedCrossAttention)
         for layer in model.mask_decoder.transformer.layers
     )
+
+
+def attached_plugin_digest(sam: FrozenSam | Sam) -> str | None:
+    """sha256 over the attached plugin blocks' tensors (``None`` without a plugin), to tell
+    outputs decoded with one plugin from another's."""
+    model = sam.sam if isinstance(sam, FrozenSam) else sam
+    digest = hashlib.sha256()
+    found = False
+    for i, layer in enumerate(model.mask_decoder.transformer.layers):
+        attn = layer.cross_attn_token_to_image
+        if isinstance(attn, PluggedCrossAttention):
+            found = True
+            digest.update(str(i).encode())
+            for name, tensor in sorted(attn.plugin.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest() if found else None
 
 
 def attach_stable_plugin(sam: FrozenSam | Sam, plugin: StableSamPlugin) -> StablePluginHandle:
