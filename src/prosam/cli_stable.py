@@ -65,6 +65,33 @@ def add_robustness_parser(
     add_model_args(r)
     r.set_defaults(func=cmd_eval_robustness)
 
+    from prosam.cli_fss import _add_data_args
+
+    m = eval_sub.add_parser(
+        "reference-robustness",
+        help="a reference method's mIoU and mSF under re-drawn reference annotations or "
+        "prompt-embedding noise",
+    )
+    _add_data_args(m)
+    m.add_argument("--episodes", required=True, help="episode list from `prosam episodes make`")
+    m.add_argument("--method", required=True)
+    m.add_argument("--checkpoint", default=None)
+    m.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE")
+    m.add_argument(
+        "--perturb",
+        default="annotation:point,annotation:noisy_box",
+        help="comma-separated: annotation:KIND (point, scribble, box, noisy_box, mask) and "
+        "prompt_noise:S (VRP / ProSAM only)",
+    )
+    m.add_argument("--b", type=int, default=5, help="draws per episode and perturbation")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--limit", type=int, default=None, help="only the first N episodes")
+    m.add_argument("--json", required=True)
+    m.add_argument("--md", default=None)
+    m.add_argument("--no-progress", action="store_true")
+    add_model_args(m)
+    m.set_defaults(func=cmd_eval_reference_robustness)
+
 
 def cmd_stable_train(args: argparse.Namespace) -> int:
     from prosam.cli import _load_model
@@ -172,4 +199,57 @@ def cmd_eval_robustness(args: argparse.Namespace) -> int:
     if args.md:
         write_bytes_atomic(Path(args.md), markdown.encode())
     print(markdown)
+    return 0
+
+
+def cmd_eval_reference_robustness(args: argparse.Namespace) -> int:
+    import sys
+
+    from prosam.cli import _load_model
+    from prosam.cli_fss import _dataset_and_classes, parse_method_options
+    from prosam.data.episodes import episodes_hash, load_episodes
+    from prosam.engine.reference_robustness import (
+        evaluate_reference_robustness,
+        parse_perturbation,
+        to_markdown,
+    )
+    from prosam.io import write_bytes_atomic
+    from prosam.methods import build_method
+    from prosam.sam import Predictor
+
+    perturbations = [p for p in args.perturb.split(",") if p]
+    for spec in perturbations:
+        parse_perturbation(spec)  # fail before loading anything
+    dataset, _, _ = _dataset_and_classes(args)
+    episodes, _ = load_episodes(args.episodes, dataset)
+    if args.limit is not None:
+        episodes = episodes[: args.limit]
+    model, cache = _load_model(args)
+    options = parse_method_options(args.method_option)
+    method = build_method(args.method, model, checkpoint=args.checkpoint, **options)
+    report = evaluate_reference_robustness(
+        method,
+        Predictor(model, cache=cache),
+        episodes,
+        perturbations,
+        b=args.b,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    report.update(
+        {
+            "command": "prosam " + " ".join(sys.argv[1:]),
+            "method": args.method,
+            "checkpoint": args.checkpoint,
+            "method_options": options,
+            "model": model.name,
+            "episodes_file": args.episodes,
+            "episodes_hash": episodes_hash(episodes),
+        }
+    )
+    write_bytes_atomic(args.json, json.dumps(report, indent=1).encode())
+    table = to_markdown(report, title=f"{args.method} ({model.name})")
+    if args.md:
+        write_bytes_atomic(args.md, (table + "\n").encode())
+    print(table)
     return 0

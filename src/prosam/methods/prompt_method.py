@@ -79,13 +79,35 @@ class PromptMethod:
         self._refs = refs
 
     @torch.inference_mode()
-    def predict(self, target: Target) -> MethodOutput:
+    def predict(
+        self,
+        target: Target,
+        *,
+        prompt_noise: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> MethodOutput:
+        """Segment ``target``. ``prompt_noise`` > 0 adds ``N(0, prompt_noise^2)`` noise to
+        every element of the deterministic prompt (VRP's, ProSAM's mean) before decoding, to
+        measure robustness (drawn with ``generator``)."""
         if not self._refs:
             raise RuntimeError("call fit(references) before predict")
         tgt = self._features(target.image)
         outputs = [self.model(ref, ann, tgt) for ref, ann in self._refs]
         embedding = target.embedded.embedding
         extras: dict[str, Tensor] = {}
+        if prompt_noise < 0:
+            raise InputError(f"prompt_noise must be >= 0, got {prompt_noise}")
+        if prompt_noise > 0:
+            if self.strategy != "mean_prompt":
+                raise InputError("prompt_noise perturbs the mean prompt: use strategy mean_prompt")
+            prompts = torch.cat(
+                [o.mu if isinstance(o, PromptDistribution) else o for o in outputs], dim=1
+            )
+            noise = torch.randn(prompts.shape, generator=generator).to(prompts)
+            logits, iou = decode_prompt_logits(
+                self.sam, embedding, (prompts + prompt_noise * noise)[None]
+            )
+            return MethodOutput(logits[0, 0], float(iou[0, 0]), extras)
         if isinstance(outputs[0], PromptDistribution):
             mean = torch.cat([o.mu for o in outputs], dim=1)
             need_samples = self.strategy != "mean_prompt" or self.uncertainty
