@@ -61,6 +61,9 @@ def add_episodes_parser(sub: argparse._SubParsersAction) -> None:
     )
     m.add_argument("--val-out", default=None, help="where the validation episodes go")
     m.set_defaults(func=cmd_episodes_make)
+    from prosam.cli_multi import add_multi_episodes_parser
+
+    add_multi_episodes_parser(esub)
 
 
 def add_eval_parser(
@@ -88,6 +91,7 @@ def add_eval_parser(
     )
     f.add_argument("--episodes", default=None, help="episode list from `prosam episodes make`")
     f.add_argument("--n", type=int, default=1000, help="episodes to draw without --episodes")
+    f.add_argument("--limit", type=int, default=None, help="only the first N episodes")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--boundary", action="store_true", help="also compute boundary IoU")
     f.add_argument("--json", required=True, help="write results here")
@@ -97,6 +101,9 @@ def add_eval_parser(
     from prosam.cli_stable import add_robustness_parser
 
     add_robustness_parser(vsub, add_model_args)
+    from prosam.cli_multi import add_multi_eval_parser
+
+    add_multi_eval_parser(vsub, add_model_args)
 
 
 def _dataset_and_classes(args: argparse.Namespace) -> tuple[Dataset, list[int], str]:
@@ -218,16 +225,21 @@ def _table(report: dict[str, Any], names: dict[int, str]) -> str:
 
 def cmd_eval_fss(args: argparse.Namespace) -> int:
     from prosam.cli import _load_model
+    from prosam.data.episodes import episodes_hash
     from prosam.engine.checkpoint import checkpoint_files
     from prosam.engine.evaluate import evaluate_episodes
     from prosam.io import write_bytes_atomic
     from prosam.methods import build_method
+    from prosam.pretrained import resolve_checkpoint
     from prosam.sam import Predictor
     from prosam.sam.weights import sha256_file
 
     t_start = time.perf_counter()
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be >= 1, got {args.limit}")
     dataset, classes, scheme = _dataset_and_classes(args)
     episodes, digest = _load_or_make_episodes(args, dataset, classes)
+    episodes = episodes[: args.limit]
     model, cache = _load_model(args)
     method = build_method(
         args.method, model, checkpoint=args.checkpoint, **parse_method_options(args.method_option)
@@ -259,13 +271,17 @@ def cmd_eval_fss(args: argparse.Namespace) -> int:
         "method_options": parse_method_options(args.method_option),
         "checkpoint": args.checkpoint,
         "checkpoint_sha256": (
-            sha256_file(checkpoint_files(args.checkpoint)[0]) if args.checkpoint else None
+            sha256_file(checkpoint_files(resolve_checkpoint(args.checkpoint))[0])
+            if args.checkpoint
+            else None
         ),
         "model": model.name,
         "sam_variant": model.variant,
         "weights_sha256": model.weights_sha256,
         "episodes_file": args.episodes,
         "episodes_hash": digest,
+        "episodes_limit": args.limit,
+        "evaluated_episodes_hash": episodes_hash(episodes),
         "num_episodes": result.episodes,
         "metrics_note": (
             "miou_fss: per class, intersection and union summed over its episodes, IoU = "

@@ -14,6 +14,13 @@ from prosam.data.episodes import (
 )
 from prosam.data.folder import load_folder
 from prosam.data.folds import coco20i_classes, fold_split, pascal5i_classes
+from prosam.data.multi_entity import (
+    EpisodeEntity,
+    MultiEntityEpisode,
+    load_multi_entity_episodes,
+    make_multi_entity_episodes,
+    save_multi_entity_episodes,
+)
 from prosam.data.pascal import coco20i, load_pascal_voc, pascal5i
 from prosam.data.types import ANNOTATION_KINDS, Dataset, Episode, Sample
 
@@ -21,6 +28,8 @@ __all__ = [
     "ANNOTATION_KINDS",
     "Dataset",
     "Episode",
+    "EpisodeEntity",
+    "MultiEntityEpisode",
     "Sample",
     "coco20i",
     "coco20i_classes",
@@ -29,12 +38,15 @@ __all__ = [
     "load_coco",
     "load_episodes",
     "load_folder",
+    "load_multi_entity_episodes",
     "load_pascal_voc",
     "make_episodes",
+    "make_multi_entity_episodes",
     "pascal5i",
     "pascal5i_classes",
     "rank_and_world_from_env",
     "save_episodes",
+    "save_multi_entity_episodes",
     "split_for_rank",
     "validation_test_split",
 ]

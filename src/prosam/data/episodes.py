@@ -25,6 +25,8 @@ T = TypeVar("T")
 
 EPISODE_FORMAT = "prosam-episodes"
 EPISODE_VERSION = 1
+#: Format tag of multi-entity episode files (:mod:`prosam.data.multi_entity`).
+MULTI_ENTITY_FORMAT = "prosam-multi-entity-episodes"
 
 
 def make_episodes(
@@ -93,9 +95,79 @@ def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
+def records_hash(records: Sequence[Mapping[str, Any]]) -> str:
+    """sha256 hex digest of a list of episode records' canonical JSON."""
+    return hashlib.sha256(_canonical(list(records))).hexdigest()
+
+
 def episodes_hash(episodes: Iterable[Episode]) -> str:
     """sha256 hex digest of the episodes' canonical JSON (keys, classes, annotations)."""
-    return hashlib.sha256(_canonical([_record(e) for e in episodes])).hexdigest()
+    return records_hash([_record(e) for e in episodes])
+
+
+def write_episode_file(
+    path: str | os.PathLike[str],
+    fmt: str,
+    version: int,
+    records: Sequence[Mapping[str, Any]],
+    meta: Mapping[str, Any],
+) -> str:
+    """Atomically write episode ``records`` with their format tag, ``meta``, count and hash.
+
+    Returns the records' hash (:func:`records_hash`), which is stored in the file too.
+    """
+    digest = records_hash(records)
+    doc = {
+        "format": fmt,
+        "version": version,
+        "meta": dict(meta),
+        "count": len(records),
+        "hash": digest,
+        "episodes": list(records),
+    }
+    try:
+        text = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"episode meta is not JSON-serialisable ({err})") from err
+    write_bytes_atomic(path, (text + "\n").encode("utf-8"))
+    return digest
+
+
+_FORMAT_NAMES = {
+    EPISODE_FORMAT: "prosam episode file",
+    MULTI_ENTITY_FORMAT: "prosam multi-entity episode file",
+}
+
+
+def read_episode_file(path: str | os.PathLike[str], fmt: str, version: int) -> dict[str, Any]:
+    """The JSON document of an episode file of format ``fmt`` and ``version``.
+
+    :class:`InputError` if it is missing, unreadable, of another format or version.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise InputError(f"{path}: no such file") from err
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable episode file ({err})") from err
+    found = doc.get("format") if isinstance(doc, dict) else None
+    if found != fmt:
+        wanted = _FORMAT_NAMES.get(fmt, fmt)
+        other = f" (it is a {_FORMAT_NAMES[found]})" if found in _FORMAT_NAMES else ""
+        raise InputError(f"{path}: not a {wanted}{other}")
+    if doc.get("version") != version:
+        raise InputError(f"{path}: episode file version {doc.get('version')} is not supported")
+    return doc
+
+
+def check_class(dataset: Dataset, class_id: int, name: str) -> None:
+    """:class:`InputError` unless ``dataset`` knows ``class_id`` (by ``name``, when given)."""
+    known = dataset.class_names.get(class_id)
+    if known is None or (name and name != known):
+        raise InputError(
+            f"class {class_id} {name!r}, but the dataset {dataset.description} calls it {known!r}"
+        )
 
 
 def save_episodes(
@@ -105,21 +177,8 @@ def save_episodes(
 
     The write is atomic. Returns the episodes' hash, which is stored in the file too.
     """
-    digest = episodes_hash(episodes)
-    doc = {
-        "format": EPISODE_FORMAT,
-        "version": EPISODE_VERSION,
-        "meta": dict(meta),
-        "count": len(episodes),
-        "hash": digest,
-        "episodes": [_record(e) for e in episodes],
-    }
-    try:
-        text = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"episode meta is not JSON-serialisable ({err})") from err
-    write_bytes_atomic(path, (text + "\n").encode("utf-8"))
-    return digest
+    records = [_record(e) for e in episodes]
+    return write_episode_file(path, EPISODE_FORMAT, EPISODE_VERSION, records, meta)
 
 
 def load_episodes(
@@ -130,28 +189,16 @@ def load_episodes(
     :class:`InputError` if the file is not an episode file, names a sample or class the
     dataset lacks, or no longer matches its stored hash.
     """
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise InputError(f"{path}: no such file") from err
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable episode file ({err})") from err
-    if not isinstance(doc, dict) or doc.get("format") != EPISODE_FORMAT:
-        raise InputError(f"{path}: not a prosam episode file")
-    if doc.get("version") != EPISODE_VERSION:
-        raise InputError(f"{path}: episode file version {doc.get('version')} is not supported")
+    doc = read_episode_file(path, EPISODE_FORMAT, EPISODE_VERSION)
     episodes: list[Episode] = []
     try:
         for i, rec in enumerate(doc["episodes"]):
             class_id = int(rec["class_id"])
             name = str(rec.get("class_name", ""))
-            known = dataset.class_names.get(class_id)
-            if known is None or (name and name != known):
-                raise InputError(
-                    f"episode {i} has class {class_id} {name!r}, but the dataset "
-                    f"{dataset.description} calls it {known!r}"
-                )
+            try:
+                check_class(dataset, class_id, name)
+            except InputError as err:
+                raise InputError(f"episode {i} has {err}") from None
             episodes.append(
                 Episode(
                     references=tuple(dataset.sample(k) for k in rec["references"]),
@@ -196,17 +243,19 @@ def rank_and_world_from_env() -> tuple[int, int]:
 
 
 def _target_key(item: object) -> str:
-    if isinstance(item, Episode):
-        return item.target.key
     if isinstance(item, Sample):
         return item.key
+    target = getattr(item, "target", None)  # an Episode, a MultiEntityEpisode...
+    if isinstance(target, Sample):
+        return target.key
     return str(item)
 
 
 def validation_test_split(
     items: Sequence[T], fraction: float, seed: int = 0
 ) -> tuple[list[T], list[T]]:
-    """Split episodes (or samples, or keys) into ``(validation, test)`` by target image.
+    """Split episodes (single- or multi-entity, or samples, or keys) into ``(validation, test)``
+    by target image.
 
     About ``fraction`` of the distinct target images (rounded) go to validation, with all
     their items; no target image is in both parts. Items keep their order. Only targets are
