@@ -13,26 +13,20 @@ def coco_root(tmp_path_factory):
     return write_coco_fixture(tmp_path_factory.mktemp("coco"), images=10)
 
 
+def _data_args(coco_root, classes="all"):
+    return ["--data", f"coco:{coco_root}", "--fold", "0", "--folds", "2", "--classes", classes]
+
+
 def _make(coco_root, out, *extra):
     return main(
-        [
-            "episodes",
-            "make",
-            "--data",
-            f"coco:{coco_root}",
-            "--fold",
-            "0",
-            "--folds",
-            "2",
-            "--classes",
-            "all",
-            "--n",
-            "12",
-            "--out",
-            str(out),
-            *extra,
-        ]
+        ["episodes", "make", *_data_args(coco_root), "--n", "12", "--out", str(out), *extra]
     )
+
+
+def _eval(coco_root, episodes, *extra, classes="all"):
+    """``prosam eval fss`` with the tiny model on an episode file of the fixture."""
+    data = _data_args(coco_root, classes)
+    return main(["eval", "fss", *data, "--episodes", str(episodes), "--model", "tiny", *extra])
 
 
 def test_episode_files_are_seeded_and_split_by_target(coco_root, tmp_path):
@@ -61,30 +55,9 @@ def test_eval_fss_writes_results_with_hashes(coco_root, tmp_path, capsys):
     episodes = tmp_path / "ep.json"
     assert _make(coco_root, episodes, "--annotation", "box") == 0
     out = tmp_path / "res.json"
-    code = main(
-        [
-            "eval",
-            "fss",
-            "--data",
-            f"coco:{coco_root}",
-            "--fold",
-            "0",
-            "--folds",
-            "2",
-            "--classes",
-            "all",
-            "--method",
-            "persam",
-            "--episodes",
-            str(episodes),
-            "--json",
-            str(out),
-            "--model",
-            "tiny",
-            "--no-progress",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ]
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    code = _eval(
+        coco_root, episodes, "--method", "persam", "--json", str(out), "--no-progress", *cache
     )
     assert code == 0
     report = json.loads(out.read_text())
@@ -100,53 +73,10 @@ def test_eval_fss_writes_results_with_hashes(coco_root, tmp_path, capsys):
 def test_eval_refuses_contradicting_arguments(coco_root, tmp_path, capsys):
     episodes = tmp_path / "ep.json"
     _make(coco_root, episodes)
-    code = main(
-        [
-            "eval",
-            "fss",
-            "--data",
-            f"coco:{coco_root}",
-            "--fold",
-            "0",
-            "--folds",
-            "2",
-            "--classes",
-            "all",
-            "--method",
-            "geometric",
-            "--episodes",
-            str(episodes),
-            "--shots",
-            "5",
-            "--json",
-            str(tmp_path / "r.json"),
-            "--model",
-            "tiny",
-        ]
-    )
+    geometric = ["--method", "geometric", "--json", str(tmp_path / "r.json")]
+    code = _eval(coco_root, episodes, *geometric, "--shots", "5")
     assert code == 2 and "contradicts" in capsys.readouterr().err
-    code = main(
-        [
-            "eval",
-            "fss",
-            "--data",
-            f"coco:{coco_root}",
-            "--fold",
-            "0",
-            "--folds",
-            "2",
-            "--classes",
-            "novel",
-            "--method",
-            "geometric",
-            "--episodes",
-            str(episodes),
-            "--json",
-            str(tmp_path / "r.json"),
-            "--model",
-            "tiny",
-        ]
-    )
+    code = _eval(coco_root, episodes, *geometric, classes="novel")
     assert code == 2 and "not in the novel classes" in capsys.readouterr().err
     code = main(
         [
@@ -170,38 +100,18 @@ def test_eval_refuses_contradicting_arguments(coco_root, tmp_path, capsys):
 def test_method_options_reach_the_method(coco_root, tmp_path, capsys):
     episodes = tmp_path / "ep.json"
     _make(coco_root, episodes)
-    common = [
-        "eval",
-        "fss",
-        "--data",
-        f"coco:{coco_root}",
-        "--fold",
-        "0",
-        "--folds",
-        "2",
-        "--classes",
-        "all",
-        "--episodes",
-        str(episodes),
-        "--model",
-        "tiny",
-        "--no-progress",
-        "--json",
-        str(tmp_path / "r.json"),
+    common = ["--no-progress", "--json", str(tmp_path / "r.json")]
+    options = [
+        "--method-option",
+        "backbone=efficientnet_lite0",
+        "--method-option",
+        "backbone_input=64",
     ]
-    code = main(
-        [
-            *common,
-            "--method",
-            "geometric",
-            "--method-option",
-            "backbone=efficientnet_lite0",
-            "--method-option",
-            "backbone_input=64",
-        ]
-    )
+    code = _eval(coco_root, episodes, *common, "--method", "geometric", *options)
     assert code == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["method_options"] == {"backbone": "efficientnet_lite0", "backbone_input": 64}
-    code = main([*common, "--method", "persam", "--method-option", "nonsense=1"])
+    code = _eval(
+        coco_root, episodes, *common, "--method", "persam", "--method-option", "nonsense=1"
+    )
     assert code == 2 and "nonsense" in capsys.readouterr().err

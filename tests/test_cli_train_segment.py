@@ -56,6 +56,13 @@ def run(tmp_path_factory):
     return root, tmp, common, val
 
 
+def _segment(ref, annotation, target, out, method, *extra):
+    """``prosam segment`` with the tiny model: one reference annotated by ``annotation``."""
+    reference = ["--ref", str(ref), *annotation]
+    options = ["--out", str(out), "--method", method, "--model", "tiny", *extra]
+    return main(["segment", *reference, str(target), *options])
+
+
 def test_train_writes_a_loadable_checkpoint_with_its_config(run):
     _, tmp, _, _ = run
     config = json.loads((tmp / "prosam" / "best.json").read_text())["config"]
@@ -92,88 +99,15 @@ def test_eval_and_segment_with_the_trained_checkpoint(run, tmp_path):
     mask[10:30, 10:40] = 255
     Image.fromarray(mask).save(tmp_path / "ref_mask.png")
     out = tmp_path / "masks"
-    assert (
-        main(
-            [
-                "segment",
-                "--ref",
-                str(ref),
-                "--ref-mask",
-                str(tmp_path / "ref_mask.png"),
-                str(root / "train"),
-                "--out",
-                str(out),
-                "--method",
-                "prosam",
-                "--checkpoint",
-                ckpt,
-                "--model",
-                "tiny",
-                "--no-embedding-cache",
-            ]
-        )
-        == 0
-    )
+    mask_args = ["--ref-mask", str(tmp_path / "ref_mask.png")]
+    extra = ["--checkpoint", ckpt, "--no-embedding-cache"]
+    assert _segment(ref, mask_args, root / "train", out, "prosam", *extra) == 0
     written = sorted(p.name for p in out.iterdir())
     assert written == [f"img{i:03d}.png" for i in range(8)]
     assert np.asarray(Image.open(out / "img003.png")).shape == (48, 64)
     # a VRP method refuses a ProSAM checkpoint, and a trained method needs one
-    assert (
-        main(
-            [
-                "segment",
-                "--ref",
-                str(ref),
-                "--ref-box",
-                "5,5,30,30",
-                str(ref),
-                "--out",
-                str(out),
-                "--method",
-                "vrp",
-                "--checkpoint",
-                ckpt,
-                "--model",
-                "tiny",
-            ]
-        )
-        == 2
-    )
-    assert (
-        main(
-            [
-                "segment",
-                "--ref",
-                str(ref),
-                "--ref-points",
-                "20,20",
-                str(ref),
-                "--out",
-                str(out),
-                "--method",
-                "prosam",
-                "--model",
-                "tiny",
-            ]
-        )
-        == 2
-    )
-    assert (
-        main(
-            [
-                "segment",
-                "--ref",
-                str(ref),
-                "--ref-points",
-                "20,20",
-                str(ref),
-                "--out",
-                str(tmp_path / "p"),
-                "--method",
-                "persam",
-                "--model",
-                "tiny",
-            ]
-        )
-        == 0
-    )
+    box = ["--ref-box", "5,5,30,30"]
+    assert _segment(ref, box, ref, out, "vrp", "--checkpoint", ckpt) == 2
+    points = ["--ref-points", "20,20"]
+    assert _segment(ref, points, ref, out, "prosam") == 2
+    assert _segment(ref, points, ref, tmp_path / "p", "persam") == 0

@@ -77,6 +77,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_checkpoint_option(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint``: a trained vrp / prosam checkpoint, or a bundled one."""
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="vrp / prosam: a `prosam train` checkpoint or a bundled name (default: the "
+        "bundled one for --model)",
+    )
+
+
 def add_stable_option(p: argparse.ArgumentParser) -> None:
     """``--stable [CKPT]``: decode with a Stable-SAM plugin."""
     p.add_argument(

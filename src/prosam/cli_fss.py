@@ -9,15 +9,20 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prosam.errors import InputError
 
 if TYPE_CHECKING:
     from prosam.data.types import Dataset, Episode
+    from prosam.engine.evaluate import EvalResult
+    from prosam.engine.evaluate_multi import MultiEvalResult
     from prosam.metrics import FSSAccumulator
+    from prosam.sam import EmbeddingCache, FrozenSam
 
 ANNOTATIONS = ("point", "scribble", "box", "mask")
+
+T = TypeVar("T")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -43,12 +48,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", choices=["novel", "base", "all"], default="novel")
 
 
-def add_episodes_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("episodes", help="seeded episode lists")
-    esub = p.add_subparsers(dest="episodes_command", required=True)
-    m = esub.add_parser("make", help="write a seeded list of episodes to JSON")
-    _add_data_args(m)
-    m.add_argument("--shots", type=int, default=1)
+def _add_episode_list_args(m: argparse.ArgumentParser) -> None:
+    """The ``--annotation`` to ``--val-out`` options of the ``episodes make*`` commands."""
     m.add_argument("--annotation", choices=ANNOTATIONS, default="mask")
     m.add_argument("--n", type=int, default=1000, help="number of episodes (default 1000)")
     m.add_argument("--seed", type=int, default=0)
@@ -60,6 +61,28 @@ def add_episodes_parser(sub: argparse._SubParsersAction) -> None:
         help="move this fraction of target images to a validation list",
     )
     m.add_argument("--val-out", default=None, help="where the validation episodes go")
+
+
+def _add_method_args(f: argparse.ArgumentParser, example: str) -> None:
+    """``--method``, ``--checkpoint`` and ``--method-option`` (its help showing ``example``)."""
+    f.add_argument("--method", required=True)
+    f.add_argument("--checkpoint", default=None)
+    f.add_argument(
+        "--method-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"method option, e.g. {example} (repeatable)",
+    )
+
+
+def add_episodes_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("episodes", help="seeded episode lists")
+    esub = p.add_subparsers(dest="episodes_command", required=True)
+    m = esub.add_parser("make", help="write a seeded list of episodes to JSON")
+    _add_data_args(m)
+    m.add_argument("--shots", type=int, default=1)
+    _add_episode_list_args(m)
     m.set_defaults(func=cmd_episodes_make)
     from prosam.cli_multi import add_multi_episodes_parser
 
@@ -80,15 +103,7 @@ def add_eval_parser(
         default=None,
         help="default mask (or the episode file's)",
     )
-    f.add_argument("--method", required=True)
-    f.add_argument("--checkpoint", default=None)
-    f.add_argument(
-        "--method-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="method option, e.g. backbone=efficientnet_lite0 for geometric (repeatable)",
-    )
+    _add_method_args(f, "backbone=efficientnet_lite0 for geometric")
     f.add_argument("--episodes", default=None, help="episode list from `prosam episodes make`")
     f.add_argument("--n", type=int, default=1000, help="episodes to draw without --episodes")
     f.add_argument("--limit", type=int, default=None, help="only the first N episodes")
@@ -131,8 +146,26 @@ def _protocol_meta(args: argparse.Namespace, scheme: str, classes: list[int]) ->
     }
 
 
+def _save_episode_lists(
+    args: argparse.Namespace,
+    episodes: list[T],
+    meta: dict[str, Any],
+    save: Callable[[str, list[T], dict[str, Any]], str],
+) -> tuple[list[T], str]:
+    """Save ``--out`` (and ``--val-out``, with ``--val-fraction``): test episodes and hash."""
+    from prosam.data.episodes import validation_test_split
+
+    if args.val_fraction:
+        val, test = validation_test_split(episodes, args.val_fraction, seed=args.seed)
+        digest = save(args.val_out, val, {**meta, "role": "validation"})
+        print(f"{args.val_out}: {len(val)} validation episodes (sha256 {digest[:12]})")
+        episodes = test
+    digest = save(args.out, episodes, {**meta, "role": "test"})
+    return episodes, digest
+
+
 def cmd_episodes_make(args: argparse.Namespace) -> int:
-    from prosam.data.episodes import make_episodes, save_episodes, validation_test_split
+    from prosam.data.episodes import make_episodes, save_episodes
 
     dataset, classes, scheme = _dataset_and_classes(args)
     if args.val_fraction and not args.val_out:
@@ -146,12 +179,7 @@ def cmd_episodes_make(args: argparse.Namespace) -> int:
         "annotation": args.annotation,
         "seed": args.seed,
     }
-    if args.val_fraction:
-        val, test = validation_test_split(episodes, args.val_fraction, seed=args.seed)
-        digest = save_episodes(args.val_out, val, {**meta, "role": "validation"})
-        print(f"{args.val_out}: {len(val)} validation episodes (sha256 {digest[:12]})")
-        episodes = test
-    digest = save_episodes(args.out, episodes, {**meta, "role": "test"})
+    episodes, digest = _save_episode_lists(args, episodes, meta, save_episodes)
     print(
         f"{args.out}: {len(episodes)} episodes over {len(classes)} classes (sha256 {digest[:12]})"
     )
@@ -223,20 +251,71 @@ def _table(report: dict[str, Any], names: dict[int, str]) -> str:
     return "\n".join(lines)
 
 
+def _check_limit(args: argparse.Namespace) -> None:
+    """:class:`InputError` for a ``--limit`` below 1."""
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be >= 1, got {args.limit}")
+
+
+def _run_fields(
+    args: argparse.Namespace,
+    model: FrozenSam,
+    file_hash: str,
+    evaluated_hash: str,
+    num_episodes: int,
+) -> dict[str, Any]:
+    """The report fields ``checkpoint`` to ``num_episodes`` (the checkpoint hashed after
+    resolving a bundled name)."""
+    from prosam.engine.checkpoint import checkpoint_files
+    from prosam.pretrained import resolve_checkpoint
+    from prosam.sam.weights import sha256_file
+
+    checkpoint = resolve_checkpoint(args.checkpoint) if args.checkpoint else None
+    return {
+        "checkpoint": args.checkpoint,
+        "checkpoint_sha256": sha256_file(checkpoint_files(checkpoint)[0]) if checkpoint else None,
+        "model": model.name,
+        "sam_variant": model.variant,
+        "weights_sha256": model.weights_sha256,
+        "episodes_file": args.episodes,
+        "episodes_hash": file_hash,
+        "episodes_limit": args.limit,
+        "evaluated_episodes_hash": evaluated_hash,
+        "num_episodes": num_episodes,
+    }
+
+
+def _timing(
+    result: EvalResult | MultiEvalResult, wall: float, cache: EmbeddingCache | None
+) -> dict[str, Any]:
+    """The report's ``timing`` field."""
+    return {
+        "wall_seconds": wall,
+        "inputs_seconds": result.seconds_inputs,
+        "method_seconds": result.seconds_method,
+        "method_ms_per_episode": 1000 * result.seconds_method / max(result.episodes, 1),
+        "embedding_cache_hits": cache.hits if cache else None,
+        "embedding_cache_misses": cache.misses if cache else None,
+    }
+
+
+def _write_report(path: str, report: dict[str, Any]) -> None:
+    """Write ``report`` to ``path`` as indented JSON, atomically."""
+    from prosam.io import write_bytes_atomic
+
+    text = json.dumps(report, indent=1, default=lambda v: None if v != v else v)
+    write_bytes_atomic(Path(path), text.encode())
+
+
 def cmd_eval_fss(args: argparse.Namespace) -> int:
     from prosam.cli import _load_model
     from prosam.data.episodes import episodes_hash
-    from prosam.engine.checkpoint import checkpoint_files
     from prosam.engine.evaluate import evaluate_episodes
-    from prosam.io import write_bytes_atomic
     from prosam.methods import build_method
-    from prosam.pretrained import resolve_checkpoint
     from prosam.sam import Predictor
-    from prosam.sam.weights import sha256_file
 
     t_start = time.perf_counter()
-    if args.limit is not None and args.limit < 1:
-        raise InputError(f"--limit must be >= 1, got {args.limit}")
+    _check_limit(args)
     dataset, classes, scheme = _dataset_and_classes(args)
     episodes, digest = _load_or_make_episodes(args, dataset, classes)
     episodes = episodes[: args.limit]
@@ -269,20 +348,13 @@ def cmd_eval_fss(args: argparse.Namespace) -> int:
         },
         "method": args.method,
         "method_options": parse_method_options(args.method_option),
-        "checkpoint": args.checkpoint,
-        "checkpoint_sha256": (
-            sha256_file(checkpoint_files(resolve_checkpoint(args.checkpoint))[0])
-            if args.checkpoint
-            else None
+        **_run_fields(
+            args,
+            model,
+            digest,
+            episodes_hash(episodes),
+            result.episodes,
         ),
-        "model": model.name,
-        "sam_variant": model.variant,
-        "weights_sha256": model.weights_sha256,
-        "episodes_file": args.episodes,
-        "episodes_hash": digest,
-        "episodes_limit": args.limit,
-        "evaluated_episodes_hash": episodes_hash(episodes),
-        "num_episodes": result.episodes,
         "metrics_note": (
             "miou_fss: per class, intersection and union summed over its episodes, IoU = "
             "sum(I)/sum(U), then the mean over classes; fb_iou: mean of pooled foreground "
@@ -290,18 +362,10 @@ def cmd_eval_fss(args: argparse.Namespace) -> int:
         ),
         "original_size": block(result.original),
         "working_resolution": block(result.working),
-        "timing": {
-            "wall_seconds": wall,
-            "inputs_seconds": result.seconds_inputs,
-            "method_seconds": result.seconds_method,
-            "method_ms_per_episode": 1000 * result.seconds_method / max(result.episodes, 1),
-            "embedding_cache_hits": cache.hits if cache else None,
-            "embedding_cache_misses": cache.misses if cache else None,
-        },
+        "timing": _timing(result, wall, cache),
         "episodes": result.records,
     }
-    text = json.dumps(report, indent=1, default=lambda v: None if v != v else v)
-    write_bytes_atomic(Path(args.json), text.encode())
+    _write_report(args.json, report)
     print(_table(report, dataset.class_names))
     print(f"{result.episodes} episodes, {wall:.0f} s wall; results in {args.json}")
     if not math.isfinite(report["original_size"]["summary"]["miou_fss"]):

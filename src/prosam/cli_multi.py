@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prosam.cli_fss import (
-    ANNOTATIONS,
     _add_data_args,
+    _add_episode_list_args,
+    _add_method_args,
+    _check_limit,
     _dataset_and_classes,
     _protocol_meta,
+    _run_fields,
+    _save_episode_lists,
+    _timing,
+    _write_report,
     parse_method_options,
 )
 from prosam.errors import InputError
@@ -31,17 +35,7 @@ def add_multi_episodes_parser(episodes_sub: argparse._SubParsersAction) -> None:
     _add_data_args(m)
     m.add_argument("--entities", type=int, default=2, help="classes per target (default 2)")
     m.add_argument("--shots", type=int, default=1, help="references per entity")
-    m.add_argument("--annotation", choices=ANNOTATIONS, default="mask")
-    m.add_argument("--n", type=int, default=1000, help="number of episodes (default 1000)")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--out", required=True)
-    m.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.0,
-        help="move this fraction of target images to a validation list",
-    )
-    m.add_argument("--val-out", default=None, help="where the validation episodes go")
+    _add_episode_list_args(m)
     m.set_defaults(func=cmd_episodes_make_multi)
 
 
@@ -56,15 +50,7 @@ def add_multi_eval_parser(
         "--episodes", required=True, help="episode list from `prosam episodes make-multi`"
     )
     f.add_argument("--limit", type=int, default=None, help="only the first N episodes")
-    f.add_argument("--method", required=True)
-    f.add_argument("--checkpoint", default=None)
-    f.add_argument(
-        "--method-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="method option, e.g. outer_steps=5 for cpc (repeatable)",
-    )
+    _add_method_args(f, "outer_steps=5 for cpc")
     f.add_argument(
         "--independent",
         action="store_true",
@@ -77,7 +63,6 @@ def add_multi_eval_parser(
 
 
 def cmd_episodes_make_multi(args: argparse.Namespace) -> int:
-    from prosam.data.episodes import validation_test_split
     from prosam.data.multi_entity import make_multi_entity_episodes, save_multi_entity_episodes
 
     dataset, classes, scheme = _dataset_and_classes(args)
@@ -99,12 +84,7 @@ def cmd_episodes_make_multi(args: argparse.Namespace) -> int:
         "annotation": args.annotation,
         "seed": args.seed,
     }
-    if args.val_fraction:
-        val, test = validation_test_split(episodes, args.val_fraction, seed=args.seed)
-        digest = save_multi_entity_episodes(args.val_out, val, {**meta, "role": "validation"})
-        print(f"{args.val_out}: {len(val)} validation episodes (sha256 {digest[:12]})")
-        episodes = test
-    digest = save_multi_entity_episodes(args.out, episodes, {**meta, "role": "test"})
+    episodes, digest = _save_episode_lists(args, episodes, meta, save_multi_entity_episodes)
     targets = len({e.target.key for e in episodes})
     used = len({c for e in episodes for c in e.class_ids})
     print(
@@ -148,16 +128,12 @@ def _table(block: dict[str, Any], names: dict[int, str]) -> str:
 def cmd_eval_multi_entity(args: argparse.Namespace) -> int:
     from prosam.cli import _load_model
     from prosam.data.multi_entity import load_multi_entity_episodes, multi_entity_hash
-    from prosam.engine.checkpoint import checkpoint_files
     from prosam.engine.evaluate_multi import evaluate_multi_entity
-    from prosam.io import write_bytes_atomic
     from prosam.methods import build_method
     from prosam.sam import Predictor
-    from prosam.sam.weights import sha256_file
 
     t_start = time.perf_counter()
-    if args.limit is not None and args.limit < 1:
-        raise InputError(f"--limit must be >= 1, got {args.limit}")
+    _check_limit(args)
     dataset, classes, scheme = _dataset_and_classes(args)
     episodes, meta = load_multi_entity_episodes(args.episodes, dataset)
     file_hash = multi_entity_hash(episodes)
@@ -191,18 +167,13 @@ def cmd_eval_multi_entity(args: argparse.Namespace) -> int:
         "method": args.method,
         "method_options": options,
         "joint": result.joint,
-        "checkpoint": args.checkpoint,
-        "checkpoint_sha256": (
-            sha256_file(checkpoint_files(args.checkpoint)[0]) if args.checkpoint else None
+        **_run_fields(
+            args,
+            model,
+            file_hash,
+            multi_entity_hash(episodes),
+            result.episodes,
         ),
-        "model": model.name,
-        "sam_variant": model.variant,
-        "weights_sha256": model.weights_sha256,
-        "episodes_file": args.episodes,
-        "episodes_hash": file_hash,
-        "episodes_limit": args.limit,
-        "evaluated_episodes_hash": multi_entity_hash(episodes),
-        "num_episodes": result.episodes,
         "num_entities": result.entities,
         "metrics_note": (
             "each entity's logits are upsampled to the original image size, every pixel goes "
@@ -214,18 +185,10 @@ def cmd_eval_multi_entity(args: argparse.Namespace) -> int:
             "pixels with logits > 0 for two or more entities before resolution"
         ),
         "original_size": block,
-        "timing": {
-            "wall_seconds": wall,
-            "inputs_seconds": result.seconds_inputs,
-            "method_seconds": result.seconds_method,
-            "method_ms_per_episode": 1000 * result.seconds_method / max(result.episodes, 1),
-            "embedding_cache_hits": cache.hits if cache else None,
-            "embedding_cache_misses": cache.misses if cache else None,
-        },
+        "timing": _timing(result, wall, cache),
         "episodes": result.records,
     }
-    text = json.dumps(report, indent=1, default=lambda v: None if v != v else v)
-    write_bytes_atomic(Path(args.json), text.encode())
+    _write_report(args.json, report)
     print(_table(block, dataset.class_names))
     print(
         f"{result.episodes} episodes ({result.entities} entities, "

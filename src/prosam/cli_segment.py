@@ -14,7 +14,7 @@ from prosam.errors import InputError
 def add_segment_parser(
     sub: argparse._SubParsersAction, add_model_args: Callable[[argparse.ArgumentParser], None]
 ) -> None:
-    from prosam.cli import add_stable_option, parse_box, parse_point
+    from prosam.cli import add_checkpoint_option, add_stable_option, parse_box, parse_point
 
     p = sub.add_parser("segment", help="segment targets like an annotated reference image")
     p.add_argument("--ref", required=True, help="reference image")
@@ -32,12 +32,7 @@ def add_segment_parser(
     p.add_argument("targets", nargs="+", help="target images or folders")
     p.add_argument("--out", required=True, help="output folder: OUT/<target stem>.png")
     p.add_argument("--method", default="persam", help="prosam | vrp | persam | geometric")
-    p.add_argument(
-        "--checkpoint",
-        default=None,
-        help="vrp / prosam: a `prosam train` checkpoint or a bundled name (default: the "
-        "bundled one for --model)",
-    )
+    add_checkpoint_option(p)
     add_stable_option(p)
     add_model_args(p)
     p.set_defaults(func=cmd_segment)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -170,6 +170,37 @@ def check_class(dataset: Dataset, class_id: int, name: str) -> None:
         )
 
 
+def record_class(dataset: Dataset, rec: Mapping[str, Any], episode: int) -> tuple[int, str]:
+    """A record's ``(class_id, class_name)``, checked against ``dataset`` (:func:`check_class`)."""
+    class_id = int(rec["class_id"])
+    name = str(rec.get("class_name", ""))
+    try:
+        check_class(dataset, class_id, name)
+    except InputError as err:
+        raise InputError(f"episode {episode} has {err}") from None
+    return class_id, name
+
+
+def read_episode_records(
+    path: str | os.PathLike[str],
+    fmt: str,
+    version: int,
+    parse: Callable[[int, Mapping[str, Any]], T],
+    digest: Callable[[list[T]], str],
+) -> tuple[list[T], dict[str, Any]]:
+    """``(items, meta)`` of an episode file: ``parse(index, record)`` each, hash checked."""
+    doc = read_episode_file(path, fmt, version)
+    try:
+        items = [parse(i, rec) for i, rec in enumerate(doc["episodes"])]
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from err
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{path}: malformed episode record ({err!r})") from err
+    if digest(items) != doc.get("hash"):
+        raise InputError(f"{path}: episodes do not match the stored hash (edited or corrupt)")
+    return items, dict(doc.get("meta", {}))
+
+
 def save_episodes(
     path: str | os.PathLike[str], episodes: Sequence[Episode], meta: Mapping[str, Any]
 ) -> str:
@@ -189,33 +220,19 @@ def load_episodes(
     :class:`InputError` if the file is not an episode file, names a sample or class the
     dataset lacks, or no longer matches its stored hash.
     """
-    doc = read_episode_file(path, EPISODE_FORMAT, EPISODE_VERSION)
-    episodes: list[Episode] = []
-    try:
-        for i, rec in enumerate(doc["episodes"]):
-            class_id = int(rec["class_id"])
-            name = str(rec.get("class_name", ""))
-            try:
-                check_class(dataset, class_id, name)
-            except InputError as err:
-                raise InputError(f"episode {i} has {err}") from None
-            episodes.append(
-                Episode(
-                    references=tuple(dataset.sample(k) for k in rec["references"]),
-                    target=dataset.sample(rec["target"]),
-                    class_id=class_id,
-                    class_name=name,
-                    annotation=str(rec["annotation"]),
-                    annotation_seed=int(rec["annotation_seed"]),
-                )
-            )
-    except InputError as err:
-        raise InputError(f"{path}: {err}") from err
-    except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{path}: malformed episode record ({err!r})") from err
-    if episodes_hash(episodes) != doc.get("hash"):
-        raise InputError(f"{path}: episodes do not match the stored hash (edited or corrupt)")
-    return episodes, dict(doc.get("meta", {}))
+
+    def parse(i: int, rec: Mapping[str, Any]) -> Episode:
+        class_id, name = record_class(dataset, rec, i)
+        return Episode(
+            references=tuple(dataset.sample(k) for k in rec["references"]),
+            target=dataset.sample(rec["target"]),
+            class_id=class_id,
+            class_name=name,
+            annotation=str(rec["annotation"]),
+            annotation_seed=int(rec["annotation_seed"]),
+        )
+
+    return read_episode_records(path, EPISODE_FORMAT, EPISODE_VERSION, parse, episodes_hash)
 
 
 def split_for_rank(items: Sequence[T], rank: int, world: int) -> list[T]:

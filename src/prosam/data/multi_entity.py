@@ -17,8 +17,8 @@ import numpy as np
 
 from prosam.data.episodes import (
     MULTI_ENTITY_FORMAT,
-    check_class,
-    read_episode_file,
+    read_episode_records,
+    record_class,
     records_hash,
     write_episode_file,
 )
@@ -167,32 +167,22 @@ def load_multi_entity_episodes(
     :class:`InputError` if the file is not such a file, names a sample or class the
     dataset lacks, or no longer matches its stored hash.
     """
-    doc = read_episode_file(path, MULTI_ENTITY_FORMAT, MULTI_ENTITY_VERSION)
-    episodes: list[MultiEntityEpisode] = []
-    try:
-        for i, rec in enumerate(doc["episodes"]):
-            drawn = []
-            for ent in rec["entities"]:
-                class_id = int(ent["class_id"])
-                name = str(ent.get("class_name", ""))
-                try:
-                    check_class(dataset, class_id, name)
-                except InputError as err:
-                    raise InputError(f"episode {i} has {err}") from None
-                drawn.append(
-                    EpisodeEntity(
-                        class_id=class_id,
-                        class_name=name,
-                        references=tuple(dataset.sample(k) for k in ent["references"]),
-                        annotation=str(ent["annotation"]),
-                        annotation_seed=int(ent["annotation_seed"]),
-                    )
+
+    def parse(i: int, rec: Mapping[str, Any]) -> MultiEntityEpisode:
+        drawn = []
+        for ent in rec["entities"]:
+            class_id, name = record_class(dataset, ent, i)
+            drawn.append(
+                EpisodeEntity(
+                    class_id=class_id,
+                    class_name=name,
+                    references=tuple(dataset.sample(k) for k in ent["references"]),
+                    annotation=str(ent["annotation"]),
+                    annotation_seed=int(ent["annotation_seed"]),
                 )
-            episodes.append(MultiEntityEpisode(dataset.sample(rec["target"]), tuple(drawn)))
-    except InputError as err:
-        raise InputError(f"{path}: {err}") from err
-    except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{path}: malformed episode record ({err!r})") from err
-    if multi_entity_hash(episodes) != doc.get("hash"):
-        raise InputError(f"{path}: episodes do not match the stored hash (edited or corrupt)")
-    return episodes, dict(doc.get("meta", {}))
+            )
+        return MultiEntityEpisode(dataset.sample(rec["target"]), tuple(drawn))
+
+    return read_episode_records(
+        path, MULTI_ENTITY_FORMAT, MULTI_ENTITY_VERSION, parse, multi_entity_hash
+    )

@@ -79,7 +79,7 @@ def add_label_parser(
     sub: argparse._SubParsersAction, add_model_args: Callable[[argparse.ArgumentParser], None]
 ) -> None:
     """Add ``prosam label`` to the ``prosam`` command's subparsers."""
-    from prosam.cli import add_stable_option, parse_box, parse_point
+    from prosam.cli import add_checkpoint_option, add_stable_option, parse_box, parse_point
     from prosam.label.job import (
         DEFAULT_MAX_PIXELS,
         DEFAULT_MIN_AREA_FRACTION,
@@ -132,12 +132,7 @@ def add_label_parser(
         help="png, png-indexed, coco, yolo, overlay (default: png,coco)",
     )
     p.add_argument("--method", default="persam", help="persam | geometric | vrp | prosam")
-    p.add_argument(
-        "--checkpoint",
-        default=None,
-        help="vrp / prosam: a `prosam train` checkpoint or a bundled name (default: the "
-        "bundled one for --model)",
-    )
+    add_checkpoint_option(p)
     add_stable_option(p)
     p.add_argument(
         "--uncertainty",

@@ -148,6 +148,48 @@ def _by_class(classes: Sequence[str], masks: Sequence[LabelMask]) -> dict[str, L
     return found
 
 
+def _class_mask(found: Mapping[str, LabelMask], c: str, image_size: tuple[int, int]) -> np.ndarray:
+    """The bool mask of class ``c`` (all ``False`` when it was not found)."""
+    return as_bool_mask(found[c].mask) if c in found else np.zeros(image_size, dtype=bool)
+
+
+class _PerImageWriter:
+    """Base of the writers that write files per image under ``OUT/<folder>``, as they come."""
+
+    name: str
+    folder: str
+    suffix: str
+
+    def __init__(self, out_dir: str | os.PathLike[str], classes: Sequence[str]) -> None:
+        self.classes = _check_classes(classes)
+        self.root = Path(out_dir) / self.folder
+
+    def paths(self, key: str) -> list[Path]:
+        """The files written for image ``key``."""
+        return [self.root / f"{key}{self.suffix}"]
+
+    def add(
+        self,
+        key: str,
+        image_size: tuple[int, int],
+        masks: Sequence[LabelMask],
+        *,
+        file_name: str | None = None,
+        image: ImageSource = None,
+    ) -> None:
+        """Write the files of image ``key``."""
+        self._write(key, image_size, masks, image)
+
+    def _write(
+        self, key: str, image_size: tuple[int, int], masks: Sequence[LabelMask], image: ImageSource
+    ) -> None:
+        """Write the files of image ``key`` in the writer's format."""
+        raise NotImplementedError
+
+    def finalize(self) -> None:
+        """Nothing to do: every file is written by :meth:`add`."""
+
+
 # --------------------------------------------------------------------------- PNG
 
 
@@ -165,16 +207,18 @@ def voc_palette(n: int = 256) -> np.ndarray:
     return palette
 
 
-class PngWriter:
+class PngWriter(_PerImageWriter):
     """0/255 PNG masks per class, or one indexed palette PNG per image (``indexed=True``)."""
+
+    folder = "png"
+    suffix = ".png"
 
     def __init__(
         self, out_dir: str | os.PathLike[str], classes: Sequence[str], *, indexed: bool = False
     ) -> None:
-        self.classes = _check_classes(classes)
+        super().__init__(out_dir, classes)
         self.indexed = indexed
         self.name = "png-indexed" if indexed else "png"
-        self.root = Path(out_dir) / "png"
         if indexed and len(self.classes) > 254:
             raise ValueError("an indexed PNG holds at most 254 classes (255 is VOC's 'ignore')")
         folders = [safe_name(c) for c in self.classes]
@@ -185,17 +229,11 @@ class PngWriter:
     def paths(self, key: str) -> list[Path]:
         """The files written for image ``key``."""
         if self.indexed:
-            return [self.root / f"{key}.png"]
+            return super().paths(key)
         return [self.root / self.folders[c] / f"{key}.png" for c in self.classes]
 
-    def add(
-        self,
-        key: str,
-        image_size: tuple[int, int],
-        masks: Sequence[LabelMask],
-        *,
-        file_name: str | None = None,
-        image: ImageSource = None,
+    def _write(
+        self, key: str, image_size: tuple[int, int], masks: Sequence[LabelMask], image: ImageSource
     ) -> None:
         found = _by_class(self.classes, masks)
         h, w = image_size
@@ -212,15 +250,8 @@ class PngWriter:
                 img.save(tmp, format="PNG")
             return
         for c in self.classes:
-            mask = (
-                _sized(as_bool_mask(found[c].mask), image_size)
-                if c in found
-                else np.zeros((h, w), dtype=bool)
-            )
+            mask = _sized(_class_mask(found, c, image_size), image_size)
             write_mask_png(self.root / self.folders[c] / f"{key}.png", mask)
-
-    def finalize(self) -> None:
-        """Nothing to do: every file is written by :meth:`add`."""
 
 
 def _sized(mask: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
@@ -380,30 +411,21 @@ def mask_polygons(mask: np.ndarray) -> list[np.ndarray]:
     return polygons
 
 
-class YoloWriter:
+class YoloWriter(_PerImageWriter):
     """YOLO-seg label files (``OUT/yolo/<key>.txt``) and ``OUT/yolo/classes.txt``."""
 
     name = "yolo"
+    folder = "yolo"
+    suffix = ".txt"
 
     def __init__(
         self, out_dir: str | os.PathLike[str], classes: Sequence[str], *, decimals: int = 6
     ) -> None:
-        self.classes = _check_classes(classes)
-        self.root = Path(out_dir) / "yolo"
+        super().__init__(out_dir, classes)
         self.decimals = decimals
 
-    def paths(self, key: str) -> list[Path]:
-        """The files written for image ``key``."""
-        return [self.root / f"{key}.txt"]
-
-    def add(
-        self,
-        key: str,
-        image_size: tuple[int, int],
-        masks: Sequence[LabelMask],
-        *,
-        file_name: str | None = None,
-        image: ImageSource = None,
+    def _write(
+        self, key: str, image_size: tuple[int, int], masks: Sequence[LabelMask], image: ImageSource
     ) -> None:
         found = _by_class(self.classes, masks)
         h, w = image_size
@@ -458,10 +480,12 @@ def rasterize_polygons(polygons: Sequence[np.ndarray], image_size: tuple[int, in
 # --------------------------------------------------------------------------- overlays
 
 
-class OverlayWriter:
+class OverlayWriter(_PerImageWriter):
     """JPEG previews, masks blended over the image (``OUT/overlay/<key>.jpg``)."""
 
     name = "overlay"
+    folder = "overlay"
+    suffix = ".jpg"
 
     def __init__(
         self,
@@ -471,23 +495,12 @@ class OverlayWriter:
         max_side: int = 1280,
         quality: int = 85,
     ) -> None:
-        self.classes = _check_classes(classes)
-        self.root = Path(out_dir) / "overlay"
+        super().__init__(out_dir, classes)
         self.max_side = max_side
         self.quality = quality
 
-    def paths(self, key: str) -> list[Path]:
-        """The files written for image ``key``."""
-        return [self.root / f"{key}.jpg"]
-
-    def add(
-        self,
-        key: str,
-        image_size: tuple[int, int],
-        masks: Sequence[LabelMask],
-        *,
-        file_name: str | None = None,
-        image: ImageSource = None,
+    def _write(
+        self, key: str, image_size: tuple[int, int], masks: Sequence[LabelMask], image: ImageSource
     ) -> None:
         if image is None:
             raise ValueError("the overlay writer needs the image (array or path)")
@@ -496,10 +509,7 @@ class OverlayWriter:
             raise ValueError(f"{key}: image {pixels.shape[:2]} is not {tuple(image_size)}")
         found = _by_class(self.classes, masks)
         h, w = image_size
-        layers = [
-            as_bool_mask(found[c].mask) if c in found else np.zeros((h, w), dtype=bool)
-            for c in self.classes
-        ]
+        layers = [_class_mask(found, c, image_size) for c in self.classes]
         scale = min(1.0, self.max_side / max(h, w))
         if scale < 1.0:
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -509,9 +519,6 @@ class OverlayWriter:
                 for m in layers
             ]
         write_image(self.root / f"{key}.jpg", overlay_masks(pixels, layers), quality=self.quality)
-
-    def finalize(self) -> None:
-        """Nothing to do: every file is written by :meth:`add`."""
 
 
 def make_writer(
