@@ -68,7 +68,7 @@ class VerificationSettings:
     n_mode: str = "token"
     init_log_sigma: float = 0.0
     eval_samples: int = 20
-    perturbation_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+    perturbation_scales: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
     perturbation_draws: int = 10
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
