@@ -131,3 +131,64 @@ def test_segment_without_a_bundled_checkpoint_names_the_choices(tmp_path, bundle
     ]
     assert main(args) != 0
     assert "vrp-coco-fold0-minisam" in capsys.readouterr().err
+
+
+def test_segment_and_label_decode_through_a_plugin(tiny_sam, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    img = tmp_path / "a.png"
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), np.uint8)).save(img)
+    torch.manual_seed(0)
+    plugin = StableSamPlugin(tiny_sam.sam.mask_decoder.transformer_dim)
+    save_stable_plugin(tmp_path / "plug", plugin, tiny_sam)
+    common = [
+        "--ref",
+        str(img),
+        "--ref-box",
+        "2,2,20,20",
+        str(img),
+        "--model",
+        "tiny",
+        "--cache-dir",
+        str(tmp_path / "c"),
+    ]
+    assert (
+        main(["segment", *common, "--out", str(tmp_path / "s"), "--stable", str(tmp_path / "plug")])
+        == 0
+    )
+    assert (tmp_path / "s" / "a.png").is_file()
+    assert (
+        main(
+            [
+                "label",
+                *common,
+                "--out",
+                str(tmp_path / "l"),
+                "--stable",
+                str(tmp_path / "plug"),
+                "--no-progress",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
+    job = (tmp_path / "l" / "job.json").read_text()
+    assert attached_plugin_digest(tiny_sam) is None  # the CLI loaded its own SAM
+    assert '"stable_plugin": "' in job
+    assert (
+        main(
+            [
+                "segment",
+                *common,
+                "--out",
+                str(tmp_path / "x"),
+                "--stable",
+                str(tmp_path / "missing"),
+            ]
+        )
+        != 0
+    )
+    assert "missing" in capsys.readouterr().err
