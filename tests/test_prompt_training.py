@@ -151,3 +151,20 @@ def test_chunked_decoding_matches_one_batch(tiny_sam):
     torch.testing.assert_close(iou_single, iou_whole, atol=1e-4, rtol=1e-4)
     with pytest.raises(Exception, match="chunk"):
         decode_prompt_logits(tiny_sam, emb, prompts, chunk=0)
+
+
+def test_prosam_mean_prompt_starts_as_its_vrp_prompt(backbone):
+    model = _model("prosam", backbone).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        feats = backbone(torch.rand(1, 3, 64, 64))
+        ann = torch.zeros(1, 1, 64, 64)
+        ann[..., 8:40, 8:40] = 1
+        mean = model.mean_prompts(feats, ann, feats)
+        vrp = model.encoder.encoder(feats.mid, feats.high, ann, feats.mid, feats.high)
+    torch.testing.assert_close(mean, vrp)
+    other = _model("prosam", backbone, init_mu="default").eval()
+    with torch.no_grad():
+        assert not torch.allclose(other.mean_prompts(feats, ann, feats), vrp)
+    with pytest.raises(ValueError, match="init_mu"):
+        _model("prosam", backbone, init_mu="zeros")

@@ -52,6 +52,12 @@ def add_train_parser(
         help="ProSAM: what the t-distribution's dimensionality n counts",
     )
     p.add_argument("--family", choices=["student_t", "gaussian"], default="student_t")
+    p.add_argument(
+        "--init-mu",
+        choices=["identity", "default"],
+        default="identity",
+        help="ProSAM: the mean head starts as the identity (default) or PyTorch's init",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     p.add_argument("--no-progress", action="store_true")
     add_model_args(p)
@@ -84,6 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         family=args.family,
         nu=args.nu,
         n_mode=args.n_mode,
+        init_mu=args.init_mu,
         samples_train=args.samples,
     )
     model = PromptModel(config, backbone.mid_channels).to(model_sam.device)

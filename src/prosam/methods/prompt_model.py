@@ -46,6 +46,7 @@ class PromptModelConfig:
     n_mode: str = "token"
     samples_train: int = 10
     init_log_sigma: float = -2.0
+    init_mu: str = "identity"
 
     def __post_init__(self) -> None:
         if self.method not in METHOD_KINDS:
@@ -81,7 +82,11 @@ class PromptModel(nn.Module):
             normalize_pseudo_mask=config.normalize_pseudo_mask,
         )
         self.encoder: nn.Module = (
-            VariationalPromptEncoder(encoder, init_log_sigma=config.init_log_sigma)
+            VariationalPromptEncoder(
+                encoder,
+                init_log_sigma=config.init_log_sigma,
+                init_mu=config.init_mu,  # type: ignore[arg-type]
+            )
             if config.method == "prosam"
             else encoder
         )

@@ -37,6 +37,7 @@ from prosam.methods.vrp_encoder import VRPEncoder
 
 Family = Literal["student_t", "gaussian"]
 NMode = Literal["token", "all", "element"]
+MuInit = Literal["identity", "default"]
 CombineStrategy = Literal["max_logit", "mean_logit", "max_binary", "mean_binary", "vote"]
 UncertaintyKind = Literal["vote_entropy", "disagreement", "probability_entropy"]
 
@@ -75,8 +76,10 @@ class VariationalPromptEncoder(nn.Module):
     and bias ``init_log_sigma`` (-2): every prompt element starts with the same small
     ``sigma = 0.135``, i.e. ~0.019 std per element with the default ``token`` Student-t
     (next to ``mu`` elements of ~0.6 std at initialisation), so early training sees
-    near-deterministic prompts and learns where to widen the noise. The mean head keeps
-    PyTorch's default initialisation.
+    near-deterministic prompts and learns where to widen the noise. The mean head starts as
+    the identity (``init_mu="identity"``), so an untrained ProSAM's mean prompt is exactly
+    its VRP encoder's prompt; ``"default"`` keeps PyTorch's initialisation (on coco-mini it
+    trained worse in a short budget: docs/results.md).
 
     Args:
         encoder: the prompt encoder; a default (ResNet-50 sized) :class:`VRPEncoder` if None.
@@ -84,12 +87,22 @@ class VariationalPromptEncoder(nn.Module):
     """
 
     def __init__(
-        self, encoder: VRPEncoder | None = None, *, init_log_sigma: float = INIT_LOG_SIGMA
+        self,
+        encoder: VRPEncoder | None = None,
+        *,
+        init_log_sigma: float = INIT_LOG_SIGMA,
+        init_mu: MuInit = "identity",
     ) -> None:
         super().__init__()
         self.encoder = encoder if encoder is not None else VRPEncoder()
         dim = self.encoder.dim
         self.mu_head = nn.Linear(dim, dim)
+        if init_mu == "identity":
+            with torch.no_grad():
+                self.mu_head.weight.copy_(torch.eye(dim))
+                self.mu_head.bias.zero_()
+        elif init_mu != "default":
+            raise ValueError(f"init_mu must be 'identity' or 'default', got {init_mu!r}")
         self.log_sigma_head = nn.Linear(dim, dim)
         nn.init.zeros_(self.log_sigma_head.weight)
         nn.init.constant_(self.log_sigma_head.bias, init_log_sigma)
