@@ -111,3 +111,30 @@ def test_eval_and_segment_with_the_trained_checkpoint(run, tmp_path):
     points = ["--ref-points", "20,20"]
     assert _segment(ref, points, ref, out, "prosam") == 2
     assert _segment(ref, points, ref, tmp_path / "p", "persam") == 0
+
+
+def test_train_classes_all_is_honoured_and_novel_refused(run, tmp_path, capsys):
+    _, _, common, val = run
+    base = [
+        "train",
+        *common,
+        "--method",
+        "vrp",
+        "--epochs",
+        "1",
+        "--episodes-per-epoch",
+        "2",
+        "--backbone-input",
+        "64",
+        "--no-progress",
+    ]
+    assert main([*base, "--classes", "all", "--out", str(tmp_path / "all")]) == 0
+    config = json.loads((tmp_path / "all" / "best.json").read_text())["config"]
+    assert config["train_classes"] == [1, 2, 3, 4]  # nothing held out
+    assert main([*base, "--classes", "novel", "--out", str(tmp_path / "n")]) != 0
+    assert "novel classes" in capsys.readouterr().err
+    # all classes overlap any validation list of the fold: refused, not silently mixed
+    assert (
+        main([*base, "--classes", "all", "--val-episodes", str(val), "--out", str(tmp_path / "v")])
+        != 0
+    )

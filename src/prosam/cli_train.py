@@ -17,6 +17,7 @@ def add_train_parser(
 ) -> None:
     p = sub.add_parser("train", help="train a VRP or ProSAM prompt encoder on base classes")
     add_data_args(p)
+    p.set_defaults(classes="base")  # --classes all: a model for users, nothing held out
     p.add_argument("--method", choices=["vrp", "prosam"], required=True)
     p.add_argument("--out", required=True, help="run folder (checkpoints, log, tensorboard)")
     p.add_argument("--epochs", type=int, default=10)
@@ -76,8 +77,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from prosam.sam import Predictor
     from prosam.sam.weights import cache_root
 
-    if args.classes != "base":
-        args.classes = "base"  # training always uses the fold's base classes
+    if args.classes == "novel":
+        raise InputError(
+            "training on a fold's novel classes would train on its test classes: use "
+            "--classes base (the protocol) or all (a model for users, nothing held out)"
+        )
     dataset, classes, scheme = _dataset_and_classes(args)
     model_sam, cache = _load_model(args)
     backbone = build_backbone(args.backbone, checkpoint=args.backbone_checkpoint)
@@ -145,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     log(
         f"{args.method}: {run_config['trainable_parameters']:,} trainable parameters, "
-        f"{len(classes)} base classes, backbone {args.backbone}, SAM {model_sam.name}"
+        f"{len(classes)} {args.classes} classes, backbone {args.backbone}, SAM {model_sam.name}"
     )
     summary = train(
         model,
