@@ -13,33 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
+from _episode_setup import episode_setting
 
-from prosam.cli_fss import _dataset_and_classes
-from prosam.data.episodes import load_episodes
+from prosam.engine.evaluate import original_size_mask
 from prosam.engine.references import episode_inputs
 from prosam.io import write_bytes_atomic
 from prosam.methods import build_method
-from prosam.sam import EmbeddingCache, Predictor, load_sam
-from prosam.sam.embedding_cache import default_embedding_dir
-from prosam.sam.transforms import postprocess_logits
-
-DATA = (
-    "coco:../shared/data/coco-mini/coco-mini-b,../shared/data/coco-mini/coco-tiny-a,"
-    "../shared/data/coco-mini/coco-tiny-c,../shared/data/coco-mini/coco-tiny-d"
-)
-
-
-def _iou(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> float:
-    union = np.count_nonzero((a | b) & valid)
-    return np.count_nonzero(a & b & valid) / union if union else 1.0
+from prosam.metrics import mask_iou
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=DATA)
+    parser.add_argument("--data", default=None, help="default: the episode file's")
     parser.add_argument("--episodes", required=True)
     parser.add_argument("--method", required=True)
     parser.add_argument("--checkpoint", default=None)
@@ -48,21 +35,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    meta = json.loads(Path(args.episodes).read_text())["meta"]
-    ns = argparse.Namespace(
-        data=args.data,
-        split=meta.get("split"),
-        min_area=meta.get("min_area_fraction", 0.0),
-        fold=meta.get("fold", 0),
-        folds=meta.get("folds"),
-        scheme=meta.get("scheme"),
-        classes=meta.get("class_set", "novel"),
-    )
-    dataset, _, _ = _dataset_and_classes(ns)
-    episodes, _ = load_episodes(args.episodes, dataset)
-    model = load_sam(args.model)
-    key = f"{model.name}:{model.weights_sha256}"
-    predictor = Predictor(model, cache=EmbeddingCache(default_embedding_dir(), key))
+    episodes, model, predictor = episode_setting(args.episodes, args.data, args.model)
     method = build_method(args.method, model, checkpoint=args.checkpoint)
     own, wrong, agree = [], [], []
     for i, ep in enumerate(episodes[: args.n]):
@@ -76,12 +49,11 @@ def main() -> None:
         masks = []
         for references in (refs, other_refs):
             method.fit(references)
-            logits = method.predict(target).low_res_logits.float()[None]
-            masks.append((postprocess_logits(logits, target.embedded.geometry)[0, 0] > 0).numpy())
-        valid = ~ignore
-        own.append(_iou(masks[0], truth, valid))
-        wrong.append(_iou(masks[1], truth, valid))
-        agree.append(_iou(masks[0], masks[1], np.ones_like(valid)))
+            out = method.predict(target)
+            masks.append(original_size_mask(out.low_res_logits, target.embedded.geometry))
+        own.append(mask_iou(masks[0], truth, ignore))
+        wrong.append(mask_iou(masks[1], truth, ignore))
+        agree.append(mask_iou(masks[0], masks[1]))
     report = {
         "method": args.method,
         "checkpoint": args.checkpoint,

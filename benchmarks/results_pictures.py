@@ -13,20 +13,16 @@ in the saved list (``--pick``), never by score, so the rows are not cherry-picke
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
+from _episode_setup import episode_setting
 from PIL import Image, ImageDraw
 
-from prosam.cli_fss import _dataset_and_classes
-from prosam.data.episodes import load_episodes
+from prosam.engine.evaluate import original_size_mask
 from prosam.engine.references import episode_inputs
 from prosam.io import write_image
 from prosam.methods import build_method
-from prosam.sam import EmbeddingCache, Predictor, load_sam
-from prosam.sam.embedding_cache import default_embedding_dir
-from prosam.sam.transforms import postprocess_logits
+from prosam.metrics import mask_iou
 from prosam.visualize import overlay_masks
 
 TILE = 240
@@ -51,22 +47,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    meta = json.loads(Path(args.episodes).read_text())["meta"]
-    ns = argparse.Namespace(
-        data=args.data or meta["data"],
-        split=meta.get("split"),
-        min_area=meta.get("min_area_fraction", 0.0),
-        fold=meta.get("fold", 0),
-        folds=meta.get("folds"),
-        scheme=meta.get("scheme"),
-        classes=meta.get("class_set", "novel"),
-    )
-    dataset, _, _ = _dataset_and_classes(ns)
-    episodes, _ = load_episodes(args.episodes, dataset)
-    model = load_sam(args.model)
-    predictor = Predictor(
-        model, cache=EmbeddingCache(default_embedding_dir(), f"{model.name}:{model.weights_sha256}")
-    )
+    episodes, model, predictor = episode_setting(args.episodes, args.data, args.model)
     methods = []
     for spec in args.method:
         name, _, ckpt = spec.partition("=")
@@ -84,11 +65,8 @@ def main() -> None:
         for name, method in methods:
             method.fit(refs)
             out = method.predict(target)
-            logits = out.low_res_logits.float()[None]
-            pred = (postprocess_logits(logits, target.embedded.geometry)[0, 0] > 0).numpy()
-            valid = ~ignore
-            union = np.count_nonzero((pred | truth) & valid)
-            iou = np.count_nonzero(pred & truth & valid) / union if union else 1.0
+            pred = original_size_mask(out.low_res_logits, target.embedded.geometry)
+            iou = mask_iou(pred, truth, ignore)
             tiles.append(_tile(overlay_masks(target.image, [pred]), f"{name}: IoU {iou:.2f}"))
         row = Image.new("RGB", (TILE * len(tiles), TILE + 18), "white")
         for i, t in enumerate(tiles):

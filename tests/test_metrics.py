@@ -309,3 +309,17 @@ def test_all_reduce_single_rank_gloo(tmp_path: object) -> None:
         assert acc.state_dict() == before  # one rank: nothing added
     finally:
         dist.destroy_process_group()
+
+
+def test_mask_iou_hand_case_ignore_and_empty():
+    from prosam.metrics import mask_iou
+
+    pred = np.zeros((2, 4), bool)
+    target = np.zeros((2, 4), bool)
+    pred[0, :3] = True  # 3 pixels
+    target[0, 1:] = True  # 3 pixels, 2 shared
+    assert mask_iou(pred, target) == pytest.approx(2 / 4)
+    ignore = np.zeros((2, 4), bool)
+    ignore[0, 0] = True  # drops a pred-only pixel
+    assert mask_iou(pred, target, ignore) == pytest.approx(2 / 3)
+    assert mask_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0

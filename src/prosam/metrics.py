@@ -44,6 +44,7 @@ __all__ = [
     "confusion_counts",
     "confusion_rates",
     "intersection_union",
+    "mask_iou",
     "mask_stability",
 ]
 
@@ -136,6 +137,11 @@ def intersection_union(
     c = confusion_counts(pred, target, ignore)
     hit = c["tp"] if foreground else c["tn"]
     return hit, hit + c["fp"] + c["fn"]
+
+
+def mask_iou(pred: MaskLike, target: MaskLike, ignore: MaskLike | None = None) -> float:
+    """IoU of two binary masks over the non-ignored pixels; 1.0 when both are empty."""
+    return _iou(*intersection_union(pred, target, ignore))
 
 
 def confusion_rates(

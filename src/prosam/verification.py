@@ -44,6 +44,7 @@ from prosam.methods.variational import (
     prosam_loss,
     sample_prompts,
 )
+from prosam.metrics import mask_iou
 from prosam.sam.model import FrozenSam
 from prosam.sam.predictor import ImageEmbedding
 from prosam.sam.transforms import mask_to_low_res
@@ -105,9 +106,7 @@ def _score(sam: FrozenSam, target: _Target, prompts: Tensor) -> tuple[list[float
     ious, bces = [], []
     for z in prompts:
         logits = _logits(sam, target, z[None])
-        pred, truth = logits > 0, target.mask > 0.5
-        union = (pred | truth).sum().item()
-        ious.append(1.0 if union == 0 else (pred & truth).sum().item() / union)
+        ious.append(mask_iou(logits > 0, target.mask > 0.5))
         bces.append(F.binary_cross_entropy_with_logits(logits, target.mask).item())
     return ious, bces
 
@@ -204,15 +203,12 @@ def run_verification(
     log_sigma = torch.full((1, *shape), s.init_log_sigma).requires_grad_(True)
     dist = PromptDistribution(mu, log_sigma)
 
+    def draw(d: PromptDistribution, k: int) -> Tensor:
+        """``k`` samples ``(k, 1, Q, D)`` of ``d`` with the study's family, nu and n."""
+        return sample_prompts(d, k, family=s.family, nu=s.nu, n_mode=s.n_mode, generator=gen)  # type: ignore[arg-type]
+
     def dist_loss() -> Tensor:
-        draws = sample_prompts(
-            dist,
-            s.samples,
-            family=s.family,
-            nu=s.nu,
-            n_mode=s.n_mode,
-            generator=gen,  # type: ignore[arg-type]
-        )
+        draws = draw(dist, s.samples)
         logits = torch.stack([_logits(sam, target, d) for d in draws])  # (K, 1, 1, h, w)
         return prosam_loss(logits, target.mask)
 
@@ -220,14 +216,7 @@ def run_verification(
     fitted = PromptDistribution(mu.detach(), log_sigma.detach())
     (mean_iou,), (mean_bce,) = _score(sam, target, fitted.mu)
     with torch.no_grad():
-        draws = sample_prompts(
-            fitted,
-            s.eval_samples,
-            family=s.family,
-            nu=s.nu,
-            n_mode=s.n_mode,
-            generator=gen,  # type: ignore[arg-type]
-        )[:, 0]
+        draws = draw(fitted, s.eval_samples)[:, 0]
     sample_iou, sample_bce = _score(sam, target, draws)
     log(f"distribution: mean prompt IoU {mean_iou:.3f} BCE {mean_bce:.4f} after {steps} steps")
 

@@ -33,6 +33,12 @@ def working_resolution_logits(low_res: torch.Tensor, geometry: ImageGeometry) ->
     return x[0, :, : geometry.input_size[0], : geometry.input_size[1]]
 
 
+def original_size_mask(low_res_logits: torch.Tensor, geometry: ImageGeometry) -> np.ndarray:
+    """A method's ``(1, h, w)`` low-res logits as a boolean mask at the original image size."""
+    logits = low_res_logits.float()[None]
+    return (postprocess_logits(logits, geometry)[0, 0] > 0).cpu().numpy()
+
+
 def resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize a boolean mask with nearest neighbour."""
     t = torch.from_numpy(mask.astype(np.uint8))[None, None]
@@ -79,10 +85,8 @@ def evaluate_episodes(
         t2 = time.perf_counter()
         geometry = target.embedded.geometry
         logits = output.low_res_logits.float()
-        pred = postprocess_logits(logits[None], geometry)[0, 0] > 0
-        iou = result.original.update(
-            episode.class_id, pred.cpu().numpy(), truth, ignore, boundary=boundary
-        )
+        pred = original_size_mask(logits, geometry)
+        iou = result.original.update(episode.class_id, pred, truth, ignore, boundary=boundary)
         work_pred = working_resolution_logits(logits, geometry)[0] > 0
         result.working.update(
             episode.class_id,

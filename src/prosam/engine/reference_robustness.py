@@ -35,13 +35,13 @@ import torch
 from tqdm.auto import tqdm
 
 from prosam.data.types import Episode
+from prosam.engine.evaluate import original_size_mask
 from prosam.engine.references import episode_inputs
 from prosam.errors import InputError
 from prosam.methods.base import Reference, ReferenceMethod
-from prosam.metrics import intersection_union, mask_stability
+from prosam.metrics import mask_iou, mask_stability
 from prosam.prompts import box_to_mask, mask_to_box, noisy_box, simulate_annotation
 from prosam.sam.predictor import Predictor
-from prosam.sam.transforms import postprocess_logits
 
 __all__ = [
     "ANNOTATION_PERTURBATIONS",
@@ -78,11 +78,6 @@ def _annotation(mask: np.ndarray, kind: str, rng: np.random.Generator) -> np.nda
         box = noisy_box(mask_to_box(mask), rng, NOISY_BOX_SCALE, image_size=mask.shape)
         return box_to_mask(box, mask.shape)
     return simulate_annotation(mask, kind, rng)  # type: ignore[arg-type]
-
-
-def _iou(pred: np.ndarray, truth: np.ndarray, ignore: np.ndarray) -> float:
-    inter, union = intersection_union(pred, truth, ignore)
-    return 1.0 if union == 0 else inter / union
 
 
 def evaluate_reference_robustness(
@@ -137,10 +132,9 @@ def evaluate_reference_robustness(
                     state = np.random.SeedSequence(key).generate_state(1)[0]
                     gen = torch.Generator().manual_seed(int(state))
                     out = method.predict(target, prompt_noise=float(value), generator=gen)  # type: ignore[call-arg]
-                logits = out.low_res_logits.float()[None]
-                masks.append((postprocess_logits(logits, geometry)[0, 0] > 0).cpu().numpy())
+                masks.append(original_size_mask(out.low_res_logits, geometry))
             s = sums[spec]
-            s["iou"] += float(np.mean([_iou(m, truth, ignore) for m in masks]))
+            s["iou"] += float(np.mean([mask_iou(m, truth, ignore) for m in masks]))
             s["sf"] += mask_stability(np.stack(masks))
             s["n"] += 1
     return {

@@ -32,7 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from prosam.errors import InputError
-from prosam.metrics import boundary_iou, intersection_union, mask_stability
+from prosam.metrics import boundary_iou, mask_iou, mask_stability
 from prosam.stable.objects import ObjectItem
 from prosam.stable.prompts import ROBUSTNESS_KINDS, Prompt, check_kind, sample_prompt
 
@@ -84,11 +84,6 @@ def _predict_mask(
     )
     masks, scores = np.asarray(pred.masks), np.asarray(pred.scores)
     return masks[int(np.argmax(scores))].astype(bool)
-
-
-def _iou(pred: np.ndarray, target: np.ndarray, ignore: np.ndarray | None) -> float:
-    inter, union = intersection_union(pred, target, ignore)
-    return 1.0 if union == 0 else inter / union
 
 
 def evaluate_robustness(
@@ -147,7 +142,7 @@ def evaluate_robustness(
                     memo[key] = _predict_mask(predictor, embedded, prompt, multimask_points)
                 masks.append(memo[key])
             stack = np.stack(masks)
-            iou = float(np.mean([_iou(m, mask, item.ignore) for m in stack]))
+            iou = float(np.mean([mask_iou(m, mask, item.ignore) for m in stack]))
             biou = float(
                 np.mean([boundary_iou(m, mask, dilation_ratio, item.ignore) for m in stack])
             )
