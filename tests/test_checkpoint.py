@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prosam.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from prosam.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from prosam.errors import WeightsError
 
 

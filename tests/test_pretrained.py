@@ -6,7 +6,7 @@ import torch
 import prosam.pretrained as pretrained
 from prosam.backbones import build_backbone
 from prosam.cli import main
-from prosam.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from prosam.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from prosam.errors import InputError, WeightsError
 from prosam.methods.loading import load_prompt_model
 from prosam.methods.prompt_model import PromptModel, PromptModelConfig

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from prosam.backbones import build_backbone
+from prosam.core.checkpoint import load_checkpoint
 from prosam.data.specs import load_dataset_spec
-from prosam.engine.checkpoint import load_checkpoint
 from prosam.engine.feature_store import FeatureStore
 from prosam.engine.train import TrainSettings, episode_loss, epoch_episodes, train
 from prosam.methods.base import ReferenceMethod

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
+from prosam.core.losses import bce_dice_loss
 from prosam.methods.variational import (
     BINARY_LOGIT,
     COMBINE_STRATEGIES,
     PromptDistribution,
     VariationalPromptEncoder,
-    bce_dice_loss,
     chi2_sample,
     combine_samples,
     effective_dimension,

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from prosam.core.losses import bce_dice_loss
 from prosam.errors import InputError
-from prosam.methods.variational import bce_dice_loss
 from prosam.methods.vrp_encoder import (
     EFFICIENTNET_LITE0_MID_CHANNELS,
     RESNET50_MID_CHANNELS,

@@ -9,6 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from prosam.core import files
+from prosam.core.state_dict import read_weights_file
 from prosam.errors import WeightsError
 from prosam.sam import build_sam, load_sam
 from prosam.sam import weights as W
@@ -37,11 +39,11 @@ def fake_source(monkeypatch, tiny_checkpoint):
 
 
 def test_cache_dir_precedence(monkeypatch, tmp_path):
-    monkeypatch.setenv(W.CACHE_ENV, str(tmp_path / "env"))
-    assert W.cache_dir() == tmp_path / "env" / "weights"
-    assert W.cache_dir(tmp_path / "opt") == tmp_path / "opt" / "weights"
-    monkeypatch.delenv(W.CACHE_ENV)
-    assert W.cache_dir().name == "weights"
+    monkeypatch.setenv(files.CACHE_ENV, str(tmp_path / "env"))
+    assert files.weights_cache_dir() == tmp_path / "env" / "weights"
+    assert files.weights_cache_dir(tmp_path / "opt") == tmp_path / "opt" / "weights"
+    monkeypatch.delenv(files.CACHE_ENV)
+    assert files.weights_cache_dir().name == "weights"
 
 
 def test_fetch_downloads_verifies_converts_and_caches(tmp_path, fake_source):
@@ -102,7 +104,7 @@ def test_pickled_objects_are_never_loaded(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"x": Evil()}, path)
     with pytest.raises(WeightsError, match="weights_only"):
-        W.read_checkpoint(path)
+        read_weights_file(path)
 
 
 def test_wrong_architecture_is_refused(tmp_path):
@@ -121,11 +123,11 @@ def test_tarball_extraction_takes_only_named_regular_files(tmp_path):
             tar.addfile(info, io.BytesIO(data))
     out = tmp_path / "out"
     out.mkdir()
-    found = W._extract_members(tar_path, {"package/dist/a.onnx": "a.onnx"}, out)
+    found = W.extract_members(tar_path, {"package/dist/a.onnx": "a.onnx"}, out)
     assert found["package/dist/a.onnx"].read_bytes() == b"A"
     assert sorted(p.name for p in out.iterdir()) == ["a.onnx"]
     with pytest.raises(WeightsError, match="missing"):
-        W._extract_members(tar_path, {"package/dist/b.onnx": "b.onnx"}, out)
+        W.extract_members(tar_path, {"package/dist/b.onnx": "b.onnx"}, out)
 
 
 def test_unknown_weights_name():

@@ -261,9 +261,10 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_weights_list(args: argparse.Namespace) -> int:
-    from prosam.sam.weights import WEIGHT_SOURCES, cache_dir, is_cached
+    from prosam.core.files import weights_cache_dir
+    from prosam.sam.weights import WEIGHT_SOURCES, is_cached
 
-    print(f"cache: {cache_dir(args.cache_dir)}")
+    print(f"cache: {weights_cache_dir(args.cache_dir)}")
     for name, source in WEIGHT_SOURCES.items():
         state = "cached" if is_cached(name, args.cache_dir) else "-"
         print(

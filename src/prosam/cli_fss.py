@@ -266,9 +266,9 @@ def _run_fields(
 ) -> dict[str, Any]:
     """The report fields ``checkpoint`` to ``num_episodes`` (the checkpoint hashed after
     resolving a bundled name)."""
-    from prosam.engine.checkpoint import checkpoint_files
+    from prosam.core.checkpoint import checkpoint_files
+    from prosam.core.files import sha256_file
     from prosam.pretrained import resolve_checkpoint
-    from prosam.sam.weights import sha256_file
 
     checkpoint = resolve_checkpoint(args.checkpoint) if args.checkpoint else None
     return {

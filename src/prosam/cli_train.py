@@ -69,13 +69,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from prosam.backbones import build_backbone
     from prosam.cli import _load_model
     from prosam.cli_fss import _dataset_and_classes
+    from prosam.core.files import cache_root
     from prosam.data.episodes import load_episodes
     from prosam.engine.feature_store import FeatureStore
     from prosam.engine.train import TrainSettings, train
     from prosam.io import write_bytes_atomic
     from prosam.methods.prompt_model import PromptModel, PromptModelConfig
     from prosam.sam import Predictor
-    from prosam.sam.weights import cache_root
 
     if args.classes == "novel":
         raise InputError(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from prosam.engine.checkpoint import Checkpoint, checkpoint_files, load_checkpoint, save_checkpoint
+from prosam.core.checkpoint import Checkpoint, checkpoint_files, load_checkpoint, save_checkpoint
 from prosam.errors import InputError, WeightsError
 from prosam.sam.model import FrozenSam
 

@@ -36,11 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from prosam.core.losses import bce_dice_loss
 from prosam.errors import InputError
 from prosam.methods.prompt_model import decode_prompt_logits
 from prosam.methods.variational import (
     PromptDistribution,
-    bce_dice_loss,
     prosam_loss,
     sample_prompts,
 )

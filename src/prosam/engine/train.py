@@ -22,9 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from prosam.backbones.base import BackboneFeatures
+from prosam.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from prosam.data.episodes import make_episodes, rank_and_world_from_env, split_for_rank
 from prosam.data.types import ANNOTATION_KINDS, Dataset, Episode
-from prosam.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from prosam.engine.evaluate import evaluate_episodes
 from prosam.engine.feature_store import FeatureStore
 from prosam.engine.references import reference_annotation

@@ -6,11 +6,11 @@ import os
 from typing import Any
 
 from prosam.backbones import build_backbone
-from prosam.engine.checkpoint import load_checkpoint
+from prosam.core.checkpoint import load_checkpoint
+from prosam.core.state_dict import load_state_dict_strict
 from prosam.errors import WeightsError
 from prosam.methods.prompt_method import PromptMethod
 from prosam.methods.prompt_model import PromptModel, PromptModelConfig
-from prosam.sam.build import load_state_dict_strict
 from prosam.sam.model import FrozenSam
 
 
@@ -32,7 +32,7 @@ def load_prompt_model(
     if len(mid) != 2:
         raise WeightsError(f"{checkpoint}: config lacks backbone_mid_channels")
     model = PromptModel(config, (int(mid[0]), int(mid[1])))
-    load_state_dict_strict(model, ckpt.model, f"{config.method} checkpoint {checkpoint}")
+    load_state_dict_strict(model, ckpt.model, source=f"{config.method} checkpoint {checkpoint}")
     return model.eval(), ckpt.config
 
 

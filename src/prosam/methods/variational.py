@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prosam.core.losses import bce_dice_loss
 from prosam.methods.vrp_encoder import VRPEncoder
 
 Family = Literal["student_t", "gaussian"]
@@ -301,41 +301,6 @@ def uncertainty_map(logits: Tensor, kind: UncertaintyKind = "vote_entropy") -> T
     raise ValueError(
         f"kind must be 'vote_entropy', 'disagreement' or 'probability_entropy', got {kind!r}"
     )
-
-
-def bce_dice_loss(
-    logits: Tensor, target: Tensor, ignore: Tensor | None = None, *, smooth: float = 1.0
-) -> Tensor:
-    """VRP-SAM's loss on ``(B, 1, H, W)`` logits: BCE + Dice, as its code computes them.
-
-    BCE with logits is averaged over all non-ignored pixels of the batch. Dice is
-    ``1 - (2 sum(p t) + smooth) / (sum(p) + sum(t) + smooth)`` per image with
-    ``p = sigmoid(logits)`` over non-ignored pixels, averaged over the batch (the code's
-    form; the paper's eq. 6 writes squared sums and no smoothing).
-
-    Args:
-        target: ``(B, 1, H, W)`` in ``[0, 1]``.
-        ignore: ``(B, 1, H, W)``; non-zero pixels are excluded from both terms.
-    """
-    if logits.ndim != 4 or logits.shape[1] != 1:
-        raise ValueError(f"logits must be (B, 1, H, W), got {tuple(logits.shape)}")
-    if target.shape != logits.shape:
-        raise ValueError(f"target {tuple(target.shape)} != logits {tuple(logits.shape)}")
-    target = target.to(logits.dtype)
-    if ignore is None:
-        valid = torch.ones_like(logits)
-    else:
-        if ignore.shape != logits.shape:
-            raise ValueError(f"ignore {tuple(ignore.shape)} != logits {tuple(logits.shape)}")
-        valid = (ignore == 0).to(logits.dtype)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    bce = (bce * valid).sum() / valid.sum().clamp_min(1.0)
-    p = torch.sigmoid(logits) * valid
-    t = target * valid
-    inter = (p * t).flatten(1).sum(1)
-    denom = p.flatten(1).sum(1) + t.flatten(1).sum(1)
-    dice = 1 - (2 * inter + smooth) / (denom + smooth)
-    return bce + dice.mean()
 
 
 def prosam_loss(

@@ -21,6 +21,7 @@ from segment_anything.modeling import (
 )
 from torch import nn
 
+from prosam.core.state_dict import load_state_dict_strict
 from prosam.errors import InputError
 
 PROMPT_EMBED_DIM = 256
@@ -164,29 +165,5 @@ def build_sam(
     else:
         sam = SAM_BUILDERS[variant]()
     if state_dict is not None:
-        load_state_dict_strict(sam, state_dict, variant)
+        load_state_dict_strict(sam, state_dict, source=f"weights for SAM variant {variant!r}")
     return freeze(sam)
-
-
-def load_state_dict_strict(sam: nn.Module, state_dict: dict[str, torch.Tensor], name: str) -> None:
-    """Load ``state_dict`` into ``sam``; any missing, unexpected or mis-shaped key is an error."""
-    from prosam.errors import WeightsError
-
-    own = sam.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:2]})")
-        raise WeightsError(f"weights do not match SAM variant {name!r}: " + "; ".join(parts))
-    sam.load_state_dict(state_dict, strict=True)

@@ -37,8 +37,9 @@ from segment_anything.modeling import Sam
 from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 
+from prosam.core.state_dict import load_state_dict_strict
 from prosam.errors import WeightsError
-from prosam.sam.build import build_sam, load_state_dict_strict
+from prosam.sam.build import build_sam
 from prosam.sam.tiny_vit import Attention, Conv2d_BN
 
 ENCODER_PREFIX = "image_encoder."
@@ -336,7 +337,9 @@ def _convert(
     encoder_model = _load_model(encoder_onnx)
     decoder_model = _load_model(decoder_onnx)
     sam = build_sam("vit_t", seed=0)
-    load_state_dict_strict(sam, _build_state_dict(sam, encoder_model, decoder_model), "vit_t")
+    load_state_dict_strict(
+        sam, _build_state_dict(sam, encoder_model, decoder_model), source="converted vit_t weights"
+    )
     diffs = None
     if verify:
         diffs = verify_conversion(sam, encoder_onnx, decoder_onnx)

@@ -22,8 +22,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from prosam.core.files import cache_root
 from prosam.io import atomic_path
-from prosam.sam.weights import cache_root
 
 PREPROCESS_VERSION = "sam-resize-longest-v1"
 

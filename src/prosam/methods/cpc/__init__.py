@@ -24,7 +24,7 @@ from prosam.methods.cpc.capl import (
     one_hot_weights,
     uniform_weights,
 )
-from prosam.methods.cpc.losses import LossTerms, LossWeights, cumulative_loss, per_sample_bce_dice
+from prosam.methods.cpc.losses import LossTerms, LossWeights, cumulative_loss
 from prosam.methods.cpc.method import (
     CPC_KINDS,
     CPCMethod,
@@ -74,7 +74,6 @@ __all__ = [
     "encode_sam_prompts",
     "encoder_prompt_sets",
     "one_hot_weights",
-    "per_sample_bce_dice",
     "prompt_model_encoder",
     "resolve_overlaps",
     "sam_prompt_sets",

@@ -2,7 +2,8 @@
 
 For entity instance ``n`` (an entity on one support image, ground truth ``y_n``), prompt set
 ``m`` decodes to logits ``z[n, m]`` and the calibrated prompt to ``ẑ[n]``. With
-``L = BCE + Dice`` (:func:`per_sample_bce_dice`, VRP-SAM's loss), ``p = sigmoid``, the
+``L = BCE + Dice`` (:func:`prosam.core.losses.bce_dice_loss` per sample, VRP-SAM's loss),
+``p = sigmoid``, the
 combined weights ``w[n, m]`` and the task weights ``τ[m]`` of :mod:`.capl`::
 
     L[n, m]  = L(z[n, m], y_n)                    per-set loss
@@ -25,9 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from prosam.core.losses import bce_dice_loss
 from prosam.errors import InputError
 from prosam.methods.cpc.capl import PromptWeights
 
@@ -57,31 +58,6 @@ class LossTerms:
     def as_floats(self) -> dict[str, float]:
         names = ("total", "entity", "task", "calibrated", "consistency")
         return {k: float(getattr(self, k).detach()) for k in names}
-
-
-def per_sample_bce_dice(
-    logits: Tensor, target: Tensor, ignore: Tensor | None = None, *, smooth: float = 1.0
-) -> Tensor:
-    """BCE + Dice of each of ``(B, 1, H, W)`` logits against a ``(1 or B, 1, H, W)`` target.
-
-    Per sample, the same as :func:`prosam.methods.variational.bce_dice_loss` on a batch of 1:
-    BCE averaged over valid pixels, Dice ``1 - (2 Σ p t + s) / (Σ p + Σ t + s)``. Returns ``(B,)``.
-    """
-    if logits.ndim != 4 or logits.shape[1] != 1:
-        raise InputError(f"logits must be (B, 1, H, W), got {tuple(logits.shape)}")
-    target = target.to(logits.dtype).expand_as(logits)
-    valid = (
-        torch.ones_like(logits)
-        if ignore is None
-        else (ignore == 0).to(logits.dtype).expand_as(logits)
-    )
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    bce = (bce * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1.0)
-    p = torch.sigmoid(logits) * valid
-    t = target * valid
-    inter = (p * t).flatten(1).sum(1)
-    denom = p.flatten(1).sum(1) + t.flatten(1).sum(1)
-    return bce + 1 - (2 * inter + smooth) / (denom + smooth)
 
 
 def consistency_to_calibrated(
@@ -115,8 +91,8 @@ def cumulative_loss(
     ign = list(ignores) if ignores is not None else [None] * n
     per_set, per_cal, cons = [], [], []
     for z, zc, y, ig in zip(set_logits, calibrated_logits, targets, ign, strict=True):
-        per_set.append(per_sample_bce_dice(z, y, ig))
-        per_cal.append(per_sample_bce_dice(zc, y, ig)[0])
+        per_set.append(bce_dice_loss(z, y, ig, reduction="none"))
+        per_cal.append(bce_dice_loss(zc, y, ig, reduction="none")[0])
         cons.append(consistency_to_calibrated(z, zc, ig))
     losses = torch.stack(per_set)  # (N, M)
     cal = torch.stack(per_cal)  # (N,)

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from prosam.core.files import sha256_file
 from prosam.errors import WeightsError
 from prosam.io import atomic_path, write_bytes_atomic
-from prosam.sam.weights import sha256_file
 
 FORMAT = "prosam-checkpoint"
 VERSION = 1
