@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from prosam.cli_fss import parse_method_options
+from prosam.cli.options import parse_method_options
 from prosam.data.episodes import episodes_hash, load_episodes
 from prosam.data.specs import load_dataset_spec
 from prosam.data.types import Dataset, Episode, Sample

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from prosam.cli import main, parse_box, parse_point
+from prosam.cli import main
+from prosam.cli.options import parse_box, parse_point
 
 
 @pytest.fixture()

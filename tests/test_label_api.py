@@ -8,10 +8,12 @@ import pytest
 from PIL import Image
 
 import prosam.label
+from prosam.cli.label import add_parser as add_label_parser
+from prosam.cli.label import parse_formats, parse_shard
 from prosam.errors import InputError
 from prosam.io import write_mask_png
 from prosam.label.api import annotation_to_mask
-from prosam.label.cli import add_label_parser, expand_label_targets, parse_formats, parse_shard
+from prosam.label.targets import expand_label_targets
 
 
 def _image(seed: int, h: int = 40, w: int = 52) -> np.ndarray:
@@ -105,10 +107,8 @@ def test_label_job_through_the_api_is_resumable(tmp_path, files, tiny_sam):
 
 
 def _run_cli(argv: list[str]) -> int:
-    from prosam.cli import _add_model_args
-
     parser = argparse.ArgumentParser(prog="prosam")
-    add_label_parser(parser.add_subparsers(dest="command", required=True), _add_model_args)
+    add_label_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return int(args.func(args))
 

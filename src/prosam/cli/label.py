@@ -10,12 +10,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prosam.data.folder import IMAGE_SUFFIXES
+from prosam.cli.options import (
+    add_checkpoint_option,
+    add_model_args,
+    add_stable_option,
+    attach_stable_from_args,
+    load_model,
+    parse_box,
+    parse_point,
+)
 from prosam.errors import InputError
+from prosam.label.targets import expand_label_targets
+
+if TYPE_CHECKING:
+    pass
+
 
 _ANNOTATIONS = ("ref_mask", "ref_box", "ref_points", "ref_scribble")
 
@@ -75,11 +86,8 @@ def parse_formats(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def add_label_parser(
-    sub: argparse._SubParsersAction, add_model_args: Callable[[argparse.ArgumentParser], None]
-) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``prosam label`` to the ``prosam`` command's subparsers."""
-    from prosam.cli import add_checkpoint_option, add_stable_option, parse_box, parse_point
     from prosam.label.job import (
         DEFAULT_MAX_PIXELS,
         DEFAULT_MIN_AREA_FRACTION,
@@ -183,33 +191,6 @@ def add_label_parser(
     add_model_args(p)
 
 
-def expand_label_targets(items: Sequence[str], *, recursive: bool = False) -> list[Path]:
-    """Files as given, folders expanded to their images, ``@list.txt`` to its lines."""
-    paths: list[Path] = []
-    for item in items:
-        if item.startswith("@"):
-            listing = Path(item[1:])
-            try:
-                lines = listing.read_text().splitlines()
-            except OSError as err:
-                raise InputError(f"{listing}: cannot read the target list ({err})") from err
-            for line in lines:
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    p = Path(line).expanduser()
-                    paths.append(p if p.is_absolute() else listing.parent / p)
-            continue
-        p = Path(item)
-        if p.is_dir():
-            found = p.rglob("*") if recursive else p.iterdir()
-            paths += sorted(q for q in found if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.exists():
-            paths.append(p)
-        else:
-            raise InputError(f"{p}: no such file or folder")
-    return paths
-
-
 def _annotation(ref: dict[str, Any]) -> Any:
     """The reference's annotation in the form :func:`prosam.label.api.annotation_to_mask` takes."""
     kind, value = ref["annotation"]
@@ -248,12 +229,10 @@ def cmd_label(args: argparse.Namespace) -> int:
     targets = expand_label_targets(args.targets, recursive=args.recursive)
     if not targets:
         raise InputError("no target images found")
-
-    from prosam.cli import _load_model, attach_stable_from_args
     from prosam.label.api import Segmenter
     from prosam.sam import Predictor
 
-    model, cache = _load_model(args)
+    model, cache = load_model(args)
     attach_stable_from_args(args, model)
     options = {"uncertainty": True} if args.uncertainty else {}
     seg = Segmenter(

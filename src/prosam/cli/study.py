@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from prosam.cli.options import (
+    add_model_args,
+    load_model,
+)
+
+if TYPE_CHECKING:
+    pass
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -19,9 +27,7 @@ def _scales(text: str) -> tuple[float, ...]:
         ) from None
 
 
-def add_study_parser(
-    sub: argparse._SubParsersAction, add_model_args: Callable[[argparse.ArgumentParser], None]
-) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     from prosam.verification import VerificationSettings
 
     d = VerificationSettings()
@@ -63,7 +69,6 @@ def add_study_parser(
 
 
 def cmd_study_verification(args: argparse.Namespace) -> int:
-    from prosam.cli import _load_model
     from prosam.io import read_binary_mask, read_image, write_bytes_atomic
     from prosam.sam import Predictor
     from prosam.verification import VerificationSettings, plot_verification, run_verification
@@ -86,7 +91,7 @@ def cmd_study_verification(args: argparse.Namespace) -> int:
         perturbation_draws=args.draws,
         seed=args.seed,
     )
-    model, cache = _load_model(args)
+    model, cache = load_model(args)
     embedded = Predictor(model, cache=cache).embed(image)
     result = run_verification(model, embedded, mask, settings, progress=print)
     result["image"], result["mask"], result["model"] = str(args.image), str(args.mask), model.name

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from prosam.cli.options import (
+    add_data_args,
+    add_model_args,
+    dataset_and_classes,
+    load_model,
+)
 from prosam.errors import InputError
 
+if TYPE_CHECKING:
+    pass
 
-def add_train_parser(
+
+def add_parser(
     sub: argparse._SubParsersAction,
-    add_model_args: Callable[[argparse.ArgumentParser], None],
-    add_data_args: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     p = sub.add_parser("train", help="train a VRP or ProSAM prompt encoder on base classes")
     add_data_args(p)
@@ -67,8 +74,6 @@ def add_train_parser(
 
 def cmd_train(args: argparse.Namespace) -> int:
     from prosam.backbones import build_backbone
-    from prosam.cli import _load_model
-    from prosam.cli_fss import _dataset_and_classes
     from prosam.core.files import cache_root
     from prosam.data.episodes import load_episodes
     from prosam.engine.feature_store import FeatureStore
@@ -82,8 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "training on a fold's novel classes would train on its test classes: use "
             "--classes base (the protocol) or all (a model for users, nothing held out)"
         )
-    dataset, classes, scheme = _dataset_and_classes(args)
-    model_sam, cache = _load_model(args)
+    dataset, classes, scheme = dataset_and_classes(args)
+    model_sam, cache = load_model(args)
     backbone = build_backbone(args.backbone, checkpoint=args.backbone_checkpoint)
     backbone.to(model_sam.device)
     config = PromptModelConfig(

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from prosam.cli.options import (
+    add_checkpoint_option,
+    add_model_args,
+    add_stable_option,
+    attach_stable_from_args,
+    load_model,
+    parse_box,
+    parse_point,
+)
 from prosam.errors import InputError
+from prosam.label.targets import expand_label_targets
+
+if TYPE_CHECKING:
+    pass
 
 
-def add_segment_parser(
-    sub: argparse._SubParsersAction, add_model_args: Callable[[argparse.ArgumentParser], None]
-) -> None:
-    from prosam.cli import add_checkpoint_option, add_stable_option, parse_box, parse_point
+def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("segment", help="segment targets like an annotated reference image")
     p.add_argument("--ref", required=True, help="reference image")
@@ -56,9 +66,7 @@ def reference_annotation_from_args(
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from prosam.cli import _load_model, attach_stable_from_args
     from prosam.io import read_image, write_mask_png
-    from prosam.label.cli import expand_label_targets
     from prosam.methods import Reference, Target, build_method
     from prosam.sam import Predictor
     from prosam.sam.transforms import postprocess_logits
@@ -66,7 +74,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     ref_image = read_image(args.ref)
     annotation, kind = reference_annotation_from_args(args, ref_image.shape[:2])
     targets = expand_label_targets(args.targets)
-    model, cache = _load_model(args)
+    model, cache = load_model(args)
     attach_stable_from_args(args, model)
     predictor = Predictor(model, cache=cache)
     method = build_method(args.method, model, checkpoint=args.checkpoint)

@@ -1,0 +1,54 @@
+"""The ``prosam`` command: one module per command, and this entry point that lists them.
+
+Building the parser imports no model code (torch loads only when a command runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from prosam import __version__
+from prosam.cli import (
+    demo,
+    episodes,
+    eval,
+    label,
+    predict,
+    segment,
+    stable,
+    study,
+    train,
+    weights,
+)
+from prosam.errors import ProsamError
+
+#: The commands in the order ``prosam --help`` lists them; each module has ``add_parser(sub)``.
+COMMANDS = (predict, weights, demo, episodes, eval, train, segment, stable, label, study)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``prosam`` command."""
+    parser = argparse.ArgumentParser(
+        prog="prosam", description="Visual reference segmentation on a frozen SAM."
+    )
+    parser.add_argument("--version", action="version", version=f"prosam {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; user errors print one line and exit with status 2, no traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ProsamError as err:
+        print(f"prosam: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prosam: interrupted", file=sys.stderr)
+        return 130

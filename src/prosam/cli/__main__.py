@@ -1,0 +1,7 @@
+"""``python -m prosam.cli``."""
+
+import sys
+
+from prosam.cli import main
+
+sys.exit(main())
