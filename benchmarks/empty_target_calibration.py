@@ -46,8 +46,8 @@ from prosam.cli.options import parse_method_options
 from prosam.data.episodes import episodes_hash, load_episodes
 from prosam.data.specs import load_dataset_spec
 from prosam.data.types import Dataset, Episode, Sample
-from prosam.engine.references import episode_inputs
 from prosam.errors import InputError
+from prosam.evaluation.references import episode_inputs
 from prosam.io import write_bytes_atomic
 from prosam.label.calibration import (
     DEFAULT_AREA_GRID,

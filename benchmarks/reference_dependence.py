@@ -17,8 +17,8 @@ import json
 import numpy as np
 from _episode_setup import episode_setting
 
-from prosam.engine.evaluate import original_size_mask
-from prosam.engine.references import episode_inputs
+from prosam.evaluation.evaluate import original_size_mask
+from prosam.evaluation.references import episode_inputs
 from prosam.io import write_bytes_atomic
 from prosam.methods import build_method
 from prosam.metrics import mask_iou

@@ -12,9 +12,8 @@ from prosam.methods.cpc import (
     CPCMethod,
     EncoderPromptSource,
     build_cpc,
-    resolve_overlaps,
 )
-from prosam.methods.cpc.method import SUPPRESSED_LOGIT
+from prosam.methods.overlaps import SUPPRESSED_LOGIT, resolve_overlaps
 from prosam.sam import Predictor
 
 FAST = {"num_sets": 4, "outer_steps": 2}

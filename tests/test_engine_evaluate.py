@@ -6,8 +6,8 @@ import torch
 
 from prosam.data.episodes import make_episodes
 from prosam.data.specs import load_dataset_spec
-from prosam.engine.evaluate import evaluate_episodes, resize_nearest, working_resolution_logits
-from prosam.engine.references import reference_annotation
+from prosam.evaluation.evaluate import evaluate_episodes, resize_nearest, working_resolution_logits
+from prosam.evaluation.references import reference_annotation
 from prosam.methods.base import MethodOutput
 from prosam.sam import Predictor
 from prosam.sam.transforms import geometry_for

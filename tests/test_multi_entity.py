@@ -18,8 +18,8 @@ from prosam.data.multi_entity import (
     save_multi_entity_episodes,
 )
 from prosam.data.specs import load_dataset_spec
-from prosam.engine.evaluate_multi import evaluate_multi_entity, has_entity_api
 from prosam.errors import InputError
+from prosam.evaluation.evaluate_multi import evaluate_multi_entity, has_entity_api
 from prosam.methods.base import MethodOutput
 from prosam.methods.cpc.method import EntityPrediction
 from prosam.sam import Predictor

@@ -8,8 +8,8 @@ from prosam.backbones import build_backbone
 from prosam.cli import main
 from prosam.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from prosam.errors import InputError, WeightsError
-from prosam.methods.loading import load_prompt_model
-from prosam.methods.prompt_model import PromptModel, PromptModelConfig
+from prosam.methods.prompt_encoder.loading import load_prompt_model
+from prosam.methods.prompt_encoder.network import PromptModel, PromptModelConfig
 from prosam.stable import StableSamPlugin, attach_stable_plugin, load_stable_plugin
 from prosam.stable.checkpoint import save_stable_plugin
 from prosam.stable.plugin import attached_plugin_digest

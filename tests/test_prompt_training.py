@@ -7,11 +7,12 @@ import torch
 from prosam.backbones import build_backbone
 from prosam.core.checkpoint import load_checkpoint
 from prosam.data.specs import load_dataset_spec
-from prosam.engine.feature_store import FeatureStore
-from prosam.engine.train import TrainSettings, episode_loss, epoch_episodes, train
+from prosam.evaluation.evaluate import validation_miou
 from prosam.methods.base import ReferenceMethod
-from prosam.methods.prompt_method import PromptMethod
-from prosam.methods.prompt_model import PromptModel, PromptModelConfig
+from prosam.methods.prompt_encoder.feature_store import FeatureStore
+from prosam.methods.prompt_encoder.method import PromptMethod
+from prosam.methods.prompt_encoder.network import PromptModel, PromptModelConfig
+from prosam.methods.prompt_encoder.train import TrainSettings, episode_loss, epoch_episodes, train
 from prosam.sam import Predictor
 from tests.fixtures_coco import write_coco_fixture
 
@@ -66,7 +67,7 @@ def test_prosam_trains_k_samples_and_predicts_with_the_mean(backbone, tiny_sam, 
     [("vrp", {}), ("prosam", {}), ("prosam", {"strategy": "vote", "uncertainty": True})],
 )
 def test_prompt_method_predicts_low_res_logits(method, options, backbone, tiny_sam, dataset):
-    from prosam.engine.references import episode_inputs
+    from prosam.evaluation.references import episode_inputs
 
     predictor = Predictor(tiny_sam)
     pm = PromptMethod(tiny_sam, backbone, _model(method, backbone), **options)
@@ -98,7 +99,11 @@ def test_train_writes_checkpoints_and_resumes(backbone, tiny_sam, dataset, tmp_p
         settings,
         tmp_path / "run",
         config=config,
-        val_episodes=val,
+        validate=lambda net: validation_miou(
+            PromptMethod(tiny_sam, store.backbone, net, features=store.features),
+            store.predictor,
+            val,
+        ),
         progress=False,
         log=lambda _: None,
     )
@@ -135,7 +140,7 @@ def test_epoch_episodes_are_reproducible_and_mixed(dataset):
 
 
 def test_chunked_decoding_matches_one_batch(tiny_sam):
-    from prosam.methods.prompt_model import decode_prompt_logits
+    from prosam.methods.prompt_encoder.network import decode_prompt_logits
 
     torch.manual_seed(0)
     size = tuple(tiny_sam.sam.prompt_encoder.image_embedding_size)

@@ -7,16 +7,16 @@ import torch
 from prosam.backbones import build_backbone
 from prosam.data.episodes import make_episodes
 from prosam.data.specs import load_dataset_spec
-from prosam.engine.evaluate import evaluate_episodes
-from prosam.engine.reference_robustness import (
+from prosam.errors import InputError
+from prosam.evaluation.evaluate import evaluate_episodes
+from prosam.evaluation.reference_robustness import (
     evaluate_reference_robustness,
     parse_perturbation,
     to_markdown,
 )
-from prosam.errors import InputError
 from prosam.methods import build_method
-from prosam.methods.prompt_method import PromptMethod
-from prosam.methods.prompt_model import PromptModel, PromptModelConfig
+from prosam.methods.prompt_encoder.method import PromptMethod
+from prosam.methods.prompt_encoder.network import PromptModel, PromptModelConfig
 from prosam.sam import Predictor
 from tests.fixtures_coco import write_coco_fixture
 

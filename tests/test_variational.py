@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from prosam.core.losses import bce_dice_loss
-from prosam.methods.variational import (
+from prosam.methods.prompt_encoder.encoder import (
+    EFFICIENTNET_LITE0_MID_CHANNELS,
+    RESNET50_MID_CHANNELS,
+    VRPEncoder,
+)
+from prosam.methods.prompt_encoder.variational import (
     BINARY_LOGIT,
     COMBINE_STRATEGIES,
     PromptDistribution,
@@ -18,11 +23,6 @@ from prosam.methods.variational import (
     sample_prompts,
     student_t_std_multiplier,
     uncertainty_map,
-)
-from prosam.methods.vrp_encoder import (
-    EFFICIENTNET_LITE0_MID_CHANNELS,
-    RESNET50_MID_CHANNELS,
-    VRPEncoder,
 )
 
 N = 200_000

@@ -8,8 +8,8 @@ from PIL import Image
 
 from prosam.cli import main
 from prosam.errors import InputError
+from prosam.methods.prompt_encoder.verification import VerificationSettings, run_verification
 from prosam.sam import Predictor
-from prosam.verification import VerificationSettings, run_verification
 
 
 @pytest.fixture(scope="module")

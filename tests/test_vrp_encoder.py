@@ -7,7 +7,7 @@ import torch
 
 from prosam.core.losses import bce_dice_loss
 from prosam.errors import InputError
-from prosam.methods.vrp_encoder import (
+from prosam.methods.prompt_encoder.encoder import (
     EFFICIENTNET_LITE0_MID_CHANNELS,
     RESNET50_MID_CHANNELS,
     VRPEncoder,

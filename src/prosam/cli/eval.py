@@ -177,7 +177,7 @@ def _fss_table(report: dict[str, Any], names: dict[int, str]) -> str:
 
 def cmd_eval_fss(args: argparse.Namespace) -> int:
     from prosam.data.episodes import episodes_hash
-    from prosam.engine.evaluate import evaluate_episodes
+    from prosam.evaluation.evaluate import evaluate_episodes
     from prosam.methods import build_method
     from prosam.sam import Predictor
 
@@ -275,7 +275,7 @@ def _multi_entity_table(block: dict[str, Any], names: dict[int, str]) -> str:
 
 def cmd_eval_multi_entity(args: argparse.Namespace) -> int:
     from prosam.data.multi_entity import load_multi_entity_episodes, multi_entity_hash
-    from prosam.engine.evaluate_multi import evaluate_multi_entity
+    from prosam.evaluation.evaluate_multi import evaluate_multi_entity
     from prosam.methods import build_method
     from prosam.sam import Predictor
 
@@ -414,7 +414,7 @@ def cmd_eval_reference_robustness(args: argparse.Namespace) -> int:
     import sys
 
     from prosam.data.episodes import episodes_hash, load_episodes
-    from prosam.engine.reference_robustness import (
+    from prosam.evaluation.reference_robustness import (
         evaluate_reference_robustness,
         parse_perturbation,
         to_markdown,

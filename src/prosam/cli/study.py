@@ -28,7 +28,7 @@ def _scales(text: str) -> tuple[float, ...]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from prosam.verification import VerificationSettings
+    from prosam.methods.prompt_encoder.verification import VerificationSettings
 
     d = VerificationSettings()
     p = sub.add_parser("study", help="studies from the papers")
@@ -70,8 +70,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_study_verification(args: argparse.Namespace) -> int:
     from prosam.io import read_binary_mask, read_image, write_bytes_atomic
+    from prosam.methods.prompt_encoder.verification import (
+        VerificationSettings,
+        plot_verification,
+        run_verification,
+    )
     from prosam.sam import Predictor
-    from prosam.verification import VerificationSettings, plot_verification, run_verification
 
     image = read_image(args.image)
     mask, _ = read_binary_mask(args.mask, expected_size=image.shape[:2])

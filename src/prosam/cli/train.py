@@ -76,10 +76,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from prosam.backbones import build_backbone
     from prosam.core.files import cache_root
     from prosam.data.episodes import load_episodes
-    from prosam.engine.feature_store import FeatureStore
-    from prosam.engine.train import TrainSettings, train
+    from prosam.evaluation.evaluate import validation_miou
     from prosam.io import write_bytes_atomic
-    from prosam.methods.prompt_model import PromptModel, PromptModelConfig
+    from prosam.methods.prompt_encoder.feature_store import FeatureStore
+    from prosam.methods.prompt_encoder.method import PromptMethod
+    from prosam.methods.prompt_encoder.network import PromptModel, PromptModelConfig
+    from prosam.methods.prompt_encoder.train import TrainSettings, train
     from prosam.sam import Predictor
 
     if args.classes == "novel":
@@ -128,6 +130,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         feature_root,
         f"{args.backbone}:{args.backbone_checkpoint or 'default'}",
     )
+    validate = None
+    if val_episodes:
+
+        def validate(net: PromptModel) -> float:
+            method = PromptMethod(model_sam, backbone, net, features=store.features)
+            return validation_miou(method, store.predictor, val_episodes, val_classes)
+
     run_config = {
         "model": config.to_dict(),
         "backbone_mid_channels": list(backbone.mid_channels),
@@ -165,8 +174,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         settings,
         out,
         config=run_config,
-        val_episodes=val_episodes,
-        val_classes=val_classes,
+        validate=validate,
         resume=args.resume,
         progress=not args.no_progress,
         log=log,

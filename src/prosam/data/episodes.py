@@ -20,6 +20,7 @@ import numpy as np
 from prosam.data.types import ANNOTATION_KINDS, Dataset, Episode, Sample
 from prosam.errors import InputError
 from prosam.io import write_bytes_atomic
+from prosam.prompts import simulate_annotation
 
 T = TypeVar("T")
 
@@ -287,3 +288,16 @@ def validation_test_split(
     val = [it for it in items if _target_key(it) in val_keys]
     test = [it for it in items if _target_key(it) not in val_keys]
     return val, test
+
+
+def reference_annotation(
+    sample: Sample, class_id: int, kind: str, seed: int, index: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The simulated annotation of ``sample``'s class mask and the mask itself.
+
+    Reference ``index`` of an episode draws from ``default_rng([seed, index])`` so each of
+    the k references gets its own, reproducible annotation.
+    """
+    mask, _ = sample.mask(class_id)
+    rng = np.random.default_rng([seed, index])
+    return simulate_annotation(mask, kind, rng), mask  # type: ignore[arg-type]

@@ -42,7 +42,7 @@ def backbone_feature_fn(
 ) -> Callable[[Any, Any], Any]:
     """``fn(image, embedded) -> (C, h, w)``: one level of a frozen backbone's features."""
     from prosam.backbones import build_backbone
-    from prosam.methods.prompt_model import backbone_features
+    from prosam.methods.prompt_encoder.network import backbone_features
 
     if level not in ("high", "mid0", "mid1"):
         raise InputError(f"level must be high, mid0 or mid1, got {level!r}")
@@ -57,7 +57,7 @@ def backbone_feature_fn(
 
 def _trained(kind: str) -> Callable[..., ReferenceMethod]:
     def build(model: FrozenSam, checkpoint: str | None, **options: Any) -> ReferenceMethod:
-        from prosam.methods.loading import load_prompt_method
+        from prosam.methods.prompt_encoder.loading import load_prompt_method
         from prosam.pretrained import PRETRAINED, default_checkpoint
 
         if checkpoint is None:

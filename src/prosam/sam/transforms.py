@@ -114,3 +114,9 @@ def mask_to_low_res(
     h, w = low_res_valid_size(geometry, low)
     t = torch.from_numpy(np.asarray(mask, dtype=np.uint8))[None, None]
     return F.interpolate(t, (h, w), mode="nearest").float(), (h, w)
+
+
+def resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a boolean mask with nearest neighbour."""
+    t = torch.from_numpy(mask.astype(np.uint8))[None, None]
+    return F.interpolate(t, size, mode="nearest")[0, 0].numpy().astype(bool)

@@ -30,7 +30,6 @@ from prosam.methods.cpc.method import (
     CPCMethod,
     EntityPrediction,
     build_cpc,
-    resolve_overlaps,
 )
 from prosam.methods.cpc.prompt_sets import (
     PromptSets,
@@ -44,6 +43,7 @@ from prosam.methods.cpc.prompt_sets import (
     stack_prompt_sets,
 )
 from prosam.methods.cpc.sources import EncoderPromptSource, SamPromptSource, prompt_model_encoder
+from prosam.methods.overlaps import resolve_overlaps
 
 __all__ = [
     "CPC_KINDS",

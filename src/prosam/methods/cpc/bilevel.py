@@ -30,12 +30,7 @@ from prosam.methods.cpc.capl import CausalPromptLearner, PromptWeights, calibrat
 from prosam.methods.cpc.losses import LossTerms, LossWeights, cumulative_loss
 from prosam.sam.model import FrozenSam
 from prosam.sam.predictor import ImageEmbedding
-
-
-def _resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from prosam.engine.evaluate import resize_nearest
-
-    return resize_nearest(mask, size)
+from prosam.sam.transforms import resize_nearest
 
 
 @dataclass
@@ -67,10 +62,10 @@ def support_item(
     low = 4 * emb.shape[-1]
     h = max(1, round(low * g.input_size[0] / g.image_size))
     w = max(1, round(low * g.input_size[1] / g.image_size))
-    target = torch.from_numpy(_resize_nearest(np.asarray(mask, bool), (h, w)).astype(np.float32))
+    target = torch.from_numpy(resize_nearest(np.asarray(mask, bool), (h, w)).astype(np.float32))
     ign = None
     if ignore is not None:
-        ign = torch.from_numpy(_resize_nearest(np.asarray(ignore, bool), (h, w)))[None, None]
+        ign = torch.from_numpy(resize_nearest(np.asarray(ignore, bool), (h, w)))[None, None]
         ign = ign.to(emb.device)
     return SupportItem(emb, target[None, None].to(emb.device), ign, entity)
 

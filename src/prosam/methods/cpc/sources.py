@@ -267,7 +267,7 @@ def prompt_model_encoder(model: torch.nn.Module, backbone: torch.nn.Module, size
 
     Backbone features are cached per image object for the life of the function.
     """
-    from prosam.methods.prompt_model import backbone_features
+    from prosam.methods.prompt_encoder.network import backbone_features
 
     cache: dict[int, tuple[np.ndarray, Any]] = {}
 

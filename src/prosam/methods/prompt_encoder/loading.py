@@ -9,8 +9,8 @@ from prosam.backbones import build_backbone
 from prosam.core.checkpoint import load_checkpoint
 from prosam.core.state_dict import load_state_dict_strict
 from prosam.errors import WeightsError
-from prosam.methods.prompt_method import PromptMethod
-from prosam.methods.prompt_model import PromptModel, PromptModelConfig
+from prosam.methods.prompt_encoder.method import PromptMethod
+from prosam.methods.prompt_encoder.network import PromptModel, PromptModelConfig
 from prosam.sam.model import FrozenSam
 
 

@@ -23,15 +23,17 @@ from tqdm.auto import tqdm
 
 from prosam.backbones.base import BackboneFeatures
 from prosam.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from prosam.data.episodes import make_episodes, rank_and_world_from_env, split_for_rank
+from prosam.data.episodes import (
+    make_episodes,
+    rank_and_world_from_env,
+    reference_annotation,
+    split_for_rank,
+)
 from prosam.data.types import ANNOTATION_KINDS, Dataset, Episode
-from prosam.engine.evaluate import evaluate_episodes
-from prosam.engine.feature_store import FeatureStore
-from prosam.engine.references import reference_annotation
 from prosam.errors import InputError
-from prosam.methods.prompt_method import PromptMethod
-from prosam.methods.prompt_model import PromptModel, decode_prompt_logits, stack_features
-from prosam.methods.variational import prosam_loss
+from prosam.methods.prompt_encoder.feature_store import FeatureStore
+from prosam.methods.prompt_encoder.network import PromptModel, decode_prompt_logits, stack_features
+from prosam.methods.prompt_encoder.variational import prosam_loss
 from prosam.prompts import downsample_annotation
 from prosam.sam.model import FrozenSam
 from prosam.sam.transforms import mask_to_low_res
@@ -110,16 +112,18 @@ def train(
     out_dir: str | Path,
     *,
     config: dict[str, Any],
-    val_episodes: Sequence[Episode] | None = None,
-    val_classes: Sequence[int] | None = None,
+    validate: Callable[[PromptModel], float] | None = None,
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train ``model``; write ``last`` and ``best`` checkpoints to ``out_dir``; return a summary.
 
-    ``best`` is chosen on ``val_episodes`` (FSS mIoU at the original size); without them the
-    last epoch is also the best. ``config`` goes into every checkpoint's JSON.
+    ``best`` is the epoch of highest ``validate(model)`` (``prosam train`` passes the FSS
+    mIoU on validation episodes, :func:`prosam.evaluation.evaluate.validation_miou`);
+    without it, of lowest training loss. ``validate`` runs in eval mode and no-grad; the
+    model is put back in training mode after it. ``config`` goes into every checkpoint's
+    JSON.
     """
     out = Path(out_dir)
     rank, world = rank_and_world_from_env()
@@ -178,8 +182,11 @@ def train(
             "seconds": seconds,
             "lr": opt.param_groups[0]["lr"],
         }
-        if val_episodes and rank == 0:
-            record["val_miou"] = validate(model, sam, store, val_episodes, val_classes)
+        if validate is not None and rank == 0:
+            model.eval()
+            with torch.no_grad():
+                record["val_miou"] = float(validate(model))
+            model.train()
         history.append(record)
         log(
             " ".join(
@@ -251,22 +258,6 @@ def episode_loss(
             prosam_loss(logits[:, i : i + 1, :, :h, :w], target.to(device), ign.to(device))
         )
     return torch.stack(losses).mean()
-
-
-@torch.no_grad()
-def validate(
-    model: PromptModel,
-    sam: FrozenSam,
-    store: FeatureStore,
-    episodes: Sequence[Episode],
-    classes: Sequence[int] | None = None,
-) -> float:
-    """FSS mIoU (original size) of the model's deterministic prompts on ``episodes``."""
-    model.eval()
-    method = PromptMethod(sam, store.backbone, model, features=store.features)
-    result = evaluate_episodes(method, store.predictor, episodes, progress=False, distributed=False)
-    model.train()
-    return float(result.original.summary(class_ids=classes)["miou_fss"])
 
 
 def _tensorboard(path: Path) -> Any:

@@ -38,8 +38,8 @@ from torch import Tensor
 
 from prosam.core.losses import bce_dice_loss
 from prosam.errors import InputError
-from prosam.methods.prompt_model import decode_prompt_logits
-from prosam.methods.variational import (
+from prosam.methods.prompt_encoder.network import decode_prompt_logits
+from prosam.methods.prompt_encoder.variational import (
     PromptDistribution,
     prosam_loss,
     sample_prompts,

@@ -13,7 +13,7 @@ import numpy as np
 
 from prosam.backbones.base import Backbone, BackboneFeatures
 from prosam.data.types import Sample
-from prosam.methods.prompt_model import (
+from prosam.methods.prompt_encoder.network import (
     backbone_features,
     features_to_tensors,
     tensors_to_features,

@@ -1,7 +1,7 @@
 """ProSAM's variational prompt encoder (Wang et al., ICCV 2025, sections 4.2-4.3, 8-9).
 
 :class:`VariationalPromptEncoder` puts two ``Linear(dim, dim)`` heads on a
-:class:`~prosam.methods.vrp_encoder.VRPEncoder` to predict the mean ``mu`` and the log
+:class:`~prosam.methods.prompt_encoder.encoder.VRPEncoder` to predict the mean ``mu`` and the log
 standard deviation ``log_sigma`` of every prompt embedding. Training decodes ``K``
 reparameterised samples (:func:`sample_prompts`, eq. 5-7) and minimises the mean of their
 BCE + Dice losses (:func:`prosam_loss`, eq. 10); inference decodes ``mu`` alone, or
@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from prosam.core.losses import bce_dice_loss
-from prosam.methods.vrp_encoder import VRPEncoder
+from prosam.methods.prompt_encoder.encoder import VRPEncoder
 
 Family = Literal["student_t", "gaussian"]
 NMode = Literal["token", "all", "element"]

@@ -19,11 +19,11 @@ from tqdm.auto import tqdm
 
 from prosam.data.episodes import rank_and_world_from_env, split_for_rank
 from prosam.data.types import Episode
-from prosam.engine.references import episode_inputs
+from prosam.evaluation.references import episode_inputs
 from prosam.methods.base import ReferenceMethod
 from prosam.metrics import FSSAccumulator
 from prosam.sam.predictor import Predictor
-from prosam.sam.transforms import ImageGeometry, postprocess_logits
+from prosam.sam.transforms import ImageGeometry, postprocess_logits, resize_nearest
 
 
 def working_resolution_logits(low_res: torch.Tensor, geometry: ImageGeometry) -> torch.Tensor:
@@ -37,12 +37,6 @@ def original_size_mask(low_res_logits: torch.Tensor, geometry: ImageGeometry) ->
     """A method's ``(1, h, w)`` low-res logits as a boolean mask at the original image size."""
     logits = low_res_logits.float()[None]
     return (postprocess_logits(logits, geometry)[0, 0] > 0).cpu().numpy()
-
-
-def resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a boolean mask with nearest neighbour."""
-    t = torch.from_numpy(mask.astype(np.uint8))[None, None]
-    return F.interpolate(t, size, mode="nearest")[0, 0].numpy().astype(bool)
 
 
 @dataclass
@@ -111,3 +105,14 @@ def evaluate_episodes(
         result.original.all_reduce()
         result.working.all_reduce()
     return result
+
+
+def validation_miou(
+    method: ReferenceMethod,
+    predictor: Predictor,
+    episodes: Sequence[Episode],
+    classes: Sequence[int] | None = None,
+) -> float:
+    """FSS mIoU (original size) of ``method`` on ``episodes``: what training selects on."""
+    result = evaluate_episodes(method, predictor, episodes, progress=False, distributed=False)
+    return float(result.original.summary(class_ids=classes)["miou_fss"])

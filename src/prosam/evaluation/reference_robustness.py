@@ -35,9 +35,9 @@ import torch
 from tqdm.auto import tqdm
 
 from prosam.data.types import Episode
-from prosam.engine.evaluate import original_size_mask
-from prosam.engine.references import episode_inputs
 from prosam.errors import InputError
+from prosam.evaluation.evaluate import original_size_mask
+from prosam.evaluation.references import episode_inputs
 from prosam.methods.base import Reference, ReferenceMethod
 from prosam.metrics import mask_iou, mask_stability
 from prosam.prompts import box_to_mask, mask_to_box, noisy_box, simulate_annotation

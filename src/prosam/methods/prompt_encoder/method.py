@@ -18,12 +18,12 @@ from torch import Tensor
 from prosam.backbones.base import Backbone, BackboneFeatures
 from prosam.errors import InputError
 from prosam.methods.base import MethodOutput, Reference, Target
-from prosam.methods.prompt_model import (
+from prosam.methods.prompt_encoder.network import (
     PromptModel,
     backbone_features,
     decode_prompt_logits,
 )
-from prosam.methods.variational import (
+from prosam.methods.prompt_encoder.variational import (
     PromptDistribution,
     combine_samples,
     sample_prompts,

@@ -1,7 +1,7 @@
 """The multi-entity evaluation loop: several classes segmented at once on each target.
 
 Each entity's logits are upsampled to the target's original size, then every pixel goes to
-at most one entity with :func:`~prosam.methods.cpc.method.resolve_overlaps` (highest
+at most one entity with :func:`~prosam.methods.overlaps.resolve_overlaps` (highest
 probability above 0.5), and each entity's resolved mask is scored against its class mask.
 Methods with ``fit_entities`` / ``predict_entities`` (CPC-SAM) are fitted once on all
 entities; any other method is fitted and run entity by entity, and its logits resolved by
@@ -20,10 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from prosam.data.multi_entity import MultiEntityEpisode
-from prosam.engine.references import build_references
 from prosam.errors import InputError
+from prosam.evaluation.references import build_references
 from prosam.methods.base import Reference, ReferenceMethod, Target
-from prosam.methods.cpc.method import resolve_overlaps
+from prosam.methods.overlaps import resolve_overlaps
 from prosam.metrics import FSSAccumulator
 from prosam.sam.predictor import Predictor
 from prosam.sam.transforms import postprocess_logits

@@ -17,8 +17,12 @@ from torch import Tensor, nn
 
 from prosam.backbones.base import Backbone, BackboneFeatures
 from prosam.errors import InputError
-from prosam.methods.variational import PromptDistribution, VariationalPromptEncoder, sample_prompts
-from prosam.methods.vrp_encoder import VRPEncoder
+from prosam.methods.prompt_encoder.encoder import VRPEncoder
+from prosam.methods.prompt_encoder.variational import (
+    PromptDistribution,
+    VariationalPromptEncoder,
+    sample_prompts,
+)
 from prosam.sam.decode import decode_masks
 from prosam.sam.model import FrozenSam
 

@@ -6,23 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from prosam.data.episodes import reference_annotation
 from prosam.data.types import Episode, Sample
 from prosam.methods.base import Reference, Target
-from prosam.prompts import simulate_annotation
 from prosam.sam.predictor import Predictor
-
-
-def reference_annotation(
-    sample: Sample, class_id: int, kind: str, seed: int, index: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """The simulated annotation of ``sample``'s class mask and the mask itself.
-
-    Reference ``index`` of an episode draws from ``default_rng([seed, index])`` so each of
-    the k references gets its own, reproducible annotation.
-    """
-    mask, _ = sample.mask(class_id)
-    rng = np.random.default_rng([seed, index])
-    return simulate_annotation(mask, kind, rng), mask  # type: ignore[arg-type]
 
 
 def build_references(

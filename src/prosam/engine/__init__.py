@@ -1,1 +1,0 @@
-"""Loops: evaluation (and, later, training), alone or under torchrun."""
