@@ -63,7 +63,7 @@ from prosam.label.calibration import (
 from prosam.label.job import (
     DEFAULT_MIN_AREA_FRACTION,
     DEFAULT_SCORE_THRESHOLD,
-    _uncertainty_in_mask,
+    uncertainty_in_mask,
 )
 from prosam.methods import build_method
 from prosam.methods.base import MethodOutput, ReferenceMethod, Target
@@ -132,7 +132,7 @@ def extra_scores(output: MethodOutput, mask: np.ndarray, embedded: ImageEmbeddin
     if isinstance(sim, torch.Tensor) and sim.numel():
         scores["similarity_max"] = float(sim.float().max())
     low_res_shape = (1, 1, *output.low_res_logits.shape[-2:])
-    unc = _uncertainty_in_mask(output.extras, mask, embedded, low_res_shape)
+    unc = uncertainty_in_mask(output.extras, mask, embedded, low_res_shape)
     if unc is not None:  # as `prosam label` records it
         scores["uncertainty_in_mask"] = unc
     return scores

@@ -31,12 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 
 #: Known violations, as ``"kind: detail"`` strings. The list only ever shrinks.
-ALLOWED: set[str] = {
-    "private: empty_target_calibration.py imports prosam.label.job._uncertainty_in_mask",
-    "private: prosam.methods.cpc.prompt_sets imports prosam.prompts._common",
-    "private: prosam.methods.cpc.sources imports prosam.prompts._common",
-    "private: test_pretrained.py patches pretrained._bundled_stem",
-}
+ALLOWED: set[str] = set()
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ def bundle(tmp_path, monkeypatch):
     """Point the bundled-checkpoint folder at an empty temporary one."""
     folder = tmp_path / "bundled"
     folder.mkdir()
-    monkeypatch.setattr(pretrained, "_bundled_stem", lambda name: folder / name)
+    monkeypatch.setattr(pretrained, "bundled_stem", lambda name: folder / name)
     return folder
 
 

@@ -84,13 +84,14 @@ DEFAULTS = {
 }
 
 
-def _bundled_stem(name: str) -> Path:
+def bundled_stem(name: str) -> Path:
+    """Where the bundled checkpoint ``name`` lives inside the package (path without suffix)."""
     return Path(str(resources.files("prosam") / "assets" / "checkpoints" / name))
 
 
 def is_bundled(name: str) -> bool:
     """Whether the named checkpoint's files are present in this installation."""
-    tensors, config = checkpoint_files(_bundled_stem(name))
+    tensors, config = checkpoint_files(bundled_stem(name))
     return tensors.is_file() and config.is_file()
 
 
@@ -114,7 +115,7 @@ def resolve_checkpoint(spec: str | os.PathLike[str], *, method: str | None = Non
             f"checkpoint {name!r} is not bundled with this prosam installation; train one "
             f"with `prosam train` (see docs/results.md for its command)"
         )
-    return _bundled_stem(name)
+    return bundled_stem(name)
 
 
 def default_checkpoint(method: str, sam_name: str) -> Path | None:
@@ -122,7 +123,7 @@ def default_checkpoint(method: str, sam_name: str) -> Path | None:
     name = DEFAULTS.get(method)
     if name is None or PRETRAINED[name].sam != sam_name or not is_bundled(name):
         return None
-    return _bundled_stem(name)
+    return bundled_stem(name)
 
 
 def stable_checkpoint(spec: str, sam: FrozenSam) -> str | Path:

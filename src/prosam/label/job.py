@@ -173,12 +173,14 @@ class ClassPrediction:
     uncertainty: float | None = None
 
 
-def _uncertainty_in_mask(
+def uncertainty_in_mask(
     extras: Mapping[str, Any],
     mask: np.ndarray,
     embedded: ImageEmbedding,
     low_res_shape: tuple[int, ...],
 ) -> float | None:
+    """Mean of a method's ``uncertainty`` map over ``mask`` at the original size (None when
+    the method gives no map or the mask is empty)."""
     u = extras.get("uncertainty")
     if not isinstance(u, torch.Tensor) or not mask.any():
         return None
@@ -217,7 +219,7 @@ def predict_classes(
         kept = area > 0 and area >= min_area_fraction * h * w and result.score >= score_threshold
         if not kept:
             mask = np.zeros_like(mask)
-        unc = _uncertainty_in_mask(result.extras, mask, embedded, tuple(low_res.shape))
+        unc = uncertainty_in_mask(result.extras, mask, embedded, tuple(low_res.shape))
         out.append(ClassPrediction(name, mask, float(result.score), kept, unc))
     return out
 

@@ -13,7 +13,6 @@ Every random function takes ``rng``: a ``numpy.random.Generator`` or an int seed
 
 from __future__ import annotations
 
-from prosam.prompts._common import RngLike, as_generator
 from prosam.prompts.annotations import (
     ANNOTATION_KINDS,
     AnnotationKind,
@@ -24,6 +23,7 @@ from prosam.prompts.annotations import (
     simulate_points,
     simulate_scribble,
 )
+from prosam.prompts.arrays import RngLike, as_generator
 from prosam.prompts.boxes import (
     Box,
     box_iou,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from prosam.prompts._common import (
+from prosam.prompts.arrays import (
     RngLike,
     as_float_range,
     as_generator,

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 
 from prosam.errors import InputError
-from prosam.prompts._common import RngLike, as_generator, as_mask
+from prosam.prompts.arrays import RngLike, as_generator, as_mask
 
 Box = tuple[float, float, float, float]
 NoiseMode = Literal["corners", "cxcywh"]

@@ -7,7 +7,7 @@ from typing import Literal
 
 import numpy as np
 
-from prosam.prompts._common import (
+from prosam.prompts.arrays import (
     RngLike,
     as_float_range,
     as_generator,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from prosam.errors import InputError
-from prosam.prompts._common import RngLike, as_generator, as_mask, stamp_disks
+from prosam.prompts.arrays import RngLike, as_generator, as_mask, stamp_disks
 
 
 def random_points(

@@ -43,7 +43,7 @@ from prosam.prompts import (
     simulate_annotation,
     simulate_scribble,
 )
-from prosam.prompts._common import RngLike, as_generator, as_mask, require_foreground
+from prosam.prompts.arrays import RngLike, as_generator, as_mask, require_foreground
 from prosam.sam.model import FrozenSam
 from prosam.sam.transforms import ImageGeometry, transform_boxes, transform_coords
 

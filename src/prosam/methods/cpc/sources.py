@@ -44,7 +44,7 @@ from prosam.methods.similarity import (
     masked_mean_feature,
     minmax_normalise,
 )
-from prosam.prompts._common import RngLike, as_generator
+from prosam.prompts.arrays import RngLike, as_generator
 from prosam.sam.model import FrozenSam
 
 #: ``encode(reference, annotation on the reference, image to prompt) -> (1, Q, D)``.
