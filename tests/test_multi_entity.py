@@ -132,6 +132,7 @@ class FirstWins(Everything):
     """Joint API: entity 0 claims every pixel, the others none."""
 
     name = "first_wins"
+    capabilities = frozenset({"multi_entity"})  # declared, as every method does
 
     def fit_entities(self, entities):
         self.fits.append(len(entities))

@@ -14,6 +14,7 @@ from prosam.cli.options import (
     ANNOTATIONS,
     add_data_args,
     add_method_args,
+    add_method_choice,
     add_model_args,
     add_object_data_args,
     check_limit,
@@ -105,7 +106,7 @@ def _add_robustness(eval_sub: argparse._SubParsersAction) -> None:
     )
     add_data_args(m)
     m.add_argument("--episodes", required=True, help="episode list from `prosam episodes make`")
-    m.add_argument("--method", required=True)
+    add_method_choice(m, required=True)
     m.add_argument("--checkpoint", default=None)
     m.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE")
     m.add_argument(

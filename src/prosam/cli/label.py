@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from prosam.cli.options import (
     add_checkpoint_option,
+    add_method_choice,
     add_model_args,
     add_stable_option,
     attach_stable_from_args,
@@ -139,7 +140,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="png,coco,...",
         help="png, png-indexed, coco, yolo, overlay (default: png,coco)",
     )
-    p.add_argument("--method", default="persam", help="persam | geometric | vrp | prosam")
+    add_method_choice(p, default="persam")
     add_checkpoint_option(p)
     add_stable_option(p)
     p.add_argument(

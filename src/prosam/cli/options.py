@@ -177,7 +177,7 @@ def add_episode_list_args(m: argparse.ArgumentParser) -> None:
 
 def add_method_args(f: argparse.ArgumentParser, example: str) -> None:
     """``--method``, ``--checkpoint`` and ``--method-option`` (its help showing ``example``)."""
-    f.add_argument("--method", required=True)
+    add_method_choice(f, required=True)
     f.add_argument("--checkpoint", default=None)
     f.add_argument(
         "--method-option",
@@ -218,3 +218,21 @@ def check_limit(args: argparse.Namespace) -> None:
     """:class:`InputError` for a ``--limit`` below 1."""
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be >= 1, got {args.limit}")
+
+
+def add_method_choice(
+    p: argparse.ArgumentParser, *, required: bool = False, default: str | None = None
+) -> None:
+    """``--method``, its choices and help generated from the method registry."""
+    from prosam.methods.registry import method_names, methods_help
+
+    p.add_argument(
+        "--method",
+        required=required,
+        default=default,
+        choices=method_names(),
+        metavar="METHOD",
+        help=f"one of {', '.join(method_names())}"
+        + (f" (default {default})" if default else "")
+        + f". {methods_help()}",
+    )

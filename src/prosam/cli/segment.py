@@ -10,6 +10,7 @@ import numpy as np
 
 from prosam.cli.options import (
     add_checkpoint_option,
+    add_method_choice,
     add_model_args,
     add_stable_option,
     attach_stable_from_args,
@@ -41,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--ref-scribble", help="image of the scribble (non-zero = drawn)")
     p.add_argument("targets", nargs="+", help="target images or folders")
     p.add_argument("--out", required=True, help="output folder: OUT/<target stem>.png")
-    p.add_argument("--method", default="persam", help="prosam | vrp | persam | geometric")
+    add_method_choice(p, default="persam")
     add_checkpoint_option(p)
     add_stable_option(p)
     add_model_args(p)

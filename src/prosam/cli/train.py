@@ -14,6 +14,7 @@ from prosam.cli.options import (
     load_model,
 )
 from prosam.errors import InputError
+from prosam.methods.registry import method_names
 
 if TYPE_CHECKING:
     pass
@@ -25,7 +26,8 @@ def add_parser(
     p = sub.add_parser("train", help="train a VRP or ProSAM prompt encoder on base classes")
     add_data_args(p)
     p.set_defaults(classes="base")  # --classes all: a model for users, nothing held out
-    p.add_argument("--method", choices=["vrp", "prosam"], required=True)
+    trained = method_names(trained=True)
+    p.add_argument("--method", choices=trained, required=True, help=" | ".join(trained))
     p.add_argument("--out", required=True, help="run folder (checkpoints, log, tensorboard)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--episodes-per-epoch", type=int, default=500)

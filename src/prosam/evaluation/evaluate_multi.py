@@ -23,6 +23,7 @@ from prosam.data.multi_entity import MultiEntityEpisode
 from prosam.errors import InputError
 from prosam.evaluation.references import build_references
 from prosam.methods.base import Reference, ReferenceMethod, Target
+from prosam.methods.capabilities import MULTI_ENTITY, capabilities_of
 from prosam.methods.overlaps import resolve_overlaps
 from prosam.metrics import FSSAccumulator
 from prosam.sam.predictor import Predictor
@@ -80,9 +81,7 @@ def _ratio(num: float, den: float) -> float:
 
 def has_entity_api(method: object) -> bool:
     """Whether ``method`` fits and predicts several entities jointly (CPC-SAM does)."""
-    return callable(getattr(method, "fit_entities", None)) and callable(
-        getattr(method, "predict_entities", None)
-    )
+    return MULTI_ENTITY in capabilities_of(method)
 
 
 def entity_logits(

@@ -39,6 +39,7 @@ from prosam.errors import InputError
 from prosam.evaluation.evaluate import original_size_mask
 from prosam.evaluation.references import episode_inputs
 from prosam.methods.base import Reference, ReferenceMethod
+from prosam.methods.capabilities import PROMPT_NOISE, capabilities_of
 from prosam.metrics import mask_iou, mask_stability
 from prosam.prompts import box_to_mask, mask_to_box, noisy_box, simulate_annotation
 from prosam.sam.predictor import Predictor
@@ -98,11 +99,9 @@ def evaluate_reference_robustness(
     if b < 1:
         raise InputError(f"b must be >= 1, got {b}")
     parsed = {spec: parse_perturbation(spec) for spec in perturbations}
-    if any(f == "prompt_noise" for f, _ in parsed.values()):
-        import inspect
-
-        if "prompt_noise" not in inspect.signature(method.predict).parameters:
-            raise InputError(f"method {method.name!r} has no prompt embeddings to perturb")
+    wants_noise = any(f == "prompt_noise" for f, _ in parsed.values())
+    if wants_noise and PROMPT_NOISE not in capabilities_of(method):
+        raise InputError(f"method {method.name!r} has no prompt embeddings to perturb")
     sums = {spec: {"iou": 0.0, "sf": 0.0, "n": 0} for spec in parsed}
     t0 = time.perf_counter()
     for i, episode in enumerate(tqdm(episodes, desc="robustness", disable=not progress)):

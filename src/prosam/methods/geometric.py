@@ -21,8 +21,8 @@ Choices the paper leaves open, made here:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -148,3 +148,36 @@ class GeometricPrompts:
         return MethodOutput(
             low_res_logits=pred.low_res_logits[0:1], score=float(pred.scores[0]), extras=extras
         )
+
+
+def build_geometric(
+    model: FrozenSam,
+    *,
+    backbone: str | None = None,
+    level: str = "high",
+    backbone_input: int = 512,
+    **options: Any,
+) -> GeometricPrompts:
+    """GP-SAM; ``backbone`` (e.g. ``efficientnet_lite0``) takes the prior from a semantic
+    backbone's ``level`` (``high``, ``mid0`` or ``mid1``) instead of SAM's own embeddings."""
+    if backbone is not None:
+        options["features"] = backbone_feature_fn(backbone, level, backbone_input, model)
+    return GeometricPrompts(model, **options)
+
+
+def backbone_feature_fn(
+    name: str, level: str, size: int, model: FrozenSam
+) -> Callable[[Any, Any], Any]:
+    """``fn(image, embedded) -> (C, h, w)``: one level of a frozen backbone's features."""
+    from prosam.backbones import build_backbone
+    from prosam.methods.prompt_encoder.network import backbone_features
+
+    if level not in ("high", "mid0", "mid1"):
+        raise InputError(f"level must be high, mid0 or mid1, got {level!r}")
+    net = build_backbone(name).to(model.device)
+
+    def features(image: Any, embedded: Any) -> Any:
+        f = backbone_features(net, image, size)
+        return (f.high if level == "high" else f.mid[int(level[-1])])[0]
+
+    return features

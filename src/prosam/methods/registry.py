@@ -1,112 +1,172 @@
-"""Methods by name, so the CLI and benchmarks can build any of them the same way."""
+"""Every method by name: one table of specs, from which the CLI's ``--method`` choices and
+help, the bulk-labelling API and the registry-wide tests are all generated.
+
+A spec's builder is imported only when the method is built, so listing methods (``prosam
+--help``) loads no model code. Adding a training-free method is its module plus one
+:func:`register_method` call below (see ``docs/architecture.md``).
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from prosam.errors import InputError
-from prosam.methods.base import ReferenceMethod
-from prosam.sam.model import FrozenSam
+from prosam.methods.capabilities import CAPABILITIES, MULTI_ENTITY, PROMPT_NOISE, UNCERTAINTY
+
+if TYPE_CHECKING:
+    from prosam.methods.base import ReferenceMethod
+    from prosam.sam.model import FrozenSam
+
+#: ``build(model, checkpoint, **options) -> ReferenceMethod``.
+Builder = Callable[..., "ReferenceMethod"]
 
 
-def _persam(model: FrozenSam, checkpoint: str | None, **options: Any) -> ReferenceMethod:
-    from prosam.methods.persam import PerSAM
+@dataclass(frozen=True)
+class MethodSpec:
+    """One registered method.
 
-    _no_checkpoint("persam", checkpoint)
-    return PerSAM(model, **options)
+    ``builder`` is ``"module:callable"``, imported on first use: a class or function called
+    as ``builder(model, **options)``, plus ``checkpoint=`` when the method takes one.
+    ``trained``: the method needs a checkpoint (``prosam train`` writes one; the builder
+    falls back on the one bundled for the SAM). ``takes_checkpoint``: it accepts one (all
+    trained methods; CPC-SAM optionally takes a prompt encoder's). ``capabilities``: what
+    the built method declares beyond ``fit`` / ``predict`` (names from
+    :data:`prosam.methods.capabilities.CAPABILITIES`).
+    """
 
+    name: str
+    builder: str
+    summary: str
+    trained: bool = False
+    takes_checkpoint: bool = False
+    capabilities: frozenset[str] = frozenset()
 
-def _geometric(
-    model: FrozenSam,
-    checkpoint: str | None,
-    *,
-    backbone: str | None = None,
-    level: str = "high",
-    backbone_input: int = 512,
-    **options: Any,
-) -> ReferenceMethod:
-    """GP-SAM; ``backbone`` (e.g. ``efficientnet_lite0``) takes the prior from a semantic
-    backbone's ``level`` (``high`` or ``mid1``) instead of SAM's own embeddings."""
-    from prosam.methods.geometric import GeometricPrompts
+    def __post_init__(self) -> None:
+        if self.trained:
+            object.__setattr__(self, "takes_checkpoint", True)
 
-    _no_checkpoint("geometric", checkpoint)
-    if backbone is not None:
-        options["features"] = backbone_feature_fn(backbone, level, backbone_input, model)
-    return GeometricPrompts(model, **options)
-
-
-def backbone_feature_fn(
-    name: str, level: str, size: int, model: FrozenSam
-) -> Callable[[Any, Any], Any]:
-    """``fn(image, embedded) -> (C, h, w)``: one level of a frozen backbone's features."""
-    from prosam.backbones import build_backbone
-    from prosam.methods.prompt_encoder.network import backbone_features
-
-    if level not in ("high", "mid0", "mid1"):
-        raise InputError(f"level must be high, mid0 or mid1, got {level!r}")
-    net = build_backbone(name).to(model.device)
-
-    def features(image: Any, embedded: Any) -> Any:
-        f = backbone_features(net, image, size)
-        return (f.high if level == "high" else f.mid[int(level[-1])])[0]
-
-    return features
+    def build(
+        self, model: FrozenSam, checkpoint: str | os.PathLike[str] | None = None, **options: Any
+    ) -> ReferenceMethod:
+        """The method, built on ``model`` (with ``checkpoint`` where it takes one)."""
+        module, _, attr = self.builder.partition(":")
+        build: Builder = getattr(importlib.import_module(module), attr)
+        if self.takes_checkpoint:
+            return build(model, checkpoint=checkpoint, **options)
+        if checkpoint is not None:
+            raise InputError(f"method {self.name!r} is training-free and takes no checkpoint")
+        return build(model, **options)
 
 
-def _trained(kind: str) -> Callable[..., ReferenceMethod]:
-    def build(model: FrozenSam, checkpoint: str | None, **options: Any) -> ReferenceMethod:
-        from prosam.methods.prompt_encoder.loading import load_prompt_method
-        from prosam.pretrained import PRETRAINED, default_checkpoint
-
-        if checkpoint is None:
-            checkpoint = default_checkpoint(kind, model.name)
-        if checkpoint is None:
-            names = ", ".join(n for n, c in PRETRAINED.items() if c.method == kind)
-            raise InputError(
-                f"method {kind!r} needs --checkpoint: a `prosam train` output or a bundled "
-                f"name ({names}); none is bundled for SAM {model.name!r}"
-            )
-        return load_prompt_method(checkpoint, model, expected_method=kind, **options)
-
-    return build
+_REGISTRY: dict[str, MethodSpec] = {}
 
 
-def _no_checkpoint(name: str, checkpoint: str | os.PathLike[str] | None) -> None:
-    if checkpoint is not None:
-        raise InputError(f"method {name!r} is training-free and takes no checkpoint")
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Add ``spec`` to the registry (a name can be registered once)."""
+    if spec.name in _REGISTRY:
+        raise InputError(f"method {spec.name!r} is already registered")
+    unknown = set(spec.capabilities) - set(CAPABILITIES)
+    if unknown:
+        raise InputError(f"method {spec.name!r}: unknown capabilities {sorted(unknown)}")
+    if ":" not in spec.builder:
+        raise InputError(f"method {spec.name!r}: builder must be 'module:function'")
+    _REGISTRY[spec.name] = spec
+    return spec
 
 
-def _cpc(kind: str) -> Callable[..., ReferenceMethod]:
-    def build(model: FrozenSam, checkpoint: str | None, **options: Any) -> ReferenceMethod:
-        from prosam.methods.cpc import build_cpc
-
-        return build_cpc(kind, model, prompt_source=checkpoint or "sam", **options)
-
-    return build
+def unregister_method(name: str) -> None:
+    """Remove a registered method (for tests and plug-ins that replace one)."""
+    _REGISTRY.pop(name, None)
 
 
-METHODS: dict[str, Callable[..., ReferenceMethod]] = {
-    "persam": _persam,
-    "geometric": _geometric,
-    "vrp": _trained("vrp"),
-    "prosam": _trained("prosam"),
-    "cpc": _cpc("cpc"),
-    "cpc_uniform": _cpc("cpc_uniform"),
-    "cpc_best_single": _cpc("cpc_best_single"),
-}
+def list_methods(*, trained: bool | None = None) -> list[MethodSpec]:
+    """The registered methods in registration order (only trained or training-free ones
+    when ``trained`` is given)."""
+    return [s for s in _REGISTRY.values() if trained is None or s.trained == trained]
+
+
+def method_names(*, trained: bool | None = None) -> list[str]:
+    """The names of :func:`list_methods`."""
+    return [s.name for s in list_methods(trained=trained)]
+
+
+def get_method(name: str) -> MethodSpec:
+    """The spec called ``name``, or an :class:`InputError` naming the choices."""
+    if name not in _REGISTRY:
+        raise InputError(f"unknown method {name!r}; choose one of {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def methods_help() -> str:
+    """One line per method for ``--method`` help texts."""
+    return "; ".join(f"{s.name}: {s.summary}" for s in list_methods())
 
 
 def build_method(
     name: str, model: FrozenSam, *, checkpoint: str | None = None, **options: Any
 ) -> ReferenceMethod:
-    """Build the method called ``name`` on a frozen SAM (with its checkpoint, if trained)."""
-    if name not in METHODS:
-        raise InputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    """Build the method called ``name`` on a frozen SAM (with its checkpoint, if trained).
+
+    Unknown options are an :class:`InputError` naming the method, not a ``TypeError``.
+    """
+    spec = get_method(name)
     try:
-        return METHODS[name](model, checkpoint, **options)
+        return spec.build(model, checkpoint, **options)
     except TypeError as err:
         if "unexpected keyword" not in str(err):
             raise
         raise InputError(f"method {name!r}: {err}") from err
+
+
+for _spec in (
+    MethodSpec(
+        "persam",
+        "prosam.methods.persam:PerSAM",
+        "PerSAM, training-free: a SAM-feature prior, one positive and one negative click",
+    ),
+    MethodSpec(
+        "geometric",
+        "prosam.methods.geometric:build_geometric",
+        "GP-SAM, training-free: a prior mask prompted as a box and points",
+    ),
+    MethodSpec(
+        "vrp",
+        "prosam.methods.prompt_encoder.loading:build_vrp",
+        "VRP-SAM, a trained visual reference prompt encoder",
+        trained=True,
+        capabilities=frozenset({PROMPT_NOISE}),
+    ),
+    MethodSpec(
+        "prosam",
+        "prosam.methods.prompt_encoder.loading:build_prosam",
+        "ProSAM, a trained variational prompt encoder (Student-t prompts)",
+        trained=True,
+        capabilities=frozenset({PROMPT_NOISE, UNCERTAINTY}),
+    ),
+    MethodSpec(
+        "cpc",
+        "prosam.methods.cpc.method:build_cpc_sam",
+        "CPC-SAM, causal calibration of many prompts, several entities at once",
+        takes_checkpoint=True,
+        capabilities=frozenset({MULTI_ENTITY}),
+    ),
+    MethodSpec(
+        "cpc_uniform",
+        "prosam.methods.cpc.method:build_cpc_uniform",
+        "CPC-SAM's prompt sets with uniform weights (ablation)",
+        takes_checkpoint=True,
+        capabilities=frozenset({MULTI_ENTITY}),
+    ),
+    MethodSpec(
+        "cpc_best_single",
+        "prosam.methods.cpc.method:build_cpc_best_single",
+        "CPC-SAM's single best prompt set (ablation)",
+        takes_checkpoint=True,
+        capabilities=frozenset({MULTI_ENTITY}),
+    ),
+):
+    register_method(_spec)

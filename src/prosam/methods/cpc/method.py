@@ -30,6 +30,7 @@ from torch import Tensor
 
 from prosam.errors import InputError
 from prosam.methods.base import MethodOutput, Reference, Target
+from prosam.methods.capabilities import MULTI_ENTITY
 from prosam.methods.cpc.adapters import DecoderAdapter, build_adapter
 from prosam.methods.cpc.bilevel import (
     BilevelCalibrator,
@@ -108,6 +109,8 @@ class CPCMethod:
         loss_entity, loss_task, loss_calibrated, loss_consistency: the λ of the objective.
         seed: every random draw and initialisation derives from it.
     """
+
+    capabilities = frozenset({MULTI_ENTITY})
 
     def __init__(
         self,
@@ -358,3 +361,24 @@ def build_cpc(
             )
         )
     return CPCMethod(model, mode=CPC_KINDS[kind], source=source, **options)
+
+
+def build_cpc_sam(
+    model: FrozenSam, checkpoint: str | os.PathLike[str] | None = None, **options: Any
+) -> CPCMethod:
+    """CPC-SAM (the registry's ``cpc``); ``checkpoint``: a prompt encoder's prompt source."""
+    return build_cpc("cpc", model, prompt_source=checkpoint or "sam", **options)
+
+
+def build_cpc_uniform(
+    model: FrozenSam, checkpoint: str | os.PathLike[str] | None = None, **options: Any
+) -> CPCMethod:
+    """CPC-SAM's prompt sets with uniform weights (the registry's ``cpc_uniform``)."""
+    return build_cpc("cpc_uniform", model, prompt_source=checkpoint or "sam", **options)
+
+
+def build_cpc_best_single(
+    model: FrozenSam, checkpoint: str | os.PathLike[str] | None = None, **options: Any
+) -> CPCMethod:
+    """CPC-SAM's single best prompt set (the registry's ``cpc_best_single``)."""
+    return build_cpc("cpc_best_single", model, prompt_source=checkpoint or "sam", **options)

@@ -8,7 +8,7 @@ from typing import Any
 from prosam.backbones import build_backbone
 from prosam.core.checkpoint import load_checkpoint
 from prosam.core.state_dict import load_state_dict_strict
-from prosam.errors import WeightsError
+from prosam.errors import InputError, WeightsError
 from prosam.methods.prompt_encoder.method import PromptMethod
 from prosam.methods.prompt_encoder.network import PromptModel, PromptModelConfig
 from prosam.sam.model import FrozenSam
@@ -53,3 +53,34 @@ def load_prompt_method(
         )
     backbone = build_backbone(model.config.backbone, checkpoint=backbone_checkpoint)
     return PromptMethod(sam, backbone.to(sam.device), model.to(sam.device), **options)
+
+
+def build_trained(
+    kind: str, model: FrozenSam, checkpoint: str | os.PathLike[str] | None = None, **options: Any
+) -> PromptMethod:
+    """A ``vrp`` or ``prosam`` method from ``checkpoint``, or from the one bundled for the SAM."""
+    from prosam.pretrained import PRETRAINED, default_checkpoint
+
+    if checkpoint is None:
+        checkpoint = default_checkpoint(kind, model.name)
+    if checkpoint is None:
+        names = ", ".join(n for n, c in PRETRAINED.items() if c.method == kind)
+        raise InputError(
+            f"method {kind!r} needs --checkpoint: a `prosam train` output or a bundled "
+            f"name ({names}); none is bundled for SAM {model.name!r}"
+        )
+    return load_prompt_method(checkpoint, model, expected_method=kind, **options)
+
+
+def build_vrp(
+    model: FrozenSam, checkpoint: str | os.PathLike[str] | None = None, **options: Any
+) -> PromptMethod:
+    """VRP-SAM (the registry's ``vrp``)."""
+    return build_trained("vrp", model, checkpoint, **options)
+
+
+def build_prosam(
+    model: FrozenSam, checkpoint: str | os.PathLike[str] | None = None, **options: Any
+) -> PromptMethod:
+    """ProSAM (the registry's ``prosam``)."""
+    return build_trained("prosam", model, checkpoint, **options)

@@ -18,6 +18,7 @@ from torch import Tensor
 from prosam.backbones.base import Backbone, BackboneFeatures
 from prosam.errors import InputError
 from prosam.methods.base import MethodOutput, Reference, Target
+from prosam.methods.capabilities import PROMPT_NOISE, UNCERTAINTY
 from prosam.methods.prompt_encoder.network import (
     PromptModel,
     backbone_features,
@@ -52,6 +53,11 @@ class PromptMethod:
         self.model = model.eval()
         self.config = model.config
         self.name = self.config.method
+        self.capabilities = (
+            frozenset({PROMPT_NOISE, UNCERTAINTY})
+            if self.config.method == "prosam"
+            else frozenset({PROMPT_NOISE})
+        )
         self.strategy = strategy
         self.samples = samples
         self.uncertainty = uncertainty
