@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
+from prosam.errors import InputError
+
 if TYPE_CHECKING:
     import torch
 
@@ -68,10 +70,10 @@ def _as_bool(x: MaskLike, name: str) -> np.ndarray:
     if arr.dtype == np.bool_:
         return arr
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"{name}: expected a binary mask, got dtype {arr.dtype}")
+        raise InputError(f"{name}: expected a binary mask, got dtype {arr.dtype}")
     is_one = arr == 1
     if not np.all(is_one | (arr == 0)):
-        raise ValueError(f"{name}: a binary mask may only hold 0 and 1 (threshold it first)")
+        raise InputError(f"{name}: a binary mask may only hold 0 and 1 (threshold it first)")
     return is_one
 
 
@@ -81,12 +83,12 @@ def _check_inputs(
     p = _as_bool(pred, "pred")
     t = _as_bool(target, "target")
     if p.shape != t.shape:
-        raise ValueError(f"pred and target shapes differ: {p.shape} vs {t.shape}")
+        raise InputError(f"pred and target shapes differ: {p.shape} vs {t.shape}")
     if ignore is None:
         return p, t, None
     ig = _as_bool(ignore, "ignore")
     if ig.shape != p.shape:
-        raise ValueError(f"ignore shape {ig.shape} differs from the mask shape {p.shape}")
+        raise InputError(f"ignore shape {ig.shape} differs from the mask shape {p.shape}")
     return p, t, ig
 
 
@@ -198,7 +200,7 @@ def _boundary_iou_checked(
     p: np.ndarray, t: np.ndarray, ig: np.ndarray | None, dilation_ratio: float
 ) -> float:
     if p.ndim != 2:
-        raise ValueError(f"boundary IoU needs 2-D (H, W) masks, got shape {p.shape}")
+        raise InputError(f"boundary IoU needs 2-D (H, W) masks, got shape {p.shape}")
     d = _boundary_dilation(p.shape, dilation_ratio)
     bp = _band(p, d)
     bt = _band(t, d)
@@ -241,7 +243,7 @@ def mask_stability(masks: MaskLike) -> float:
     """
     m = _as_bool(masks, "masks")
     if m.ndim != 3 or m.shape[0] == 0:
-        raise ValueError(f"masks must have shape (B, H, W) with B >= 1, got {m.shape}")
+        raise InputError(f"masks must have shape (B, H, W) with B >= 1, got {m.shape}")
     flat = m.reshape(m.shape[0], -1)
     union_count = int(np.count_nonzero(flat.any(axis=0)))
     if union_count == 0:
@@ -442,7 +444,7 @@ class FSSAccumulator:
     def merge(self, other: FSSAccumulator) -> FSSAccumulator:
         """Add ``other``'s episodes to this accumulator (in place); return ``self``."""
         if other.dilation_ratio != self.dilation_ratio:
-            raise ValueError(
+            raise InputError(
                 f"cannot merge accumulators with dilation_ratio {self.dilation_ratio} "
                 f"and {other.dilation_ratio}"
             )
@@ -463,12 +465,12 @@ class FSSAccumulator:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Replace the state by one from :meth:`state_dict` (possibly via JSON)."""
         if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unsupported FSSAccumulator state version {state.get('version')!r}")
+            raise InputError(f"unsupported FSSAccumulator state version {state.get('version')!r}")
         classes: dict[int, _Stats] = {}
         for rec in state["classes"]:
             cid = int(rec["class_id"])
             if cid in classes:
-                raise ValueError(f"class {cid} appears twice in the state")
+                raise InputError(f"class {cid} appears twice in the state")
             classes[cid] = _Stats.from_dict(rec)
         self.dilation_ratio = float(state["dilation_ratio"])
         self._classes = classes

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from prosam.errors import InputError
+
 PALETTE = np.array(
     [[30, 144, 255], [255, 99, 71], [50, 205, 50], [255, 215, 0], [186, 85, 211], [0, 206, 209]],
     dtype=np.float32,
@@ -19,7 +21,7 @@ def overlay_masks(
     for i, mask in enumerate(masks):
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != image.shape[:2]:
-            raise ValueError(f"mask {mask.shape} does not match image {image.shape[:2]}")
+            raise InputError(f"mask {mask.shape} does not match image {image.shape[:2]}")
         colour = PALETTE[i % len(PALETTE)]
         out[mask] = (1 - alpha) * out[mask] + alpha * colour
         edge = mask & ~ndimage.binary_erosion(mask, iterations=2)

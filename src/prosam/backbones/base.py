@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from prosam.core.files import download, sha256_file, weights_cache_dir
 from prosam.core.state_dict import load_state_dict_strict, read_weights_file
-from prosam.errors import WeightsError
+from prosam.errors import InputError, WeightsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -99,9 +99,9 @@ class Backbone(nn.Module, ABC):
     def normalize(self, images: Tensor) -> Tensor:
         """Map ``[0, 1]`` RGB images to the input distribution the weights were trained on."""
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+            raise InputError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         if not images.is_floating_point():
-            raise ValueError(f"expected float images in [0, 1], got dtype {images.dtype}")
+            raise InputError(f"expected float images in [0, 1], got dtype {images.dtype}")
         mean = self.pixel_mean.to(dtype=images.dtype)
         std = self.pixel_std.to(dtype=images.dtype)
         return (images - mean) / std

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prosam.backbones.base import Backbone, BackboneFeatures, WeightFile, fetch_weight_file
+from prosam.errors import InputError
 
 PATCH_SIZE = 14
 PRETRAIN_GRID = 37  # pos_embed grid of the released checkpoints (518 / 14)
@@ -124,7 +125,7 @@ class DINOv2(Backbone):
     def __init__(self, variant: str = "vits14", *, norm_mid: bool = True) -> None:
         super().__init__()
         if variant not in DINOV2_ARCHS:
-            raise ValueError(f"variant must be one of {sorted(DINOV2_ARCHS)}, got {variant!r}")
+            raise InputError(f"variant must be one of {sorted(DINOV2_ARCHS)}, got {variant!r}")
         dim, depth, heads = DINOV2_ARCHS[variant]
         self.variant = variant
         self.name = f"dinov2_{variant}"
@@ -167,7 +168,7 @@ class DINOv2(Backbone):
     def forward_features(self, x: Tensor) -> BackboneFeatures:
         b = x.shape[0]
         if min(x.shape[-2:]) < PATCH_SIZE:
-            raise ValueError(f"input {tuple(x.shape[-2:])} is smaller than one 14x14 patch")
+            raise InputError(f"input {tuple(x.shape[-2:])} is smaller than one 14x14 patch")
         tokens = self.patch_embed(x)
         grid_h, grid_w = tokens.shape[-2:]
         tokens = tokens.flatten(2).transpose(1, 2)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, resnet50
 
 from prosam.backbones.base import Backbone, BackboneFeatures, WeightFile, fetch_weight_file
-from prosam.errors import WeightsError
+from prosam.errors import InputError, WeightsError
 
 RESNET50_WEIGHTS = WeightFile(
     url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
@@ -113,7 +113,7 @@ class DeepStemResNet50(Backbone):
         elif dilation == "pfenet":
             d3, d4 = [2] * 6, [4] * 3
         else:
-            raise ValueError(f"dilation must be 'vrp_sam' or 'pfenet', got {dilation!r}")
+            raise InputError(f"dilation must be 'vrp_sam' or 'pfenet', got {dilation!r}")
         self.dilation = dilation
         self.conv1, self.bn1 = _conv_bn_relu(3, 64, 2)
         self.conv2, self.bn2 = _conv_bn_relu(64, 64, 1)

@@ -42,6 +42,7 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 
 from prosam import __version__
+from prosam.errors import InputError
 from prosam.io import atomic_path, read_image, write_bytes_atomic, write_image, write_mask_png
 from prosam.visualize import overlay_masks
 
@@ -128,12 +129,12 @@ def safe_name(name: str) -> str:
 def _check_classes(classes: Sequence[str]) -> list[str]:
     names = [str(c) for c in classes]
     if not names:
-        raise ValueError("give at least one class name")
+        raise InputError("give at least one class name")
     if len(set(names)) != len(names):
-        raise ValueError(f"duplicate class names in {names}")
+        raise InputError(f"duplicate class names in {names}")
     bad = [c for c in names if not c or "\n" in c or "\r" in c]
     if bad:
-        raise ValueError(f"class names must be non-empty single lines, got {bad!r}")
+        raise InputError(f"class names must be non-empty single lines, got {bad!r}")
     return names
 
 
@@ -141,9 +142,9 @@ def _by_class(classes: Sequence[str], masks: Sequence[LabelMask]) -> dict[str, L
     found: dict[str, LabelMask] = {}
     for m in masks:
         if m.class_name not in classes:
-            raise ValueError(f"unknown class {m.class_name!r}; the writer has {list(classes)}")
+            raise InputError(f"unknown class {m.class_name!r}; the writer has {list(classes)}")
         if m.class_name in found:
-            raise ValueError(f"two masks for class {m.class_name!r} on one image")
+            raise InputError(f"two masks for class {m.class_name!r} on one image")
         found[m.class_name] = m
     return found
 
@@ -220,10 +221,10 @@ class PngWriter(_PerImageWriter):
         self.indexed = indexed
         self.name = "png-indexed" if indexed else "png"
         if indexed and len(self.classes) > 254:
-            raise ValueError("an indexed PNG holds at most 254 classes (255 is VOC's 'ignore')")
+            raise InputError("an indexed PNG holds at most 254 classes (255 is VOC's 'ignore')")
         folders = [safe_name(c) for c in self.classes]
         if not indexed and len({f.casefold() for f in folders}) != len(folders):
-            raise ValueError(f"class names {self.classes} collide as folder names {folders}")
+            raise InputError(f"class names {self.classes} collide as folder names {folders}")
         self.folders = dict(zip(self.classes, folders, strict=True))
 
     def paths(self, key: str) -> list[Path]:
@@ -256,7 +257,7 @@ class PngWriter(_PerImageWriter):
 
 def _sized(mask: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
     if mask.shape != tuple(image_size):
-        raise ValueError(f"mask {mask.shape} does not match the image size {tuple(image_size)}")
+        raise InputError(f"mask {mask.shape} does not match the image size {tuple(image_size)}")
     return mask
 
 
@@ -306,7 +307,7 @@ class CocoWriter:
             m = found[c]
             rle = as_rle(m.mask)
             if list(rle["size"]) != [h, w]:
-                raise ValueError(f"{key}: mask of size {rle['size']} on a {h}x{w} image")
+                raise InputError(f"{key}: mask of size {rle['size']} on a {h}x{w} image")
             bbox, area = rle_bbox_area(rle)
             ann: dict[str, Any] = {
                 "id": len(self.annotations) + 1,
@@ -503,10 +504,10 @@ class OverlayWriter(_PerImageWriter):
         self, key: str, image_size: tuple[int, int], masks: Sequence[LabelMask], image: ImageSource
     ) -> None:
         if image is None:
-            raise ValueError("the overlay writer needs the image (array or path)")
+            raise InputError("the overlay writer needs the image (array or path)")
         pixels = image if isinstance(image, np.ndarray) else read_image(image)
         if pixels.shape[:2] != tuple(image_size):
-            raise ValueError(f"{key}: image {pixels.shape[:2]} is not {tuple(image_size)}")
+            raise InputError(f"{key}: image {pixels.shape[:2]} is not {tuple(image_size)}")
         found = _by_class(self.classes, masks)
         h, w = image_size
         layers = [_class_mask(found, c, image_size) for c in self.classes]
@@ -535,4 +536,4 @@ def make_writer(
         return YoloWriter(out_dir, classes)
     if name == "overlay":
         return OverlayWriter(out_dir, classes)
-    raise ValueError(f"unknown format {name!r}; choose from {', '.join(FORMATS)}")
+    raise InputError(f"unknown format {name!r}; choose from {', '.join(FORMATS)}")

@@ -72,11 +72,11 @@ class GeometricPrompts:
         annotation_mode: PoolMode = "area",
     ) -> None:
         if prompt not in ("box", "point", "box+point"):
-            raise ValueError(f"prompt must be 'box', 'point' or 'box+point', got {prompt!r}")
+            raise InputError(f"prompt must be 'box', 'point' or 'box+point', got {prompt!r}")
         if num_points < 1:
-            raise ValueError(f"num_points must be >= 1, got {num_points}")
+            raise InputError(f"num_points must be >= 1, got {num_points}")
         if annotation_mode not in ("max", "area"):
-            raise ValueError(f"annotation_mode must be 'max' or 'area', got {annotation_mode!r}")
+            raise InputError(f"annotation_mode must be 'max' or 'area', got {annotation_mode!r}")
         self.model = model
         self.predictor = Predictor(model)
         self.prompt: PromptMode = prompt

@@ -68,9 +68,9 @@ class PerSAM:
         annotation_mode: PoolMode = "area",
     ) -> None:
         if refinement_steps not in (0, 1, 2):
-            raise ValueError(f"refinement_steps must be 0, 1 or 2, got {refinement_steps}")
+            raise InputError(f"refinement_steps must be 0, 1 or 2, got {refinement_steps}")
         if annotation_mode not in ("max", "area"):
-            raise ValueError(f"annotation_mode must be 'max' or 'area', got {annotation_mode!r}")
+            raise InputError(f"annotation_mode must be 'max' or 'area', got {annotation_mode!r}")
         self.model = model
         self.predictor = Predictor(model)
         self.refinement_steps = refinement_steps

@@ -113,7 +113,7 @@ def annotation_to_feature_grid(
         InputError: the annotation is not 2-D or not of the image's size.
     """
     if mode not in ("max", "area"):
-        raise ValueError(f"mode must be 'max' or 'area', got {mode!r}")
+        raise InputError(f"mode must be 'max' or 'area', got {mode!r}")
     t = _check_annotation(annotation, geometry)[None, None]
     ih, iw = (int(v) for v in geometry.input_size)
     pool = F.adaptive_max_pool2d if mode == "max" else F.adaptive_avg_pool2d
@@ -320,4 +320,4 @@ def as_feature_provider(features: FeaturesLike) -> FeatureProvider:
         return features
     if callable(features):
         return CallableFeatures(features)
-    raise TypeError(f"features must be a FeatureProvider, a callable or None, not {features!r}")
+    raise InputError(f"features must be a FeatureProvider, a callable or None, not {features!r}")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from prosam.errors import InputError
 from prosam.prompts.arrays import (
     RngLike,
     as_float_range,
@@ -182,7 +183,7 @@ def simulate_scribble(
     radii = as_int_range(brush_radius, "brush_radius", minimum=0)
     lengths = as_float_range(stroke_length, "stroke_length")
     if smoothness <= 0:
-        raise ValueError(f"smoothness must be > 0, got {smoothness}")
+        raise InputError(f"smoothness must be > 0, got {smoothness}")
     gen = as_generator(rng)
     x0, y0, x1, y1 = mask_to_box(m)
     diag = math.hypot(x1 - x0, y1 - y0)
@@ -260,7 +261,7 @@ def simulate_annotation(
     if kind == "mask":
         require_foreground(m, "simulate_annotation(kind='mask')")
         return m.copy()
-    raise ValueError(f"kind must be one of {ANNOTATION_KINDS}, got {kind!r}")
+    raise InputError(f"kind must be one of {ANNOTATION_KINDS}, got {kind!r}")
 
 
 def random_kind(
@@ -273,10 +274,10 @@ def random_kind(
     VRP-SAM trains with a kind drawn at random per episode.
     """
     if not kinds:
-        raise ValueError("kinds must not be empty")
+        raise InputError("kinds must not be empty")
     bad = [k for k in kinds if k not in ANNOTATION_KINDS]
     if bad:
-        raise ValueError(f"unknown annotation kinds {bad}; expected a subset of {ANNOTATION_KINDS}")
+        raise InputError(f"unknown annotation kinds {bad}; expected a subset of {ANNOTATION_KINDS}")
     gen = as_generator(rng)
     return kinds[int(gen.choice(len(kinds), p=p))]
 
@@ -310,14 +311,14 @@ def downsample_annotation(
     import torch.nn.functional as F
 
     if mode not in ("max", "area", "nearest"):
-        raise ValueError(f"mode must be 'max', 'area' or 'nearest', got {mode!r}")
+        raise InputError(f"mode must be 'max', 'area' or 'nearest', got {mode!r}")
     h, w = (int(v) for v in size)
     if h <= 0 or w <= 0:
-        raise ValueError(f"size must be positive, got {size}")
+        raise InputError(f"size must be positive, got {size}")
     is_tensor = isinstance(ann, torch.Tensor)
     t = ann if is_tensor else torch.from_numpy(np.ascontiguousarray(ann))
     if t.ndim < 2 or t.ndim > 4:
-        raise ValueError(f"ann must be (H, W), (C, H, W) or (N, C, H, W), got {tuple(t.shape)}")
+        raise InputError(f"ann must be (H, W), (C, H, W) or (N, C, H, W), got {tuple(t.shape)}")
     if not torch.is_floating_point(t):
         t = t.to(torch.float32)
     lead = t.shape[:-2]

@@ -51,9 +51,9 @@ def as_int_range(value: int | tuple[int, int], name: str, minimum: int = 0) -> t
         try:
             lo, hi = (int(v) for v in value)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{name} must be an int or a (lo, hi) pair, got {value!r}") from err
+            raise InputError(f"{name} must be an int or a (lo, hi) pair, got {value!r}") from err
     if lo < minimum or hi < lo:
-        raise ValueError(f"{name} must satisfy {minimum} <= lo <= hi, got {value!r}")
+        raise InputError(f"{name} must satisfy {minimum} <= lo <= hi, got {value!r}")
     return lo, hi
 
 
@@ -67,9 +67,9 @@ def as_float_range(
         try:
             lo, hi = (float(v) for v in value)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{name} must be a number or a (lo, hi) pair, got {value!r}") from err
+            raise InputError(f"{name} must be a number or a (lo, hi) pair, got {value!r}") from err
     if not (minimum <= lo <= hi):
-        raise ValueError(f"{name} must satisfy {minimum} <= lo <= hi, got {value!r}")
+        raise InputError(f"{name} must satisfy {minimum} <= lo <= hi, got {value!r}")
     return lo, hi
 
 
@@ -83,7 +83,7 @@ def disk_offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
     """``(dy, dx)`` offsets of the pixels of a digital disk: ``dy² + dx² <= radius²``."""
     r = int(radius)
     if r < 0:
-        raise ValueError(f"radius must be >= 0, got {radius}")
+        raise InputError(f"radius must be >= 0, got {radius}")
     dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
     keep = dy * dy + dx * dx <= r * r
     return dy[keep], dx[keep]

@@ -57,7 +57,7 @@ def box_iou(a: Box | np.ndarray, b: Box | np.ndarray) -> float | np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape[-1:] != (4,) or b.shape[-1:] != (4,):
-        raise ValueError(f"boxes must have a last dimension of 4, got {a.shape} and {b.shape}")
+        raise InputError(f"boxes must have a last dimension of 4, got {a.shape} and {b.shape}")
     iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
     ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
     inter = iw * ih
@@ -71,7 +71,7 @@ def box_iou(a: Box | np.ndarray, b: Box | np.ndarray) -> float | np.ndarray:
 def _as_box(box: Box | np.ndarray) -> np.ndarray:
     arr = np.asarray(box, dtype=np.float64)
     if arr.shape != (4,):
-        raise ValueError(f"a box must be 4 numbers (x0, y0, x1, y1), got shape {arr.shape}")
+        raise InputError(f"a box must be 4 numbers (x0, y0, x1, y1), got shape {arr.shape}")
     if not (arr[2] > arr[0] and arr[3] > arr[1]):
         raise InputError(f"box {tuple(arr.tolist())} is empty: need x1 > x0 and y1 > y0")
     return arr
@@ -99,7 +99,7 @@ def _noisy_boxes(
         nh = np.abs(h + u[:, 3] * scale[:, 0] * h)
         out = np.stack([ncx - nw / 2, ncy - nh / 2, ncx + nw / 2, ncy + nh / 2], axis=1)
     else:
-        raise ValueError(f"mode must be 'corners' or 'cxcywh', got {mode!r}")
+        raise InputError(f"mode must be 'corners' or 'cxcywh', got {mode!r}")
     # Corners may cross under strong noise: re-order them.
     out = np.concatenate(
         [np.minimum(out[:, :2], out[:, 2:]), np.maximum(out[:, :2], out[:, 2:])], axis=1
@@ -149,7 +149,7 @@ def noisy_box(
         ``(x0, y0, x1, y1)`` as floats.
     """
     if scale < 0:
-        raise ValueError(f"scale must be >= 0, got {scale}")
+        raise InputError(f"scale must be >= 0, got {scale}")
     gen = as_generator(rng)
     b = _as_box(box)
     u = gen.uniform(-1.0, 1.0, size=(1, 4))
@@ -187,9 +187,9 @@ def box_with_iou_in_range(
         InputError: empty mask or box, or no candidate in range after ``max_tries``.
     """
     if not (0.0 <= lo < hi):
-        raise ValueError(f"need 0 <= lo < hi, got lo={lo}, hi={hi}")
+        raise InputError(f"need 0 <= lo < hi, got lo={lo}, hi={hi}")
     if lo >= 1.0:
-        raise ValueError(f"lo must be < 1 (IoU never exceeds 1), got {lo}")
+        raise InputError(f"lo must be < 1 (IoU never exceeds 1), got {lo}")
     arr = np.asarray(mask_or_box)
     if arr.ndim == 2:
         gt = np.asarray(mask_to_box(arr), dtype=np.float64)

@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 
+from prosam.errors import InputError
 from prosam.prompts.arrays import (
     RngLike,
     as_float_range,
@@ -55,13 +56,13 @@ def paste_occluder(
     img = np.asarray(image)
     m = as_mask(mask)
     if img.shape[:2] != m.shape:
-        raise ValueError(f"image {img.shape[:2]} and mask {m.shape} sizes differ")
+        raise InputError(f"image {img.shape[:2]} and mask {m.shape} sizes differ")
     require_foreground(m, "paste_occluder")
     lo, hi = as_float_range(coverage, "coverage")
     if shape not in ("ellipse", "rectangle"):
-        raise ValueError(f"shape must be 'ellipse' or 'rectangle', got {shape!r}")
+        raise InputError(f"shape must be 'ellipse' or 'rectangle', got {shape!r}")
     if fill not in ("patch", "noise", "color"):
-        raise ValueError(f"fill must be 'patch', 'noise' or 'color', got {fill!r}")
+        raise InputError(f"fill must be 'patch', 'noise' or 'color', got {fill!r}")
     gen = as_generator(rng)
     h, w = m.shape
     area = gen.uniform(lo, hi) * float(m.sum())

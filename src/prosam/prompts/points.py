@@ -41,7 +41,7 @@ def random_points(
     """
     m = as_mask(mask)
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise InputError(f"n must be >= 0, got {n}")
     side = "foreground" if positive else "background"
     ys, xs = np.nonzero(m if positive else ~m)
     if ys.size == 0:
@@ -123,7 +123,7 @@ def jitter_points(
     ``[0, W-1] x [0, H-1]``. Returns a ``float64`` ``(N, 2)`` array.
     """
     if sigma < 0:
-        raise ValueError(f"sigma must be >= 0, got {sigma}")
+        raise InputError(f"sigma must be >= 0, got {sigma}")
     gen = as_generator(rng)
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     out = pts + gen.normal(0.0, sigma, size=pts.shape) if sigma > 0 else pts.copy()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from segment_anything.modeling import Sam
 
+from prosam.errors import InputError
+
 
 def no_mask_dense_embedding(sam: Sam, batch: int, size: tuple[int, int]) -> torch.Tensor:
     """SAM's "no mask" dense embedding broadcast to ``(batch, C, h, w)``."""
@@ -55,7 +57,7 @@ def decode_masks(
         ]
         return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
     if image_embeddings.shape[0] != 1:
-        raise ValueError(
+        raise InputError(
             f"image_embeddings batch {image_embeddings.shape[0]} must be 1 or match the "
             f"{batch} prompt sets"
         )

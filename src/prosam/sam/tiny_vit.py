@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 
+from prosam.errors import InputError
+
 EMBED_DIMS = (64, 128, 160, 320)
 DEPTHS = (2, 2, 6, 2)
 NUM_HEADS = (2, 4, 5, 10)
@@ -206,7 +208,7 @@ class TinyViTBlock(nn.Module):
         h, w = self.input_resolution
         b, n, c = x.shape
         if n != h * w:
-            raise ValueError(f"expected {h * w} tokens, got {n}")
+            raise InputError(f"expected {h * w} tokens, got {n}")
         x = x + self._windowed_attention(x)
         x = self.local_conv(x.transpose(1, 2).reshape(b, c, h, w))
         x = x.view(b, c, n).transpose(1, 2)

@@ -169,7 +169,7 @@ class DeformableSampling(nn.Module):
         b, n, c = v.shape
         h, w = size
         if h * w != n:
-            raise ValueError(f"image tokens {n} do not match the feature size {h}x{w}")
+            raise InputError(f"image tokens {n} do not match the feature size {h}x{w}")
         features = v.transpose(1, 2).reshape(b, c, h, w)
         offsets = self.offsets(features)
         grid = deformed_grid(offsets)
@@ -323,7 +323,7 @@ class PluggedCrossAttention(nn.Module):
         if size is None or size[0] * size[1] != k.shape[1]:
             side = math.isqrt(k.shape[1])
             if side * side != k.shape[1]:
-                raise ValueError("cannot infer the image-feature size of a non-square input")
+                raise InputError("cannot infer the image-feature size of a non-square input")
             size = (side, side)
         k_new, v_new = self.plugin(q, k, v, size)
         return self.original(q, k_new, v_new)

@@ -98,7 +98,7 @@ class SamPromptSource:
         support: str = "mask",
     ) -> None:
         if not 0.0 < prior_threshold <= 1.0:
-            raise ValueError(f"prior_threshold must be in (0, 1], got {prior_threshold}")
+            raise InputError(f"prior_threshold must be in (0, 1], got {prior_threshold}")
         if support not in ("mask", "prior"):
             raise InputError(f"support must be 'mask' or 'prior', got {support!r}")
         self.support = support

@@ -132,7 +132,7 @@ def sine_position_encoding(
     (dim/2))``, with ``pos = (index + 1) / (size + 1e-6) * 2 pi``.
     """
     if dim % 2:
-        raise ValueError(f"dim must be even, got {dim}")
+        raise InputError(f"dim must be even, got {dim}")
     half = dim // 2
     y = torch.arange(1, h + 1, device=device, dtype=torch.float32) / (h + 1e-6) * 2 * math.pi
     x = torch.arange(1, w + 1, device=device, dtype=torch.float32) / (w + 1e-6) * 2 * math.pi
@@ -229,15 +229,15 @@ class VRPEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if len(mid_channels) != 2:
-            raise ValueError(f"mid_channels must hold two values, got {mid_channels}")
+            raise InputError(f"mid_channels must hold two values, got {mid_channels}")
         if annotation_pool not in ("max", "area"):
-            raise ValueError(f"annotation_pool must be 'max' or 'area', got {annotation_pool!r}")
+            raise InputError(f"annotation_pool must be 'max' or 'area', got {annotation_pool!r}")
         if pseudo_mask_source not in ("high", "reduced"):
-            raise ValueError(
+            raise InputError(
                 f"pseudo_mask_source must be 'high' or 'reduced', got {pseudo_mask_source!r}"
             )
         if dim % num_heads or dim % 2:
-            raise ValueError(f"dim {dim} must be even and divisible by num_heads {num_heads}")
+            raise InputError(f"dim {dim} must be even and divisible by num_heads {num_heads}")
         self.mid_channels = (int(mid_channels[0]), int(mid_channels[1]))
         self.dim = dim
         self.num_queries = num_queries

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from prosam.core.losses import bce_dice_loss
+from prosam.errors import InputError
 from prosam.methods.prompt_encoder.encoder import VRPEncoder
 
 Family = Literal["student_t", "gaussian"]
@@ -102,7 +103,7 @@ class VariationalPromptEncoder(nn.Module):
                 self.mu_head.weight.copy_(torch.eye(dim))
                 self.mu_head.bias.zero_()
         elif init_mu != "default":
-            raise ValueError(f"init_mu must be 'identity' or 'default', got {init_mu!r}")
+            raise InputError(f"init_mu must be 'identity' or 'default', got {init_mu!r}")
         self.log_sigma_head = nn.Linear(dim, dim)
         nn.init.zeros_(self.log_sigma_head.weight)
         nn.init.constant_(self.log_sigma_head.bias, init_log_sigma)
@@ -133,7 +134,7 @@ def effective_dimension(n_mode: NMode, num_tokens: int, dim: int) -> int:
         return num_tokens * dim
     if n_mode == "element":
         return 1
-    raise ValueError(f"n_mode must be 'token', 'all' or 'element', got {n_mode!r}")
+    raise InputError(f"n_mode must be 'token', 'all' or 'element', got {n_mode!r}")
 
 
 def student_t_std_multiplier(nu: float, n: int) -> float:
@@ -157,7 +158,7 @@ def chi2_sample(
     round), with the ``U^(1/a)`` boost for shapes below 1.
     """
     if df <= 0:
-        raise ValueError(f"df must be positive, got {df}")
+        raise InputError(f"df must be positive, got {df}")
     alpha = df / 2.0
     a = alpha + 1.0 if alpha < 1.0 else alpha
     d = a - 1.0 / 3.0
@@ -216,20 +217,20 @@ def sample_prompts(
     """
     mu, log_sigma = dist.mu, dist.log_sigma
     if mu.shape != log_sigma.shape or mu.ndim != 3:
-        raise ValueError(
+        raise InputError(
             f"mu {tuple(mu.shape)} and log_sigma {tuple(log_sigma.shape)} must both be (B, Q, D)"
         )
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise InputError(f"k must be at least 1, got {k}")
     b, q, d = mu.shape
     eps = torch.randn((k, b, q, d), generator=generator, device=mu.device, dtype=mu.dtype)
     sigma = log_sigma.exp()
     if family == "gaussian":
         return mu + sigma * eps
     if family != "student_t":
-        raise ValueError(f"family must be 'student_t' or 'gaussian', got {family!r}")
+        raise InputError(f"family must be 'student_t' or 'gaussian', got {family!r}")
     if nu <= 0:
-        raise ValueError(f"nu must be positive, got {nu}")
+        raise InputError(f"nu must be positive, got {nu}")
     n = effective_dimension(n_mode, q, d)
     delta_shape = {"token": (k, b, q, 1), "all": (k, b, 1, 1), "element": (k, b, q, d)}[n_mode]
     df = nu + n
@@ -240,7 +241,7 @@ def sample_prompts(
 
 def _check_samples(logits: Tensor) -> None:
     if logits.ndim != 5 or logits.shape[2] != 1:
-        raise ValueError(f"logits must be (k, B, 1, H, W), got {tuple(logits.shape)}")
+        raise InputError(f"logits must be (k, B, 1, H, W), got {tuple(logits.shape)}")
 
 
 def combine_samples(logits: Tensor, strategy: CombineStrategy) -> Tensor:
@@ -269,7 +270,7 @@ def combine_samples(logits: Tensor, strategy: CombineStrategy) -> Tensor:
     elif strategy == "vote":
         fg = 2 * binary.sum(dim=0) > logits.shape[0]
     else:
-        raise ValueError(f"strategy must be one of {COMBINE_STRATEGIES}, got {strategy!r}")
+        raise InputError(f"strategy must be one of {COMBINE_STRATEGIES}, got {strategy!r}")
     return torch.where(fg, BINARY_LOGIT, -BINARY_LOGIT).to(logits.dtype)
 
 
@@ -298,7 +299,7 @@ def uncertainty_map(logits: Tensor, kind: UncertaintyKind = "vote_entropy") -> T
         return _binary_entropy(f)
     if kind == "disagreement":
         return 2 * torch.minimum(f, 1 - f)
-    raise ValueError(
+    raise InputError(
         f"kind must be 'vote_entropy', 'disagreement' or 'probability_entropy', got {kind!r}"
     )
 
