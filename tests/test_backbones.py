@@ -143,7 +143,7 @@ def test_mismatched_state_dicts_raise_and_never_load_partially(name: str) -> Non
     # BatchNorm counters are the only tolerated differences.
     extra = {
         (p if not p.endswith(".") else p + "weight"): torch.zeros(2)
-        for p in backbone.ignored_checkpoint_prefixes
+        for p in backbone.ignored_weight_prefixes
     }
     tolerated = {
         f"module.{k}": v
@@ -161,14 +161,14 @@ def test_checkpoint_of_another_architecture_is_rejected(tmp_path) -> None:
     path = tmp_path / "resnet50.safetensors"
     save_file(resnet, str(path))
     with pytest.raises(WeightsError, match=r"missing keys: features\.0\.weight.*unexpected"):
-        build_backbone("vgg16_bn", checkpoint=path)
+        build_backbone("vgg16_bn", weights=path)
 
     small = dict(_random("efficientnet_lite0").state_dict())
     del small["_blocks.15._bn2.running_var"]
     torch_path = tmp_path / "lite0-one-key-short.pth"
     torch.save(small, torch_path)
     with pytest.raises(WeightsError, match=r"1 missing keys: _blocks\.15\._bn2\.running_var"):
-        build_backbone("efficientnet_lite0", checkpoint=torch_path)
+        build_backbone("efficientnet_lite0", weights=torch_path)
 
 
 def test_deepstem_matches_vrp_sam_keys_and_dilations(tmp_path) -> None:
@@ -189,7 +189,7 @@ def test_deepstem_matches_vrp_sam_keys_and_dilations(tmp_path) -> None:
     state |= {"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}
     path = tmp_path / "resnet50_v2.safetensors"
     save_file(state, str(path))
-    pfenet = build_backbone("resnet50_deepstem", checkpoint=path, dilation="pfenet")
+    pfenet = build_backbone("resnet50_deepstem", weights=path, dilation="pfenet")
     assert isinstance(pfenet, DeepStemResNet50)
     assert [b.conv2.dilation[0] for b in [*pfenet.layer3, *pfenet.layer4]] == [2] * 6 + [4] * 3
     assert torch.equal(pfenet.layer4[2].conv3.weight, backbone.layer4[2].conv3.weight)

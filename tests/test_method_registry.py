@@ -28,7 +28,7 @@ from prosam.methods import (
     register_method,
 )
 from prosam.methods.capabilities import CAPABILITIES
-from prosam.methods.prompt_encoder.network import PromptModel, PromptModelConfig
+from prosam.methods.prompt_encoder.network import PromptNetwork, PromptNetworkConfig
 from prosam.methods.registry import unregister_method
 from prosam.sam import Predictor
 
@@ -91,11 +91,11 @@ def checkpoints(tmp_path_factory, tiny_sam):
     backbone = build_backbone("efficientnet_lite0", pretrained=False)
     paths = {}
     for spec in list_methods(trained=True):
-        config = PromptModelConfig(
+        config = PromptNetworkConfig(
             method=spec.name, backbone_input=64, dim=tiny_sam.embed_dim, num_queries=4
         )
         torch.manual_seed(0)
-        model = PromptModel(config, backbone.mid_channels)
+        model = PromptNetwork(config, backbone.mid_channels)
         doc = {
             "model": config.to_dict(),
             "backbone_mid_channels": list(backbone.mid_channels),

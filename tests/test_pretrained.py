@@ -8,8 +8,8 @@ from prosam.backbones import build_backbone
 from prosam.cli import main
 from prosam.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from prosam.errors import InputError, WeightsError
-from prosam.methods.prompt_encoder.loading import load_prompt_model
-from prosam.methods.prompt_encoder.network import PromptModel, PromptModelConfig
+from prosam.methods.prompt_encoder.loading import load_prompt_network
+from prosam.methods.prompt_encoder.network import PromptNetwork, PromptNetworkConfig
 from prosam.stable import StableSamPlugin, attach_stable_plugin, load_stable_plugin
 from prosam.stable.checkpoint import save_stable_plugin
 from prosam.stable.plugin import attached_plugin_digest
@@ -26,9 +26,9 @@ def bundle(tmp_path, monkeypatch):
 
 def _train_checkpoint(path):
     backbone = build_backbone("efficientnet_lite0", pretrained=False)
-    config = PromptModelConfig(method="prosam", backbone_input=64, dim=32, num_queries=4)
+    config = PromptNetworkConfig(method="prosam", backbone_input=64, dim=32, num_queries=4)
     torch.manual_seed(0)
-    model = PromptModel(config, backbone.mid_channels)
+    model = PromptNetwork(config, backbone.mid_channels)
     opt = torch.optim.AdamW(model.parameters())
     model(*_inputs(backbone)).mu.sum().backward()  # a step, so the optimizer has state
     opt.step()
@@ -56,7 +56,7 @@ def test_published_checkpoint_loads_by_name_in_float32(tmp_path, bundle):
     assert published.optimizer is None
     assert published.extra["command"] == "x" and published.extra["epoch"] == 3
     assert {v.dtype for v in published.model.values() if v.is_floating_point()} == {torch.float16}
-    loaded, _ = load_prompt_model("prosam-coco-minisam", expected_method="prosam")
+    loaded, _ = load_prompt_network("prosam-coco-minisam", expected_method="prosam")
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     model.eval()
     with torch.no_grad():
@@ -79,7 +79,7 @@ def test_resolution_errors(tmp_path, bundle):
     with pytest.raises(WeightsError, match="not bundled"):
         pretrained.resolve_checkpoint("stable-minisam", method="stable")
     with pytest.raises(WeightsError, match="'prosam' model, not 'vrp'"):
-        load_prompt_model(tmp_path / "mine", expected_method="vrp")  # it holds a prosam model
+        load_prompt_network(tmp_path / "mine", expected_method="vrp")  # it holds a prosam model
 
 
 def test_stable_default_and_digest(tiny_sam, tmp_path, bundle, monkeypatch):

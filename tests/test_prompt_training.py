@@ -10,8 +10,8 @@ from prosam.data.specs import load_dataset_spec
 from prosam.evaluation.evaluate import validation_miou
 from prosam.methods.base import ReferenceMethod
 from prosam.methods.prompt_encoder.feature_store import FeatureStore
-from prosam.methods.prompt_encoder.method import PromptMethod
-from prosam.methods.prompt_encoder.network import PromptModel, PromptModelConfig
+from prosam.methods.prompt_encoder.method import PromptEncoderMethod
+from prosam.methods.prompt_encoder.network import PromptNetwork, PromptNetworkConfig
 from prosam.methods.prompt_encoder.train import TrainSettings, episode_loss, epoch_episodes, train
 from prosam.sam import Predictor
 from tests.fixtures_coco import write_coco_fixture
@@ -27,12 +27,12 @@ def dataset(tmp_path_factory):
     return load_dataset_spec(f"coco:{write_coco_fixture(tmp_path_factory.mktemp('c'))}")
 
 
-def _model(method: str, backbone, **kw) -> PromptModel:
-    config = PromptModelConfig(
+def _model(method: str, backbone, **kw) -> PromptNetwork:
+    config = PromptNetworkConfig(
         method=method, backbone_input=64, dim=32, num_queries=6, samples_train=3, **kw
     )
     torch.manual_seed(0)
-    return PromptModel(config, backbone.mid_channels)
+    return PromptNetwork(config, backbone.mid_channels)
 
 
 @pytest.mark.parametrize("method", ["vrp", "prosam"])
@@ -70,7 +70,7 @@ def test_prompt_method_predicts_low_res_logits(method, options, backbone, tiny_s
     from prosam.evaluation.references import episode_inputs
 
     predictor = Predictor(tiny_sam)
-    pm = PromptMethod(tiny_sam, backbone, _model(method, backbone), **options)
+    pm = PromptEncoderMethod(tiny_sam, backbone, _model(method, backbone), **options)
     assert isinstance(pm, ReferenceMethod)
     ep = epoch_episodes(dataset, [1], TrainSettings(episodes_per_epoch=1), 0)[0]
     refs, target, _, _ = episode_inputs(ep, predictor)
@@ -100,7 +100,7 @@ def test_train_writes_checkpoints_and_resumes(backbone, tiny_sam, dataset, tmp_p
         tmp_path / "run",
         config=config,
         validate=lambda net: validation_miou(
-            PromptMethod(tiny_sam, store.backbone, net, features=store.features),
+            PromptEncoderMethod(tiny_sam, store.backbone, net, features=store.features),
             store.predictor,
             val,
         ),

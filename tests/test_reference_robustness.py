@@ -15,8 +15,8 @@ from prosam.evaluation.reference_robustness import (
     to_markdown,
 )
 from prosam.methods import build_method
-from prosam.methods.prompt_encoder.method import PromptMethod
-from prosam.methods.prompt_encoder.network import PromptModel, PromptModelConfig
+from prosam.methods.prompt_encoder.method import PromptEncoderMethod
+from prosam.methods.prompt_encoder.network import PromptNetwork, PromptNetworkConfig
 from prosam.sam import Predictor
 from tests.fixtures_coco import write_coco_fixture
 
@@ -31,9 +31,9 @@ def setting(tmp_path_factory, tiny_sam):
 @pytest.fixture(scope="module")
 def vrp(tiny_sam):
     backbone = build_backbone("efficientnet_lite0", pretrained=False)
-    config = PromptModelConfig(method="vrp", backbone_input=64, dim=32, num_queries=4)
+    config = PromptNetworkConfig(method="vrp", backbone_input=64, dim=32, num_queries=4)
     torch.manual_seed(0)
-    return PromptMethod(tiny_sam, backbone, PromptModel(config, backbone.mid_channels))
+    return PromptEncoderMethod(tiny_sam, backbone, PromptNetwork(config, backbone.mid_channels))
 
 
 def test_parse_perturbation():

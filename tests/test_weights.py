@@ -29,7 +29,7 @@ def fake_source(monkeypatch, tiny_checkpoint):
     source = W.WeightSource(
         name="tiny_test",
         variant="tiny",
-        kind="checkpoint",
+        kind="state-dict",
         sha256=sha,
         url=tiny_checkpoint.as_uri(),
         filename="tiny.pth",

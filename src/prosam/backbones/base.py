@@ -72,7 +72,7 @@ class Backbone(nn.Module, ABC):
     default_input_size: int = 512
     # State-dict key prefixes of a published checkpoint that this backbone deliberately does
     # not use (the ImageNet classifier head); anything else must match exactly.
-    ignored_checkpoint_prefixes: tuple[str, ...] = ()
+    ignored_weight_prefixes: tuple[str, ...] = ()
 
     def _finalize(self) -> None:
         """Register the normalisation constants, freeze all parameters and enter eval mode."""
@@ -127,16 +127,16 @@ class Backbone(nn.Module, ABC):
     def load_weights(self, state_dict: Mapping[str, Tensor], *, source: str = "state dict") -> None:
         """Load ``state_dict`` strictly (see :func:`load_state_dict_strict`)."""
         load_state_dict_strict(
-            self, state_dict, ignore_prefixes=self.ignored_checkpoint_prefixes, source=source
+            self, state_dict, ignore_prefixes=self.ignored_weight_prefixes, source=source
         )
 
-    def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
-        """Load a safetensors or PyTorch checkpoint file strictly."""
+    def load_weights_file(self, path: str | os.PathLike[str]) -> None:
+        """Load a safetensors or PyTorch weights file strictly."""
         self.load_weights(read_weights_file(path), source=str(path))
 
-    def default_checkpoint(self, *, root: str | os.PathLike[str] | None = None) -> Path:
+    def default_weights_file(self, *, root: str | os.PathLike[str] | None = None) -> Path:
         """The file holding this backbone's published weights (downloaded if need be)."""
-        raise WeightsError(f"backbone {self.name!r} has no default weights; pass a checkpoint")
+        raise WeightsError(f"backbone {self.name!r} has no default weights; pass a weights file")
 
 
 def fetch_weight_file(

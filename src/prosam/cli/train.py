@@ -81,8 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from prosam.evaluation.evaluate import validation_miou
     from prosam.io import write_bytes_atomic
     from prosam.methods.prompt_encoder.feature_store import FeatureStore
-    from prosam.methods.prompt_encoder.method import PromptMethod
-    from prosam.methods.prompt_encoder.network import PromptModel, PromptModelConfig
+    from prosam.methods.prompt_encoder.method import PromptEncoderMethod
+    from prosam.methods.prompt_encoder.network import PromptNetwork, PromptNetworkConfig
     from prosam.methods.prompt_encoder.train import TrainSettings, train
     from prosam.sam import Predictor
 
@@ -93,9 +93,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     dataset, classes, scheme = dataset_and_classes(args)
     model_sam, cache = load_model(args)
-    backbone = build_backbone(args.backbone, checkpoint=args.backbone_checkpoint)
+    backbone = build_backbone(args.backbone, weights=args.backbone_checkpoint)
     backbone.to(model_sam.device)
-    config = PromptModelConfig(
+    config = PromptNetworkConfig(
         method=args.method,
         backbone=args.backbone,
         backbone_input=args.backbone_input,
@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         init_mu=args.init_mu,
         samples_train=args.samples,
     )
-    model = PromptModel(config, backbone.mid_channels).to(model_sam.device)
+    model = PromptNetwork(config, backbone.mid_channels).to(model_sam.device)
     val_episodes, val_classes = None, None
     if args.val_episodes:
         val_episodes, meta = load_episodes(args.val_episodes, dataset)
@@ -135,8 +135,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     validate = None
     if val_episodes:
 
-        def validate(net: PromptModel) -> float:
-            method = PromptMethod(model_sam, backbone, net, features=store.features)
+        def validate(net: PromptNetwork) -> float:
+            method = PromptEncoderMethod(model_sam, backbone, net, features=store.features)
             return validation_miou(method, store.predictor, val_episodes, val_classes)
 
     run_config = {

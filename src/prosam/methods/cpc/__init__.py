@@ -42,7 +42,7 @@ from prosam.methods.cpc.prompt_sets import (
     sample_sam_prompt,
     stack_prompt_sets,
 )
-from prosam.methods.cpc.sources import EncoderPromptSource, SamPromptSource, prompt_model_encoder
+from prosam.methods.cpc.sources import EncoderPromptSource, SamPromptSource, prompt_network_encoder
 from prosam.methods.overlaps import resolve_overlaps
 
 __all__ = [
@@ -74,7 +74,7 @@ __all__ = [
     "encode_sam_prompts",
     "encoder_prompt_sets",
     "one_hot_weights",
-    "prompt_model_encoder",
+    "prompt_network_encoder",
     "resolve_overlaps",
     "sam_prompt_sets",
     "sample_sam_prompt",

@@ -53,7 +53,7 @@ from prosam.methods.cpc.sources import (
     EncoderPromptSource,
     PromptSource,
     SamPromptSource,
-    prompt_model_encoder,
+    prompt_network_encoder,
 )
 from prosam.methods.overlaps import resolve_overlaps
 from prosam.prompts import ANNOTATION_KINDS, mask_to_box, random_points
@@ -349,15 +349,15 @@ def build_cpc(
         )
     else:
         from prosam.backbones import build_backbone
-        from prosam.methods.prompt_encoder.loading import load_prompt_model
+        from prosam.methods.prompt_encoder.loading import load_prompt_network
 
-        prompt_model, _ = load_prompt_model(prompt_source)
-        backbone = build_backbone(prompt_model.config.backbone, checkpoint=backbone_checkpoint)
+        prompt_network, _ = load_prompt_network(prompt_source)
+        backbone = build_backbone(prompt_network.config.backbone, weights=backbone_checkpoint)
         source = EncoderPromptSource(
-            prompt_model_encoder(
-                prompt_model.to(model.device),
+            prompt_network_encoder(
+                prompt_network.to(model.device),
                 backbone.to(model.device),
-                prompt_model.config.backbone_input,
+                prompt_network.config.backbone_input,
             )
         )
     return CPCMethod(model, mode=CPC_KINDS[kind], source=source, **options)

@@ -16,7 +16,7 @@ Two sources turn a recipe into tokens:
   then the two box corners. Unused slots hold SAM's not-a-point embedding (what SAM itself
   pads with) and are marked invalid, so token ``t`` plays the same role in every set.
 - **A reference encoder** (:func:`encoder_prompt_sets`): any ``prompts_for(annotation) ->
-  (1, Q, D)`` (e.g. a trained VRP / ProSAM prompt model) applied to the recipe's simulated
+  (1, Q, D)`` (e.g. a trained VRP / ProSAM prompt network) applied to the recipe's simulated
   annotation (point / scribble / noisy box / mask) of the reference; query ``t`` is aligned
   across sets by construction.
 

@@ -262,8 +262,10 @@ class EncoderPromptSource:
         return PromptSets(tokens, valid, list(recipes)), {}
 
 
-def prompt_model_encoder(model: torch.nn.Module, backbone: torch.nn.Module, size: int) -> EncodeFn:
-    """An :data:`EncodeFn` from a trained VRP / ProSAM ``PromptModel`` (its mean prompts).
+def prompt_network_encoder(
+    model: torch.nn.Module, backbone: torch.nn.Module, size: int
+) -> EncodeFn:
+    """An :data:`EncodeFn` from a trained VRP / ProSAM ``PromptNetwork`` (its mean prompts).
 
     Backbone features are cached per image object for the life of the function.
     """

@@ -9,15 +9,15 @@ from prosam.backbones import build_backbone
 from prosam.core.checkpoint import load_checkpoint
 from prosam.core.state_dict import load_state_dict_strict
 from prosam.errors import InputError, WeightsError
-from prosam.methods.prompt_encoder.method import PromptMethod
-from prosam.methods.prompt_encoder.network import PromptModel, PromptModelConfig
+from prosam.methods.prompt_encoder.method import PromptEncoderMethod
+from prosam.methods.prompt_encoder.network import PromptNetwork, PromptNetworkConfig
 from prosam.sam.model import FrozenSam
 
 
-def load_prompt_model(
+def load_prompt_network(
     checkpoint: str | os.PathLike[str], *, expected_method: str | None = None
-) -> tuple[PromptModel, dict[str, Any]]:
-    """The trained prompt model of a checkpoint (a path or a bundled name), loaded strictly,
+) -> tuple[PromptNetwork, dict[str, Any]]:
+    """The trained prompt network of a checkpoint (a path or a bundled name), loaded strictly,
     and the checkpoint config."""
     from prosam.pretrained import resolve_checkpoint
 
@@ -25,39 +25,39 @@ def load_prompt_model(
     ckpt = load_checkpoint(checkpoint)
     if "model" not in ckpt.config:
         raise WeightsError(f"{checkpoint}: no model config in the checkpoint")
-    config = PromptModelConfig.from_dict(ckpt.config["model"])
+    config = PromptNetworkConfig.from_dict(ckpt.config["model"])
     if expected_method is not None and config.method != expected_method:
         raise WeightsError(f"{checkpoint} holds a {config.method!r} model, not {expected_method!r}")
     mid = tuple(ckpt.config.get("backbone_mid_channels", ()))
     if len(mid) != 2:
         raise WeightsError(f"{checkpoint}: config lacks backbone_mid_channels")
-    model = PromptModel(config, (int(mid[0]), int(mid[1])))
+    model = PromptNetwork(config, (int(mid[0]), int(mid[1])))
     load_state_dict_strict(model, ckpt.model, source=f"{config.method} checkpoint {checkpoint}")
     return model.eval(), ckpt.config
 
 
-def load_prompt_method(
+def load_prompt_encoder_method(
     checkpoint: str | os.PathLike[str],
     sam: FrozenSam,
     *,
     expected_method: str | None = None,
     backbone_checkpoint: str | None = None,
     **options: Any,
-) -> PromptMethod:
-    """A ready-to-use :class:`PromptMethod` from a checkpoint written by ``prosam train``."""
-    model, config = load_prompt_model(checkpoint, expected_method=expected_method)
+) -> PromptEncoderMethod:
+    """A ready-to-use :class:`PromptEncoderMethod` from a checkpoint written by ``prosam train``."""
+    model, config = load_prompt_network(checkpoint, expected_method=expected_method)
     if int(config.get("sam_embed_dim", sam.embed_dim)) != sam.embed_dim:
         raise WeightsError(
             f"{checkpoint} was trained for {config.get('sam_embed_dim')}-d SAM prompts, "
             f"but {sam.name} uses {sam.embed_dim}"
         )
-    backbone = build_backbone(model.config.backbone, checkpoint=backbone_checkpoint)
-    return PromptMethod(sam, backbone.to(sam.device), model.to(sam.device), **options)
+    backbone = build_backbone(model.config.backbone, weights=backbone_checkpoint)
+    return PromptEncoderMethod(sam, backbone.to(sam.device), model.to(sam.device), **options)
 
 
 def build_trained(
     kind: str, model: FrozenSam, checkpoint: str | os.PathLike[str] | None = None, **options: Any
-) -> PromptMethod:
+) -> PromptEncoderMethod:
     """A ``vrp`` or ``prosam`` method from ``checkpoint``, or from the one bundled for the SAM."""
     from prosam.pretrained import PRETRAINED, default_checkpoint
 
@@ -69,18 +69,18 @@ def build_trained(
             f"method {kind!r} needs --checkpoint: a `prosam train` output or a bundled "
             f"name ({names}); none is bundled for SAM {model.name!r}"
         )
-    return load_prompt_method(checkpoint, model, expected_method=kind, **options)
+    return load_prompt_encoder_method(checkpoint, model, expected_method=kind, **options)
 
 
 def build_vrp(
     model: FrozenSam, checkpoint: str | os.PathLike[str] | None = None, **options: Any
-) -> PromptMethod:
+) -> PromptEncoderMethod:
     """VRP-SAM (the registry's ``vrp``)."""
     return build_trained("vrp", model, checkpoint, **options)
 
 
 def build_prosam(
     model: FrozenSam, checkpoint: str | os.PathLike[str] | None = None, **options: Any
-) -> PromptMethod:
+) -> PromptEncoderMethod:
     """ProSAM (the registry's ``prosam``)."""
     return build_trained("prosam", model, checkpoint, **options)

@@ -20,7 +20,7 @@ from prosam.errors import InputError
 from prosam.methods.base import MethodOutput, Reference, Target
 from prosam.methods.capabilities import PROMPT_NOISE, UNCERTAINTY
 from prosam.methods.prompt_encoder.network import (
-    PromptModel,
+    PromptNetwork,
     backbone_features,
     decode_prompt_logits,
 )
@@ -33,14 +33,14 @@ from prosam.methods.prompt_encoder.variational import (
 from prosam.sam.model import FrozenSam
 
 
-class PromptMethod:
+class PromptEncoderMethod:
     """A trained VRP or ProSAM prompt encoder used as a :class:`ReferenceMethod`."""
 
     def __init__(
         self,
         sam: FrozenSam,
         backbone: Backbone,
-        model: PromptModel,
+        model: PromptNetwork,
         *,
         strategy: str = "mean_prompt",
         samples: int = 10,

@@ -1,7 +1,7 @@
 """VRP-SAM and ProSAM as one model: a frozen backbone, a trainable prompt encoder, a frozen SAM.
 
-:class:`PromptModelConfig` is everything needed to rebuild a model (it is the JSON half of a
-checkpoint); :class:`PromptModel` holds the trainable encoder; :func:`decode_prompt_logits`
+:class:`PromptNetworkConfig` is everything needed to rebuild a model (it is the JSON half of a
+checkpoint); :class:`PromptNetwork` holds the trainable encoder; :func:`decode_prompt_logits`
 runs SAM's decoder on prompts for training and inference alike.
 """
 
@@ -30,7 +30,7 @@ METHOD_KINDS = ("vrp", "prosam")
 
 
 @dataclass
-class PromptModelConfig:
+class PromptNetworkConfig:
     """How a VRP / ProSAM model is built. Defaults follow the papers where they say."""
 
     method: str = "prosam"
@@ -60,7 +60,7 @@ class PromptModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PromptModelConfig:
+    def from_dict(cls, data: dict[str, Any]) -> PromptNetworkConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -68,10 +68,10 @@ class PromptModelConfig:
         return cls(**data)
 
 
-class PromptModel(nn.Module):
+class PromptNetwork(nn.Module):
     """The trainable part: a VRP encoder, or ProSAM's variational one."""
 
-    def __init__(self, config: PromptModelConfig, mid_channels: tuple[int, int]) -> None:
+    def __init__(self, config: PromptNetworkConfig, mid_channels: tuple[int, int]) -> None:
         super().__init__()
         self.config = config
         encoder = VRPEncoder(

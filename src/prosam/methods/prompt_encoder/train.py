@@ -32,7 +32,11 @@ from prosam.data.episodes import (
 from prosam.data.types import ANNOTATION_KINDS, Dataset, Episode
 from prosam.errors import InputError
 from prosam.methods.prompt_encoder.feature_store import FeatureStore
-from prosam.methods.prompt_encoder.network import PromptModel, decode_prompt_logits, stack_features
+from prosam.methods.prompt_encoder.network import (
+    PromptNetwork,
+    decode_prompt_logits,
+    stack_features,
+)
 from prosam.methods.prompt_encoder.variational import prosam_loss
 from prosam.prompts import downsample_annotation
 from prosam.sam.model import FrozenSam
@@ -92,7 +96,7 @@ def epoch_episodes(
 class _TrainingPrompts(torch.nn.Module):
     """Adapter so DDP wraps the call that produces training prompts."""
 
-    def __init__(self, model: PromptModel) -> None:
+    def __init__(self, model: PromptNetwork) -> None:
         super().__init__()
         self.model = model
 
@@ -103,7 +107,7 @@ class _TrainingPrompts(torch.nn.Module):
 
 
 def train(
-    model: PromptModel,
+    model: PromptNetwork,
     sam: FrozenSam,
     store: FeatureStore,
     dataset: Dataset,
@@ -112,7 +116,7 @@ def train(
     out_dir: str | Path,
     *,
     config: dict[str, Any],
-    validate: Callable[[PromptModel], float] | None = None,
+    validate: Callable[[PromptNetwork], float] | None = None,
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -223,7 +227,7 @@ def train(
 
 def episode_loss(
     prompt_fn: torch.nn.Module,
-    model: PromptModel,
+    model: PromptNetwork,
     sam: FrozenSam,
     store: FeatureStore,
     batch: Sequence[Episode],
