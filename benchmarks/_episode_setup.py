@@ -9,7 +9,6 @@ from prosam.data.episodes import load_episodes
 from prosam.data.specs import load_dataset_spec
 from prosam.data.types import Episode
 from prosam.sam import EmbeddingCache, FrozenSam, Predictor, load_sam
-from prosam.sam.embedding_cache import default_embedding_dir
 
 
 def episode_setting(
@@ -25,5 +24,5 @@ def episode_setting(
     )
     episodes, _ = load_episodes(episodes_path, dataset)
     model = load_sam(model_name)
-    cache = EmbeddingCache(default_embedding_dir(), f"{model.name}:{model.weights_sha256}")
+    cache = EmbeddingCache.for_sam(model)
     return list(episodes), model, Predictor(model, cache=cache)

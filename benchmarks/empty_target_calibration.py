@@ -69,7 +69,6 @@ from prosam.methods import build_method
 from prosam.methods.base import MethodOutput, ReferenceMethod, Target
 from prosam.metrics import confusion_counts
 from prosam.sam import EmbeddingCache, Predictor, load_sam
-from prosam.sam.embedding_cache import default_embedding_dir
 from prosam.sam.predictor import ImageEmbedding
 from prosam.sam.transforms import postprocess_logits
 
@@ -428,9 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_sam(args.model, device=args.device, cache_root=args.cache_dir)
     cache = None
     if not args.no_embedding_cache:
-        cache = EmbeddingCache(
-            default_embedding_dir(args.cache_dir), f"{model.name}:{model.weights_sha256}"
-        )
+        cache = EmbeddingCache.for_sam(model, args.cache_dir)
     predictor = Predictor(model, cache=cache)
     options = parse_method_options(args.method_option)
     method = build_method(args.method, model, checkpoint=args.checkpoint, **options)

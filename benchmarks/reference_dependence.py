@@ -17,11 +17,11 @@ import json
 import numpy as np
 from _episode_setup import episode_setting
 
-from prosam.evaluation.evaluate import original_size_mask
 from prosam.evaluation.references import episode_inputs
 from prosam.io import write_bytes_atomic
 from prosam.methods import build_method
 from prosam.metrics import mask_iou
+from prosam.sam.transforms import original_size_mask
 
 
 def main() -> None:

@@ -18,11 +18,11 @@ import numpy as np
 from _episode_setup import episode_setting
 from PIL import Image, ImageDraw
 
-from prosam.evaluation.evaluate import original_size_mask
 from prosam.evaluation.references import episode_inputs
 from prosam.io import write_image
 from prosam.methods import build_method
 from prosam.metrics import mask_iou
+from prosam.sam.transforms import original_size_mask
 from prosam.visualize import overlay_masks
 
 TILE = 240

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -278,3 +279,28 @@ def test_fetch_weight_file_verifies_and_caches(tmp_path) -> None:
     ):
         fetch_weight_file(unreachable, root=cache, progress=False)
     assert [p.name for p in path.parent.iterdir() if not p.name.endswith(".lock")] == [path.name]
+
+
+def test_feature_cache_computes_each_image_once(tmp_path):
+    from prosam.backbones.features import BackboneFeatureCache, backbone_features
+    from prosam.sam.embedding_cache import EmbeddingCache
+
+    backbone = build_backbone("efficientnet_lite0", pretrained=False)
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.integers(0, 256, (40, 50, 3), dtype=np.uint8) for _ in range(3))
+    memory = BackboneFeatureCache(backbone, 64, memory_items=2)
+    first = memory(a)
+    assert memory(a) is first and memory.computed == 1
+    torch.testing.assert_close(first.high, backbone_features(backbone, a, 64).high)
+    memory(b), memory(c)  # a is the least recently used: evicted
+    assert memory.computed == 3
+    memory(a.copy())  # another object with the same pixels: memory keys on identity
+    assert memory.computed == 4
+    disk = EmbeddingCache(tmp_path, "effnet:64")
+    on_disk = BackboneFeatureCache(backbone, 64, memory_items=0, disk=disk)
+    on_disk(a)
+    again = BackboneFeatureCache(backbone, 64, memory_items=0, disk=disk)
+    torch.testing.assert_close(again(a.copy()).high, first.high)
+    assert on_disk.computed == 1 and again.computed == 0  # the pixels' entry was on disk
+    with pytest.raises(InputError):
+        BackboneFeatureCache(backbone, 64, memory_items=-1)

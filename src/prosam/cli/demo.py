@@ -31,6 +31,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import prosam.label
     from prosam.data.coco import load_coco
     from prosam.io import write_image
+    from prosam.metrics import mask_iou
     from prosam.sam import Predictor
     from prosam.visualize import draw_box, overlay_masks
 
@@ -69,7 +70,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             preview = draw_box(preview, box)
         truth = sample.mask(cat)[0]
         union = np.any(masks, axis=0)
-        ious.append(float((union & truth).sum() / max((union | truth).sum(), 1)))
+        ious.append(mask_iou(union, truth))
         write_image(
             out / "from-boxes" / f"{Path(sample.key).stem}.jpg", overlay_masks(preview, masks)
         )

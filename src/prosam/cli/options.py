@@ -105,7 +105,6 @@ def attach_stable_from_args(args: argparse.Namespace, model: FrozenSam) -> None:
 
 def load_model(args: argparse.Namespace) -> tuple[FrozenSam, EmbeddingCache | None]:
     from prosam.sam import EmbeddingCache, load_sam
-    from prosam.sam.embedding_cache import default_embedding_dir
 
     model = load_sam(
         args.model,
@@ -116,9 +115,7 @@ def load_model(args: argparse.Namespace) -> tuple[FrozenSam, EmbeddingCache | No
     )
     cache = None
     if not getattr(args, "no_embedding_cache", False):
-        cache = EmbeddingCache(
-            default_embedding_dir(args.cache_dir), f"{model.name}:{model.weights_sha256}"
-        )
+        cache = EmbeddingCache.for_sam(model, args.cache_dir)
     return model, cache
 
 

@@ -70,7 +70,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from prosam.io import read_image, write_mask_png
     from prosam.methods import Reference, Target, build_method
     from prosam.sam import Predictor
-    from prosam.sam.transforms import postprocess_logits
+    from prosam.sam.transforms import original_size_mask
 
     ref_image = read_image(args.ref)
     annotation, kind = reference_annotation_from_args(args, ref_image.shape[:2])
@@ -91,8 +91,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             continue
         embedded = predictor.embed(image)
         result = method.predict(Target(image, embedded))
-        logits = postprocess_logits(result.low_res_logits[None].float(), embedded.geometry)
-        mask = (logits[0, 0] > 0).cpu().numpy()
+        mask = original_size_mask(result.low_res_logits, embedded.geometry)
         write_mask_png(out / f"{path.stem}.png", mask)
         print(f"{out / (path.stem + '.png')}: {int(mask.sum())} px, score {result.score:.3f}")
     return 1 if failed else 0

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -23,7 +22,11 @@ from prosam.evaluation.references import episode_inputs
 from prosam.methods.base import ReferenceMethod
 from prosam.metrics import FSSAccumulator
 from prosam.sam.predictor import Predictor
-from prosam.sam.transforms import ImageGeometry, postprocess_logits, resize_nearest
+from prosam.sam.transforms import (
+    ImageGeometry,
+    original_size_mask,
+    resize_nearest,
+)
 
 
 def working_resolution_logits(low_res: torch.Tensor, geometry: ImageGeometry) -> torch.Tensor:
@@ -31,12 +34,6 @@ def working_resolution_logits(low_res: torch.Tensor, geometry: ImageGeometry) ->
     s = geometry.image_size
     x = F.interpolate(low_res[None].float(), (s, s), mode="bilinear", align_corners=False)
     return x[0, :, : geometry.input_size[0], : geometry.input_size[1]]
-
-
-def original_size_mask(low_res_logits: torch.Tensor, geometry: ImageGeometry) -> np.ndarray:
-    """A method's ``(1, h, w)`` low-res logits as a boolean mask at the original image size."""
-    logits = low_res_logits.float()[None]
-    return (postprocess_logits(logits, geometry)[0, 0] > 0).cpu().numpy()
 
 
 @dataclass

@@ -36,13 +36,13 @@ from tqdm.auto import tqdm
 
 from prosam.data.types import Episode
 from prosam.errors import InputError
-from prosam.evaluation.evaluate import original_size_mask
 from prosam.evaluation.references import episode_inputs
 from prosam.methods.base import Reference, ReferenceMethod
 from prosam.methods.capabilities import PROMPT_NOISE, capabilities_of
 from prosam.metrics import mask_iou, mask_stability
 from prosam.prompts import box_to_mask, mask_to_box, noisy_box, simulate_annotation
 from prosam.sam.predictor import Predictor
+from prosam.sam.transforms import original_size_mask
 
 __all__ = [
     "ANNOTATION_PERTURBATIONS",

@@ -367,16 +367,12 @@ def load(
     ``embedding_cache`` caches the references' SAM embeddings under ``cache_dir``.
     """
     from prosam.sam import EmbeddingCache, load_sam
-    from prosam.sam.embedding_cache import default_embedding_dir
 
     if isinstance(model, FrozenSam):
         sam = model.to(device)
     else:
         sam = load_sam(model, device=device, cache_root=cache_dir, download_missing=download)
-    cache = None
-    if embedding_cache:
-        root = default_embedding_dir(cache_dir)
-        cache = EmbeddingCache(root, f"{sam.name}:{sam.weights_sha256}")
+    cache = EmbeddingCache.for_sam(sam, cache_dir) if embedding_cache else None
     return Segmenter(
         sam,
         method,

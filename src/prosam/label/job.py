@@ -56,7 +56,7 @@ from prosam.label.writers import (
 )
 from prosam.methods.base import ReferenceMethod, Target
 from prosam.sam.predictor import ImageEmbedding, Predictor
-from prosam.sam.transforms import postprocess_logits
+from prosam.sam.transforms import original_size_mask, postprocess_logits
 
 RECORD_VERSION = 1
 DEFAULT_SCORE_THRESHOLD = 0.0
@@ -212,14 +212,12 @@ def predict_classes(
     for name, method in methods.items():
         result = method.predict(target)
         low_res = result.low_res_logits
-        low_res = low_res.reshape(1, 1, *low_res.shape[-2:]).float()
-        logits = postprocess_logits(low_res, embedded.geometry)
-        mask = (logits[0, 0] > predictor.mask_threshold).cpu().numpy()
+        mask = original_size_mask(low_res, embedded.geometry, predictor.mask_threshold)
         area = int(mask.sum())
         kept = area > 0 and area >= min_area_fraction * h * w and result.score >= score_threshold
         if not kept:
             mask = np.zeros_like(mask)
-        unc = uncertainty_in_mask(result.extras, mask, embedded, tuple(low_res.shape))
+        unc = uncertainty_in_mask(result.extras, mask, embedded, tuple(low_res.shape[-2:]))
         out.append(ClassPrediction(name, mask, float(result.score), kept, unc))
     return out
 

@@ -170,7 +170,7 @@ def backbone_feature_fn(
 ) -> Callable[[Any, Any], Any]:
     """``fn(image, embedded) -> (C, h, w)``: one level of a frozen backbone's features."""
     from prosam.backbones import build_backbone
-    from prosam.methods.prompt_encoder.network import backbone_features
+    from prosam.backbones.features import backbone_features
 
     if level not in ("high", "mid0", "mid1"):
         raise InputError(f"level must be high, mid0 or mid1, got {level!r}")

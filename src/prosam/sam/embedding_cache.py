@@ -16,6 +16,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,6 +56,12 @@ class EmbeddingCache:
         self.model_id = model_id
         self.hits = 0
         self.misses = 0
+
+    @classmethod
+    def for_sam(cls, sam: Any, cache_root: str | os.PathLike[str] | None = None) -> EmbeddingCache:
+        """The cache of ``sam``'s image embeddings (a :class:`~prosam.sam.model.FrozenSam`)
+        under ``<cache root>/embeddings``, keyed by its weights' name and sha256."""
+        return cls(default_embedding_dir(cache_root), f"{sam.name}:{sam.weights_sha256}")
 
     def key(self, image: np.ndarray) -> str:
         """The entry key of ``image`` for this model and preprocessing version."""

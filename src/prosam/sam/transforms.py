@@ -120,3 +120,12 @@ def resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize a boolean mask with nearest neighbour."""
     t = torch.from_numpy(mask.astype(np.uint8))[None, None]
     return F.interpolate(t, size, mode="nearest")[0, 0].numpy().astype(bool)
+
+
+def original_size_mask(
+    low_res_logits: torch.Tensor, geometry: ImageGeometry, threshold: float = 0.0
+) -> np.ndarray:
+    """A method's ``(1, h, w)`` (or ``(h, w)``) low-res logits as a boolean mask at the
+    original image size: upsampled, un-padded, then ``> threshold``."""
+    logits = low_res_logits.float().reshape(1, 1, *low_res_logits.shape[-2:])
+    return (postprocess_logits(logits, geometry)[0, 0] > threshold).cpu().numpy()

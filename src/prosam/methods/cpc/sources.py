@@ -27,6 +27,7 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
+from prosam.backbones.features import BackboneFeatureCache
 from prosam.errors import InputError
 from prosam.methods.base import Reference, Target
 from prosam.methods.cpc.prompt_sets import (
@@ -269,18 +270,7 @@ def prompt_network_encoder(
 
     Backbone features are cached per image object for the life of the function.
     """
-    from prosam.methods.prompt_encoder.network import backbone_features
-
-    cache: dict[int, tuple[np.ndarray, Any]] = {}
-
-    def features(image: np.ndarray) -> Any:
-        hit = cache.get(id(image))
-        if hit is None or hit[0] is not image:
-            if len(cache) > 64:
-                cache.clear()
-            hit = (image, backbone_features(backbone, image, size))  # type: ignore[arg-type]
-            cache[id(image)] = hit
-        return hit[1]
+    features = BackboneFeatureCache(backbone, size, memory_items=64)  # type: ignore[arg-type]
 
     @torch.no_grad()
     def encode(reference: Reference, annotation: np.ndarray, image: np.ndarray) -> Tensor:

@@ -12,12 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from prosam.backbones.base import Backbone, BackboneFeatures
+from prosam.backbones.features import BackboneFeatureCache
 from prosam.data.types import Sample
-from prosam.methods.prompt_encoder.network import (
-    backbone_features,
-    features_to_tensors,
-    tensors_to_features,
-)
 from prosam.sam.embedding_cache import EmbeddingCache
 from prosam.sam.predictor import ImageEmbedding, Predictor
 
@@ -36,26 +32,18 @@ class FeatureStore:
         self.predictor = predictor
         self.backbone = backbone
         self.backbone_input = backbone_input
-        self.cache = (
+        disk = (
             EmbeddingCache(Path(cache_root), f"{backbone_id}:{backbone_input}")
             if cache_root is not None
             else None
         )
+        self.cache = BackboneFeatureCache(backbone, backbone_input, memory_items=0, disk=disk)
 
     def embedding(self, image: np.ndarray) -> ImageEmbedding:
         return self.predictor.embed(image)
 
     def features(self, image: np.ndarray) -> BackboneFeatures:
-        if self.cache is None:
-            return backbone_features(self.backbone, image, self.backbone_input)
-
-        def compute() -> tuple[dict, dict]:
-            feats = backbone_features(self.backbone, image, self.backbone_input)
-            return features_to_tensors(feats), {}
-
-        tensors, _ = self.cache.get_or_compute(image, compute)
-        device = next(self.backbone.parameters()).device
-        return tensors_to_features({k: v.to(device) for k, v in tensors.items()})
+        return self.cache(image)
 
     def sample(self, sample: Sample) -> tuple[np.ndarray, ImageEmbedding, BackboneFeatures]:
         image = sample.image()

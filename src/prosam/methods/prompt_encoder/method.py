@@ -16,12 +16,12 @@ import torch
 from torch import Tensor
 
 from prosam.backbones.base import Backbone, BackboneFeatures
+from prosam.backbones.features import BackboneFeatureCache
 from prosam.errors import InputError
 from prosam.methods.base import MethodOutput, Reference, Target
 from prosam.methods.capabilities import PROMPT_NOISE, UNCERTAINTY
 from prosam.methods.prompt_encoder.network import (
     PromptNetwork,
-    backbone_features,
     decode_prompt_logits,
 )
 from prosam.methods.prompt_encoder.variational import (
@@ -62,15 +62,10 @@ class PromptEncoderMethod:
         self.samples = samples
         self.uncertainty = uncertainty
         self.seed = seed
-        self._feature_fn = features
+        self._features = features or BackboneFeatureCache(backbone, self.config.backbone_input)
         self._refs: list[tuple[BackboneFeatures, Tensor]] = []
         if self.config.method != "prosam" and (strategy != "mean_prompt" or uncertainty):
             raise InputError("sampling strategies and uncertainty need a ProSAM model")
-
-    def _features(self, image: np.ndarray) -> BackboneFeatures:
-        if self._feature_fn is not None:
-            return self._feature_fn(image)
-        return backbone_features(self.backbone, image, self.config.backbone_input)
 
     @torch.inference_mode()
     def fit(self, references: Sequence[Reference]) -> None:

@@ -10,12 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prosam.backbones.base import Backbone, BackboneFeatures
+from prosam.backbones.base import BackboneFeatures
 from prosam.errors import InputError
 from prosam.methods.prompt_encoder.encoder import VRPEncoder
 from prosam.methods.prompt_encoder.variational import (
@@ -152,37 +150,3 @@ def decode_prompt_logits(
         logits.append(torch.cat([lo for lo, _ in parts]))
         ious.append(torch.cat([iou[:, 0] for _, iou in parts]))
     return torch.stack(logits, 1), torch.stack(ious, 1)
-
-
-def image_to_backbone_input(image: np.ndarray, size: int, device: torch.device) -> Tensor:
-    """An ``(H, W, 3) uint8`` image as a ``(1, 3, size, size)`` float tensor in ``[0, 1]``.
-
-    VRP-SAM feeds its backbone square resized images; aspect ratio is not kept.
-    """
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
-    x = F.interpolate(x / 255.0, (size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x.clamp_(0.0, 1.0)
-
-
-@torch.inference_mode()
-def backbone_features(backbone: Backbone, image: np.ndarray, size: int) -> BackboneFeatures:
-    """Backbone features of one image (batch of 1)."""
-    device = next(backbone.parameters()).device
-    return backbone(image_to_backbone_input(image, size, device))
-
-
-def features_to_tensors(features: BackboneFeatures) -> dict[str, Tensor]:
-    """For the on-disk feature cache."""
-    return {"mid0": features.mid[0], "mid1": features.mid[1], "high": features.high}
-
-
-def tensors_to_features(tensors: dict[str, Tensor]) -> BackboneFeatures:
-    return BackboneFeatures((tensors["mid0"], tensors["mid1"]), tensors["high"])
-
-
-def stack_features(items: list[BackboneFeatures]) -> BackboneFeatures:
-    """Concatenate batch-1 features into one batch."""
-    return BackboneFeatures(
-        (torch.cat([f.mid[0] for f in items]), torch.cat([f.mid[1] for f in items])),
-        torch.cat([f.high for f in items]),
-    )

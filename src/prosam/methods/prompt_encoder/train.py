@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prosam.backbones.base import BackboneFeatures
+from prosam.backbones.features import stack_features
 from prosam.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from prosam.data.episodes import (
     make_episodes,
@@ -32,11 +33,7 @@ from prosam.data.episodes import (
 from prosam.data.types import ANNOTATION_KINDS, Dataset, Episode
 from prosam.errors import InputError
 from prosam.methods.prompt_encoder.feature_store import FeatureStore
-from prosam.methods.prompt_encoder.network import (
-    PromptNetwork,
-    decode_prompt_logits,
-    stack_features,
-)
+from prosam.methods.prompt_encoder.network import PromptNetwork, decode_prompt_logits
 from prosam.methods.prompt_encoder.variational import prosam_loss
 from prosam.prompts import downsample_annotation
 from prosam.sam.model import FrozenSam
