@@ -175,3 +175,13 @@ def test_writer_checks(tmp_path):
     with pytest.raises(ValueError, match="unknown format"):
         make_writer("tiff", tmp_path, ["a"])
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_polygons_are_corner_pixels_in_raster_order():
+    mask = np.zeros((40, 50), bool)
+    mask[25:35, 2:8] = True  # starts lower: second
+    mask[5:30, 20:45] = True  # first pixel (5, 20): first
+    first, second = mask_polygons(mask)
+    assert sorted(map(tuple, first.tolist())) == [(20, 5), (20, 29), (44, 5), (44, 29)]
+    assert sorted(map(tuple, second.tolist())) == [(2, 25), (2, 34), (7, 25), (7, 34)]
+    np.testing.assert_array_equal(rasterize_polygons([first, second], mask.shape), mask)

@@ -39,7 +39,6 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
-from scipy import ndimage
 
 from prosam import __version__
 from prosam.errors import InputError
@@ -344,72 +343,29 @@ class CocoWriter:
 
 # --------------------------------------------------------------------------- YOLO
 
-# 8-neighbourhood as (dy, dx), clockwise on screen (y down) starting east.
-_DIRS = ((0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1))
-_EIGHT = np.ones((3, 3), dtype=bool)
-
-
-def _trace_outer(padded: np.ndarray, y0: int, x0: int) -> list[tuple[int, int]]:
-    """Moore-neighbour (radial sweep) tracing of the outer boundary of the 8-connected
-    component holding ``(y0, x0)``, its first pixel in raster order. ``padded`` has a
-    background border. Returns ``(y, x)`` boundary pixels, clockwise on screen."""
-    points = [(y0, x0)]
-    y, x, back, first = y0, x0, 4, -1  # we "came from" the west, which is background
-    while True:
-        for k in range(1, 9):
-            d = (back + k) % 8
-            dy, dx = _DIRS[d]
-            if padded[y + dy, x + dx]:
-                break
-        else:
-            return points  # an isolated pixel
-        if (y, x) == (y0, x0):
-            if first < 0:
-                first = d
-            elif d == first:  # leaving the start the same way again: the loop is closed
-                return points[:-1]
-        y, x, back = y + dy, x + dx, (d + 4) % 8
-        points.append((y, x))
-
-
-def _drop_collinear(points: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    n = len(points)
-    if n < 3:
-        return points
-    keep = []
-    for i in range(n):
-        (ay, ax), (by, bx), (cy, cx) = points[i - 1], points[i], points[(i + 1) % n]
-        if (by - ay, bx - ax) != (cy - by, cx - bx):
-            keep.append(points[i])
-    return keep
-
 
 def mask_polygons(mask: np.ndarray) -> list[np.ndarray]:
     """Outer boundary polygons of a mask's 8-connected components, as ``(N, 2)`` ``x, y``
-    pixel coordinates (collinear points dropped, like OpenCV's ``CHAIN_APPROX_SIMPLE``).
+    pixel coordinates (OpenCV's ``findContours``, collinear points dropped by
+    ``CHAIN_APPROX_SIMPLE``, as Ultralytics' converter does).
 
     Holes are not represented (YOLO-seg polygons have none, so a hole comes back filled);
-    components of one or two pixels, too small to give a polygon of three points, are left
-    out. Components come in raster order of their first pixel.
+    a component one pixel wide keeps every boundary pixel; components of one or two pixels,
+    too small to give a polygon of three points, are left out. Components come in raster
+    order of their first pixel.
     """
-    mask = np.asarray(mask, dtype=bool)
-    labels, _ = ndimage.label(mask, structure=_EIGHT)
+    import cv2
+
+    pixels = np.ascontiguousarray(np.asarray(mask, dtype=bool), dtype=np.uint8)
+    simple, _ = cv2.findContours(pixels, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    full, _ = cv2.findContours(pixels, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     polygons = []
-    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
+    for short, long in zip(simple, full, strict=True):
+        contour = short if len(short) >= 3 else long  # a line of pixels: keep its pixels
+        if len(contour) < 3:
             continue
-        component = labels[sl] == i
-        padded = np.pad(component, 1)
-        ys, xs = np.nonzero(padded)
-        contour = _trace_outer(padded, int(ys[0]), int(xs[0]))
-        simple = _drop_collinear(contour)
-        if len(simple) < 3:
-            simple = contour  # a straight line of pixels: keep its pixels
-        if len(simple) < 3:
-            continue
-        yx = np.asarray(simple, dtype=np.int64) - 1 + [sl[0].start, sl[1].start]
-        polygons.append(yx[:, ::-1].copy())
-    return polygons
+        polygons.append(contour.reshape(-1, 2).astype(np.int64))
+    return sorted(polygons, key=lambda xy: min((int(y), int(x)) for x, y in xy))
 
 
 class YoloWriter(_PerImageWriter):
@@ -464,18 +420,15 @@ def read_yolo_polygons(
 
 def rasterize_polygons(polygons: Sequence[np.ndarray], image_size: tuple[int, int]) -> np.ndarray:
     """Fill ``x, y`` pixel polygons (outline included) into a bool ``(H, W)`` mask."""
-    from PIL import ImageDraw
+    import cv2
 
     h, w = image_size
-    img = Image.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(img)
+    img = np.zeros((h, w), dtype=np.uint8)
     for poly in polygons:
-        pts = [(float(x), float(y)) for x, y in np.rint(poly)]
-        if len(pts) == 1:
-            draw.point(pts, fill=1)
-        else:
-            draw.polygon(pts, fill=1, outline=1)
-    return np.asarray(img, dtype=bool)
+        pts = np.rint(np.asarray(poly, dtype=np.float64)).astype(np.int32).reshape(-1, 1, 2)
+        cv2.fillPoly(img, [pts], 1)
+        cv2.polylines(img, [pts], isClosed=True, color=1)
+    return img.astype(bool)
 
 
 # --------------------------------------------------------------------------- overlays
