@@ -135,3 +135,16 @@ def test_demo_labels_the_bundled_photos(tmp_path, capsys):
     ]
     assert len(list((out / "from-boxes").iterdir())) == 3
     assert "labelled 2 photos" in capsys.readouterr().out
+
+
+def test_building_the_parser_imports_no_model_code():
+    """``prosam --help`` stays fast: no torch, no SAM, no method module before a command runs."""
+    code = (
+        "import sys; from prosam.cli import build_parser; build_parser(); "
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'torchvision', 'segment_anything', 'cv2', 'scipy') "
+        "or m.startswith(('prosam.sam', 'prosam.label.job', 'prosam.methods.persam'))); "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

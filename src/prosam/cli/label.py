@@ -24,6 +24,8 @@ from prosam.cli.options import (
 )
 from prosam.errors import InputError
 from prosam.label.targets import expand_label_targets
+from prosam.methods.capabilities import UNCERTAINTY
+from prosam.methods.registry import list_methods
 
 if TYPE_CHECKING:
     pass
@@ -89,7 +91,7 @@ def parse_formats(text: str) -> list[str]:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``prosam label`` to the ``prosam`` command's subparsers."""
-    from prosam.label.job import (
+    from prosam.label.defaults import (
         DEFAULT_MAX_PIXELS,
         DEFAULT_MIN_AREA_FRACTION,
         DEFAULT_SCORE_THRESHOLD,
@@ -230,6 +232,9 @@ def cmd_label(args: argparse.Namespace) -> int:
     targets = expand_label_targets(args.targets, recursive=args.recursive)
     if not targets:
         raise InputError("no target images found")
+    able = [m.name for m in list_methods() if UNCERTAINTY in m.capabilities]
+    if args.uncertainty and args.method not in able:
+        raise InputError(f"--uncertainty needs a method with an uncertainty map: {', '.join(able)}")
     from prosam.label.api import Segmenter
     from prosam.sam import Predictor
 

@@ -28,7 +28,7 @@ def _scales(text: str) -> tuple[float, ...]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from prosam.methods.prompt_encoder.verification import VerificationSettings
+    from prosam.methods.prompt_encoder.verification_settings import VerificationSettings
 
     d = VerificationSettings()
     p = sub.add_parser("study", help="studies from the papers")

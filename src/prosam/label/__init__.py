@@ -4,48 +4,51 @@
   ``label`` and ``save_png`` / ``save_coco`` / ``save_yolo`` / ``save_overlay``;
 - :mod:`prosam.label.job`: the resumable, shardable :class:`LabelJob`;
 - :mod:`prosam.label.writers`: the output formats;
-- :mod:`prosam.label.cli`: ``prosam label``.
+- :mod:`prosam.label.targets`: which files a job targets.
+
+Names are exported lazily, so the ``prosam label`` parser loads no model code.
 """
 
-from prosam.label.api import (
-    LabelResult,
-    Segmenter,
-    annotation_to_mask,
-    load,
-    save_coco,
-    save_overlay,
-    save_png,
-    save_yolo,
-)
-from prosam.label.job import LabelJob, LabelSummary, finalize_outputs, plan_targets
-from prosam.label.writers import (
-    FORMATS,
-    CocoWriter,
-    LabelMask,
-    OverlayWriter,
-    PngWriter,
-    Writer,
-    YoloWriter,
-)
+from __future__ import annotations
 
-__all__ = [
-    "FORMATS",
-    "CocoWriter",
-    "LabelJob",
-    "LabelMask",
-    "LabelResult",
-    "LabelSummary",
-    "OverlayWriter",
-    "PngWriter",
-    "Segmenter",
-    "Writer",
-    "YoloWriter",
-    "annotation_to_mask",
-    "finalize_outputs",
-    "load",
-    "plan_targets",
-    "save_coco",
-    "save_overlay",
-    "save_png",
-    "save_yolo",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "LabelResult",
+            "Segmenter",
+            "annotation_to_mask",
+            "load",
+            "save_coco",
+            "save_overlay",
+            "save_png",
+            "save_yolo",
+        ),
+        "prosam.label.api",
+    ),
+    **dict.fromkeys(
+        ("LabelJob", "LabelSummary", "finalize_outputs", "plan_targets"), "prosam.label.job"
+    ),
+    **dict.fromkeys(
+        (
+            "FORMATS",
+            "CocoWriter",
+            "LabelMask",
+            "OverlayWriter",
+            "PngWriter",
+            "Writer",
+            "YoloWriter",
+        ),
+        "prosam.label.writers",
+    ),
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'prosam.label' has no attribute {name!r}")

@@ -45,6 +45,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from prosam.errors import InputError, ProsamError
 from prosam.io import read_image, write_bytes_atomic
+from prosam.label.defaults import (
+    DEFAULT_CLASS,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_AREA_FRACTION,
+    DEFAULT_SCORE_THRESHOLD,
+)
 from prosam.label.writers import (
     FORMATS,
     CocoWriter,
@@ -59,10 +65,6 @@ from prosam.sam.predictor import ImageEmbedding, Predictor
 from prosam.sam.transforms import original_size_mask, postprocess_logits
 
 RECORD_VERSION = 1
-DEFAULT_SCORE_THRESHOLD = 0.0
-DEFAULT_MIN_AREA_FRACTION = 1e-4
-DEFAULT_MAX_PIXELS = 8192 * 8192
-DEFAULT_CLASS = "object"
 
 _OOM_ERRORS: tuple[type[BaseException], ...] = (
     getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
