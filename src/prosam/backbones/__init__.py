@@ -10,7 +10,7 @@ from prosam.backbones.base import (
     load_state_dict_strict,
 )
 from prosam.backbones.dinov2 import DINOv2
-from prosam.backbones.efficientnet_lite import EfficientNetLite0
+from prosam.backbones.efficientnet_lite import EfficientNetLite0, EfficientNetLite2
 from prosam.backbones.registry import BACKBONES, DEFAULT_BACKBONE, build_backbone
 from prosam.backbones.resnet import DeepStemResNet50, ResNet50
 from prosam.backbones.vgg import VGG16BN
@@ -26,6 +26,7 @@ __all__ = [
     "DINOv2",
     "DeepStemResNet50",
     "EfficientNetLite0",
+    "EfficientNetLite2",
     "ResNet50",
     "WeightFile",
     "build_backbone",

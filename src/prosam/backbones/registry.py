@@ -9,7 +9,7 @@ from typing import Any
 
 from prosam.backbones.base import Backbone
 from prosam.backbones.dinov2 import DINOv2
-from prosam.backbones.efficientnet_lite import EfficientNetLite0
+from prosam.backbones.efficientnet_lite import EfficientNetLite0, EfficientNetLite2
 from prosam.backbones.resnet import DeepStemResNet50, ResNet50
 from prosam.backbones.vgg import VGG16BN
 from prosam.errors import InputError
@@ -18,6 +18,7 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {
     "efficientnet_lite0": EfficientNetLite0,
+    "efficientnet_lite2": EfficientNetLite2,
     "resnet50": ResNet50,
     "resnet50_deepstem": DeepStemResNet50,
     "vgg16_bn": VGG16BN,
