@@ -78,7 +78,7 @@ class Predictor:
         return ImageEmbedding(tensors["embedding"].to(self.model.device), geometry)
 
     @torch.inference_mode()
-    def predict(
+    def predict_low_res(
         self,
         embedded: ImageEmbedding,
         *,
@@ -87,16 +87,9 @@ class Predictor:
         box: np.ndarray | None = None,
         mask_input: np.ndarray | torch.Tensor | None = None,
         multimask_output: bool = True,
-    ) -> Prediction:
-        """Predict masks from prompts.
-
-        Arguments:
-          points: ``(N, 2)`` xy pixel coordinates in the original image.
-          point_labels: ``(N,)``, 1 = foreground, 0 = background (all 1 when omitted).
-          box: ``(4,)`` xyxy in the original image.
-          mask_input: ``(1, 256, 256)`` low-res logits from an earlier prediction.
-          multimask_output: three candidate masks (SAM's choice for a single point) or one.
-        """
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's ``(M, 256, 256)`` low-res logits and ``(M,)`` predicted IoUs for
+        the prompts of :meth:`predict`, without upsampling to the image."""
         geometry = embedded.geometry
         device = self.model.device
         point_arg = None
@@ -134,9 +127,39 @@ class Predictor:
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
         )
-        logits = postprocess_logits(low_res, geometry)
+        return low_res[0], iou[0]
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        embedded: ImageEmbedding,
+        *,
+        points: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> Prediction:
+        """Predict masks from prompts.
+
+        Arguments:
+          points: ``(N, 2)`` xy pixel coordinates in the original image.
+          point_labels: ``(N,)``, 1 = foreground, 0 = background (all 1 when omitted).
+          box: ``(4,)`` xyxy in the original image.
+          mask_input: ``(1, 256, 256)`` low-res logits from an earlier prediction.
+          multimask_output: three candidate masks (SAM's choice for a single point) or one.
+        """
+        low_res, iou = self.predict_low_res(
+            embedded,
+            points=points,
+            point_labels=point_labels,
+            box=box,
+            mask_input=mask_input,
+            multimask_output=multimask_output,
+        )
+        logits = postprocess_logits(low_res[None], embedded.geometry)
         masks = (logits > self.mask_threshold)[0].cpu().numpy()
-        return Prediction(masks, iou[0].float().cpu().numpy(), low_res[0])
+        return Prediction(masks, iou.float().cpu().numpy(), low_res)
 
     def predict_image(self, image: np.ndarray, **prompts: object) -> Prediction:
         """Embed ``image`` and predict in one call; see :meth:`predict` for the prompts."""
