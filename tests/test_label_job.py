@@ -14,7 +14,7 @@ import prosam.label.job as job_module
 from prosam.errors import InputError
 from prosam.io import read_label_map
 from prosam.label.job import LabelJob, plan_targets
-from prosam.methods.base import MethodOutput, ReferenceMethod, Target
+from prosam.methods.base import InstanceMask, MethodOutput, ReferenceMethod, Target
 from prosam.sam import Predictor
 
 ALL_FORMATS = ["png", "png-indexed", "coco", "yolo", "overlay"]
@@ -273,3 +273,33 @@ def test_other_configuration_is_refused_and_new_formats_are_backfilled(
     method = BrightMethod(score=0.2)
     summary = _job(predictor, tmp_path, method, score_threshold=0.5, restart=True).run(targets[:3])
     assert method.calls == 3 and summary.empty == 3
+
+
+class SplitMethod(BrightMethod):
+    """BrightMethod's mask as two instances: its left and its right half."""
+
+    def predict(self, target: Target) -> MethodOutput:
+        out = super().predict(target)
+        half = out.low_res_logits.shape[-1] // 8  # inside the image for these sizes
+        left, right = out.low_res_logits.clone(), out.low_res_logits.clone()
+        left[..., half:] = -10.0
+        right[..., :half] = -10.0
+        out.instances = [InstanceMask(left, 0.7), InstanceMask(right, 0.6)]
+        return out
+
+
+def test_instances_reach_coco_and_come_back_from_the_records(tmp_path, targets, predictor):
+    out = tmp_path / "out"
+    _job(predictor, out, SplitMethod(), formats=["coco", "instances"]).run(targets)
+    coco = json.loads((out / "coco.json").read_text())
+    per_image: dict[int, list[float]] = {}
+    for a in coco["annotations"]:
+        per_image.setdefault(a["image_id"], []).append(a["score"])
+    assert per_image and all(sorted(s) in ([0.7], [0.6], [0.6, 0.7]) for s in per_image.values())
+    assert any(len(s) == 2 for s in per_image.values())
+    record = json.loads(next((out / "records").glob("*.json")).read_text())
+    assert "instances" in record["classes"][0]
+    first = (out / "coco.json").read_bytes()
+    (out / "coco.json").unlink()
+    job_module.finalize_outputs(out, ["coco"])
+    assert (out / "coco.json").read_bytes() == first  # rebuilt from the records alone

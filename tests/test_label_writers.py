@@ -185,3 +185,41 @@ def test_polygons_are_corner_pixels_in_raster_order():
     assert sorted(map(tuple, first.tolist())) == [(20, 5), (20, 29), (44, 5), (44, 29)]
     assert sorted(map(tuple, second.tolist())) == [(2, 25), (2, 34), (7, 25), (7, 34)]
     np.testing.assert_array_equal(rasterize_polygons([first, second], mask.shape), mask)
+
+
+def _two_cats() -> LabelMask:
+    left = np.zeros((H, W), bool)
+    left[5:20, 4:20] = True
+    right = np.zeros((H, W), bool)
+    right[10:40, 18:50] = True  # touches the left one: one component in the class mask
+    return LabelMask("cat", left | right, 0.9, None, [(right, 0.8), (encode_mask(left), 0.6)])
+
+
+def test_instances_give_one_coco_annotation_and_one_yolo_row_each(tmp_path):
+    cats = _two_cats()
+    coco = CocoWriter(tmp_path, ["cat"])
+    coco.add("img", (H, W), [cats])
+    assert [a["score"] for a in coco.annotations] == [0.8, 0.6]
+    areas = [a["area"] for a in coco.annotations]
+    assert areas == [30 * 32, 15 * 16]
+    yolo = YoloWriter(tmp_path, ["cat"])
+    yolo.add("img", (H, W), [cats])
+    rows = read_yolo_polygons(tmp_path / "yolo" / "img.txt", (H, W))
+    assert len(rows) == 2  # the class mask alone would give one polygon
+    single = YoloWriter(tmp_path / "single", ["cat"])
+    single.add("img", (H, W), [LabelMask("cat", cats.mask, 0.9)])
+    assert len(read_yolo_polygons(tmp_path / "single" / "yolo" / "img.txt", (H, W))) == 1
+
+
+def test_instance_pngs_number_objects_best_first(tmp_path):
+    writer = make_writer("instances", tmp_path, ["cat", "dog"])
+    writer.add("img", (H, W), [_two_cats()])
+    ids = np.asarray(Image.open(tmp_path / "instances" / "cat" / "img.png"))
+    assert ids[30, 30] == 1 and ids[6, 6] == 2 and ids[45, 60] == 0
+    assert ids[15, 19] == 1  # where the two overlap, the better-scoring object wins
+    dog = np.asarray(Image.open(tmp_path / "instances" / "dog" / "img.png"))
+    assert not dog.any()
+    plain = make_writer("instances", tmp_path / "plain", ["cat"])
+    plain.add("img", (H, W), [LabelMask("cat", SHAPES["disk"], 0.5)])
+    ids = np.asarray(Image.open(tmp_path / "plain" / "instances" / "cat" / "img.png"))
+    np.testing.assert_array_equal(ids == 1, SHAPES["disk"])

@@ -43,6 +43,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("targets", nargs="+", help="target images or folders")
     p.add_argument("--out", required=True, help="output folder: OUT/<target stem>.png")
     add_method_choice(p, default="persam")
+    p.add_argument(
+        "--instances",
+        action="store_true",
+        help="also write OUT/<target stem>-instances.png: 0 background, i the i-th object "
+        "(best first; a method without instances gives its mask as object 1)",
+    )
     add_checkpoint_option(p)
     add_stable_option(p)
     add_model_args(p)
@@ -68,6 +74,7 @@ def reference_annotation_from_args(
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from prosam.io import read_image, write_mask_png
+    from prosam.label.writers import write_instance_png
     from prosam.methods import Reference, Target, build_method
     from prosam.sam import Predictor
     from prosam.sam.transforms import original_size_mask
@@ -93,5 +100,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
         result = method.predict(Target(image, embedded))
         mask = original_size_mask(result.low_res_logits, embedded.geometry)
         write_mask_png(out / f"{path.stem}.png", mask)
-        print(f"{out / (path.stem + '.png')}: {int(mask.sum())} px, score {result.score:.3f}")
+        found = ""
+        if args.instances:
+            objects = [
+                (original_size_mask(i.low_res_logits, embedded.geometry) & mask, i.score)
+                for i in result.instances
+            ] or [(mask, result.score)]
+            write_instance_png(out / f"{path.stem}-instances.png", objects, mask.shape)
+            found = f", {len(objects)} object(s)"
+        print(
+            f"{out / (path.stem + '.png')}: {int(mask.sum())} px, score {result.score:.3f}{found}"
+        )
     return 1 if failed else 0

@@ -71,6 +71,7 @@ class LabelResult:
     scores: dict[str, float]
     uncertainty: dict[str, float | None]
     source: str | None = None
+    instances: dict[str, list[tuple[np.ndarray, float]]] = field(default_factory=dict)
     file_name: str | None = None
     image: np.ndarray | None = field(default=None, repr=False)
 
@@ -82,7 +83,13 @@ class LabelResult:
     def label_masks(self) -> list[LabelMask]:
         """The found masks as writer input."""
         return [
-            LabelMask(c, self.masks[c], self.scores[c], {"uncertainty": self.uncertainty[c]})
+            LabelMask(
+                c,
+                self.masks[c],
+                self.scores[c],
+                {"uncertainty": self.uncertainty[c]},
+                self.instances.get(c, []),
+            )
             for c in self.found
         ]
 
@@ -342,6 +349,7 @@ def _result(
         masks={p.class_name: p.mask for p in preds},
         scores={p.class_name: p.score for p in preds},
         uncertainty={p.class_name: p.uncertainty for p in preds},
+        instances={p.class_name: p.instances for p in preds},
         source=source,
         file_name=file_name,
         image=image if source is None else None,

@@ -173,6 +173,7 @@ class ClassPrediction:
     score: float
     kept: bool
     uncertainty: float | None = None
+    instances: list[tuple[np.ndarray, float]] = field(default_factory=list)
 
 
 def uncertainty_in_mask(
@@ -220,14 +221,22 @@ def predict_classes(
         if not kept:
             mask = np.zeros_like(mask)
         unc = uncertainty_in_mask(result.extras, mask, embedded, tuple(low_res.shape[-2:]))
-        out.append(ClassPrediction(name, mask, float(result.score), kept, unc))
+        instances = []
+        if kept:
+            for inst in result.instances:
+                m = original_size_mask(
+                    inst.low_res_logits, embedded.geometry, predictor.mask_threshold
+                )
+                if m.any():
+                    instances.append((m & mask, float(inst.score)))
+        out.append(ClassPrediction(name, mask, float(result.score), kept, unc, instances))
     return out
 
 
 def label_masks(predictions: Sequence[ClassPrediction]) -> list[LabelMask]:
     """The kept predictions as writer input."""
     return [
-        LabelMask(p.class_name, p.mask, p.score, {"uncertainty": p.uncertainty})
+        LabelMask(p.class_name, p.mask, p.score, {"uncertainty": p.uncertainty}, p.instances)
         for p in predictions
         if p.kept
     ]
@@ -269,6 +278,7 @@ def make_record(
                 "area": int(p.mask.sum()),
                 "uncertainty": p.uncertainty,
                 "rle": encode_mask(p.mask) if p.kept else None,
+                "instances": [{"score": s, "rle": encode_mask(m)} for m, s in p.instances],
             }
             for p in predictions
         ],
@@ -284,6 +294,10 @@ def record_masks(record: Mapping[str, Any], *, decode: bool = True) -> list[Labe
             decode_mask(c["rle"]) if decode else c["rle"],
             c["score"],
             {"uncertainty": c["uncertainty"]},
+            [
+                (decode_mask(i["rle"]) if decode else i["rle"], i["score"])
+                for i in c.get("instances", [])
+            ],
         )
         for c in record["classes"]
         if c["kept"]

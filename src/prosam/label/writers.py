@@ -14,7 +14,11 @@ Layout under the output folder ``OUT`` (``<key>`` is the image's stem, made uniq
   given), coloured with the PASCAL VOC colour map (:func:`voc_palette`); where masks of two
   classes overlap the higher-scoring class wins. ``prosam.io.read_label_map`` reads the
   values back.
-- ``coco``: ``OUT/coco.json``, one annotation per image and class found, the mask as
+- ``instances``: ``OUT/instances/<class>/<key>.png``, one palette PNG per image and class,
+  value 0 = background and value ``i`` = the ``i``-th object of the class (1-based, best
+  score first; a method without instances gives its class mask as object 1).
+- ``coco``: ``OUT/coco.json``, one annotation per object found (per instance when the
+  method gives instances, else per class mask), the mask as
   compressed RLE (``counts`` a string), its ``bbox`` ``[x, y, w, h]`` and ``area`` from the
   RLE, and ``score`` (and ``uncertainty`` when the method gives one); categories are numbered
   from 1 in class order.
@@ -48,16 +52,25 @@ from prosam.visualize import overlay_masks
 ImageSource = np.ndarray | str | os.PathLike[str] | None
 RLE = dict[str, Any]
 
-FORMATS = ("png", "png-indexed", "coco", "yolo", "overlay")
+FORMATS = ("png", "png-indexed", "instances", "coco", "yolo", "overlay")
 
 
 class LabelMask(NamedTuple):
-    """One class's mask on one image: a bool ``(H, W)`` array or a COCO RLE dict."""
+    """One class's mask on one image: a bool ``(H, W)`` array or a COCO RLE dict.
+
+    ``instances``: the separate objects of the class, ``(mask, score)`` pairs whose union
+    is ``mask`` (empty when the method gives no instances: the class mask is one object).
+    """
 
     class_name: str
     mask: np.ndarray | RLE
     score: float
     extras: Mapping[str, Any] | None = None
+    instances: Sequence[tuple[np.ndarray | RLE, float]] = ()
+
+    def objects(self) -> list[tuple[np.ndarray | RLE, float]]:
+        """The objects to write one annotation each for: the instances, else the mask."""
+        return list(self.instances) if self.instances else [(self.mask, self.score)]
 
 
 @runtime_checkable
@@ -254,6 +267,41 @@ class PngWriter(_PerImageWriter):
             write_mask_png(self.root / self.folders[c] / f"{key}.png", mask)
 
 
+class InstanceWriter(PngWriter):
+    """Instance-id palette PNGs, one per image and class (``OUT/instances/<class>/<key>.png``)."""
+
+    folder = "instances"
+
+    def __init__(self, out_dir: str | os.PathLike[str], classes: Sequence[str]) -> None:
+        super().__init__(out_dir, classes)
+        self.name = "instances"
+
+    def _write(
+        self, key: str, image_size: tuple[int, int], masks: Sequence[LabelMask], image: ImageSource
+    ) -> None:
+        found = _by_class(self.classes, masks)
+        for c in self.classes:
+            objects = found[c].objects() if c in found else []
+            write_instance_png(self.root / self.folders[c] / f"{key}.png", objects, image_size)
+
+
+def write_instance_png(
+    path: str | os.PathLike[str],
+    objects: Sequence[tuple[np.ndarray | RLE, float]],
+    image_size: tuple[int, int],
+) -> None:
+    """An instance-id palette PNG: 0 background, ``i`` the ``i``-th of ``(mask, score)``
+    ``objects`` by score (best first, on top where they overlap; at most 255)."""
+    ids = np.zeros(tuple(int(v) for v in image_size), dtype=np.uint8)
+    ranked = sorted(objects, key=lambda o: -o[1])[:255]
+    for i in reversed(range(len(ranked))):
+        ids[_sized(as_bool_mask(ranked[i][0]), image_size)] = i + 1
+    img = Image.fromarray(ids, mode="P")
+    img.putpalette(voc_palette().ravel().tolist())
+    with atomic_path(Path(path)) as tmp:
+        img.save(tmp, format="PNG")
+
+
 def _sized(mask: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
     if mask.shape != tuple(image_size):
         raise InputError(f"mask {mask.shape} does not match the image size {tuple(image_size)}")
@@ -304,24 +352,25 @@ class CocoWriter:
             if c not in found:
                 continue
             m = found[c]
-            rle = as_rle(m.mask)
-            if list(rle["size"]) != [h, w]:
-                raise InputError(f"{key}: mask of size {rle['size']} on a {h}x{w} image")
-            bbox, area = rle_bbox_area(rle)
-            ann: dict[str, Any] = {
-                "id": len(self.annotations) + 1,
-                "image_id": image_id,
-                "category_id": self.classes.index(c) + 1,
-                "segmentation": rle,
-                "area": area,
-                "bbox": bbox,
-                "iscrowd": 0,
-                "score": float(m.score),
-            }
-            uncertainty = (m.extras or {}).get("uncertainty")
-            if isinstance(uncertainty, (int, float)):
-                ann["uncertainty"] = float(uncertainty)
-            self.annotations.append(ann)
+            for mask, score in m.objects():
+                rle = as_rle(mask)
+                if list(rle["size"]) != [h, w]:
+                    raise InputError(f"{key}: mask of size {rle['size']} on a {h}x{w} image")
+                bbox, area = rle_bbox_area(rle)
+                ann: dict[str, Any] = {
+                    "id": len(self.annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": self.classes.index(c) + 1,
+                    "segmentation": rle,
+                    "area": area,
+                    "bbox": bbox,
+                    "iscrowd": 0,
+                    "score": float(score),
+                }
+                uncertainty = (m.extras or {}).get("uncertainty")
+                if isinstance(uncertainty, (int, float)):
+                    ann["uncertainty"] = float(uncertainty)
+                self.annotations.append(ann)
 
     def to_dict(self) -> dict[str, Any]:
         """The COCO data set as a dict."""
@@ -391,9 +440,11 @@ class YoloWriter(_PerImageWriter):
         for idx, c in enumerate(self.classes):
             if c not in found:
                 continue
-            for poly in mask_polygons(_sized(as_bool_mask(found[c].mask), image_size)):
-                coords = (poly / scale).ravel()
-                lines.append(" ".join([str(idx), *(f"{v:.{self.decimals}f}" for v in coords)]))
+            for mask, _ in found[c].objects():
+                for poly in mask_polygons(_sized(as_bool_mask(mask), image_size)):
+                    coords = (poly / scale).ravel()
+                    row = " ".join([str(idx), *(f"{v:.{self.decimals}f}" for v in coords)])
+                    lines.append(row)
         text = "".join(line + "\n" for line in lines)
         write_bytes_atomic(self.root / f"{key}.txt", text.encode())
 
@@ -477,12 +528,14 @@ class OverlayWriter(_PerImageWriter):
 
 def make_writer(
     name: str, out_dir: str | os.PathLike[str], classes: Sequence[str]
-) -> PngWriter | CocoWriter | YoloWriter | OverlayWriter:
+) -> PngWriter | InstanceWriter | CocoWriter | YoloWriter | OverlayWriter:
     """The writer of a format name (one of :data:`FORMATS`)."""
     if name == "png":
         return PngWriter(out_dir, classes)
     if name == "png-indexed":
         return PngWriter(out_dir, classes, indexed=True)
+    if name == "instances":
+        return InstanceWriter(out_dir, classes)
     if name == "coco":
         return CocoWriter(out_dir, classes)
     if name == "yolo":

@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 _LAZY = {
+    "InstanceMask": "prosam.methods.base",
     "MethodOutput": "prosam.methods.base",
     "Reference": "prosam.methods.base",
     "ReferenceMethod": "prosam.methods.base",

@@ -41,17 +41,31 @@ class Target:
 
 
 @dataclass
+class InstanceMask:
+    """One object found in a target: ``(1, h, w)`` low-res logits like
+    :attr:`MethodOutput.low_res_logits`, and its score (higher = more confident)."""
+
+    low_res_logits: torch.Tensor
+    score: float
+
+
+@dataclass
 class MethodOutput:
     """A method's answer for one target.
 
     ``low_res_logits`` are ``(1, h, w)`` SAM decoder logits over the padded square input
     (256x256 for real SAMs); ``score`` ranks outputs (higher = more confident);
     ``extras`` holds method-specific maps (similarity, uncertainty, ...).
+
+    ``instances``: the separate objects, for methods that find them (empty otherwise, and
+    the class mask is then one object). When given, the class mask is their union: the
+    method's ``low_res_logits`` are the instances' element-wise maximum.
     """
 
     low_res_logits: torch.Tensor
     score: float
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    instances: list[InstanceMask] = field(default_factory=list)
 
 
 @runtime_checkable

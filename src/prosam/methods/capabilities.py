@@ -22,11 +22,14 @@ PROMPT_NOISE = "prompt_noise"
 #: Built with ``uncertainty=True``, its outputs carry a per-pixel ``uncertainty`` map in
 #: ``MethodOutput.extras``.
 UNCERTAINTY = "uncertainty"
+#: Its outputs list the separate objects found (``MethodOutput.instances``).
+INSTANCES = "instances"
 
 CAPABILITIES: dict[str, str] = {
     MULTI_ENTITY: "several entities fitted and predicted jointly",
     PROMPT_NOISE: "prompt embeddings that can be perturbed",
     UNCERTAINTY: "a per-pixel uncertainty map",
+    INSTANCES: "one mask per object found",
 }
 
 

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prosam.errors import InputError
-from prosam.methods.capabilities import CAPABILITIES, MULTI_ENTITY, PROMPT_NOISE, UNCERTAINTY
+from prosam.methods.capabilities import (
+    CAPABILITIES,
+    INSTANCES,
+    MULTI_ENTITY,
+    PROMPT_NOISE,
+    UNCERTAINTY,
+)
 
 if TYPE_CHECKING:
     from prosam.methods.base import ReferenceMethod
@@ -127,6 +133,12 @@ for _spec in (
         "persam",
         "prosam.methods.persam:PerSAM",
         "PerSAM, training-free: a SAM-feature prior, one positive and one negative click",
+    ),
+    MethodSpec(
+        "matcher",
+        "prosam.methods.matching.method:build_matcher",
+        "Matcher / GF-SAM style, training-free: semantic patch matching, every instance",
+        capabilities=frozenset({INSTANCES}),
     ),
     MethodSpec(
         "geometric",

@@ -1,0 +1,138 @@
+"""Dense semantic features for patch matching: a frozen ImageNet backbone's stages, each
+upsampled to the finest chosen stride and L2-normalised, concatenated, optionally fused
+with SAM's own embedding.
+
+The image is resized (aspect ratio kept, no padding) so its longest side is ``input_size``,
+so the feature grid spans exactly the original image (the :class:`FeatureProvider` default
+for annotations and maps). Every level is normalised and the concatenation scaled by
+``1 / sqrt(total weight)``, so the cosine of two concatenated cells is the weighted mean of
+the levels' cosines. Features are computed once per image object (in memory) and, with a
+cache directory, once per image (on disk, keyed by the pixels, the backbone, the levels,
+the size and :data:`PREPROCESS_VERSION`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from prosam.backbones import build_backbone
+from prosam.backbones.base import Backbone
+from prosam.errors import InputError
+from prosam.methods.similarity import FeatureProvider, feature_region
+from prosam.sam.embedding_cache import EmbeddingCache
+from prosam.sam.predictor import ImageEmbedding
+
+PREPROCESS_VERSION = "longest-side-v1"
+LEVELS = ("mid0", "mid1", "high")
+
+
+def aspect_preserving_input(image: np.ndarray, longest: int, device: torch.device) -> torch.Tensor:
+    """An ``(H, W, 3) uint8`` image as ``(1, 3, h, w)`` floats in ``[0, 1]`` with
+    ``max(h, w) = longest`` (antialiased bilinear)."""
+    h, w = image.shape[:2]
+    scale = longest / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x / 255.0, size, mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp_(0.0, 1.0)
+
+
+class SemanticFeatures(FeatureProvider):
+    """Backbone stages (and optionally SAM's embedding) as one ``(C, h, w)`` feature map.
+
+    Args:
+        backbone: a backbone name (``efficientnet_lite0``, ``efficientnet_lite2``,
+            ``dinov2_vits14``, ...) or a built :class:`Backbone`.
+        levels: which of the backbone's ``mid0`` (stride 8), ``mid1`` (stride 16) and
+            ``high`` (stride 32) outputs to use; the grid is the finest one's.
+        input_size: the longest side the image is resized to.
+        sam_weight: weight of SAM's (image-region) embedding in the fusion; 0 leaves it out.
+        backbone_weights: a weights file for the backbone (default: its published weights).
+        cache_dir: an on-disk cache directory (``None``: memory only).
+    """
+
+    def __init__(
+        self,
+        backbone: str | Backbone = "efficientnet_lite0",
+        *,
+        levels: Sequence[str] = ("mid1", "high"),
+        input_size: int = 512,
+        sam_weight: float = 0.0,
+        backbone_weights: str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        device: str | torch.device = "cpu",
+        memory_items: int = 16,
+    ) -> None:
+        levels = tuple(levels)
+        if not levels or any(level not in LEVELS for level in levels):
+            raise InputError(f"levels must be a non-empty subset of {LEVELS}, got {levels}")
+        if input_size < 32:
+            raise InputError(f"input_size must be at least 32, got {input_size}")
+        if sam_weight < 0:
+            raise InputError(f"sam_weight must be >= 0, got {sam_weight}")
+        if isinstance(backbone, str):
+            backbone = build_backbone(backbone, weights=backbone_weights)
+        self.backbone = backbone.to(device)
+        self.levels = levels
+        self.input_size = int(input_size)
+        self.sam_weight = float(sam_weight)
+        self.memory_items = memory_items
+        self._memory: OrderedDict[int, tuple[np.ndarray, torch.Tensor]] = OrderedDict()
+        identity = f"{backbone.name}:{','.join(levels)}:{input_size}:{PREPROCESS_VERSION}"
+        self.disk = EmbeddingCache(Path(cache_dir), identity) if cache_dir is not None else None
+
+    def backbone_grid(self, image: np.ndarray) -> torch.Tensor:
+        """The backbone part: ``(C, h, w)``, each level normalised, scaled ``1/sqrt(n)``."""
+        if self.disk is None:
+            return self._compute(image)
+
+        def compute() -> tuple[dict[str, torch.Tensor], dict]:
+            return {"features": self._compute(image).to(torch.float16)}, {}
+
+        tensors, _ = self.disk.get_or_compute(image, compute)
+        return tensors["features"].to(next(self.backbone.parameters()).device, torch.float32)
+
+    @torch.inference_mode()
+    def _compute(self, image: np.ndarray) -> torch.Tensor:
+        device = next(self.backbone.parameters()).device
+        out = self.backbone(aspect_preserving_input(image, self.input_size, device))
+        by_name = {"mid0": out.mid[0], "mid1": out.mid[1], "high": out.high}
+        maps = [by_name[level][0].float() for level in self.levels]
+        size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
+        maps = [
+            F.normalize(
+                F.interpolate(m[None], size, mode="bilinear", align_corners=False)[0]
+                if m.shape[-2:] != size
+                else m,
+                dim=0,
+            )
+            for m in maps
+        ]
+        return torch.cat(maps) / math.sqrt(len(maps))
+
+    def features(self, image: np.ndarray, embedded: ImageEmbedding) -> torch.Tensor:
+        hit = self._memory.get(id(image))
+        if hit is not None and hit[0] is image:
+            self._memory.move_to_end(id(image))
+            grid = hit[1]
+        else:
+            grid = self.backbone_grid(image)
+            if self.memory_items:
+                self._memory[id(image)] = (image, grid)
+                while len(self._memory) > self.memory_items:
+                    self._memory.popitem(last=False)
+        if self.sam_weight == 0:
+            return grid
+        sam = feature_region(embedded.embedding, embedded.geometry).float().to(grid.device)
+        sam = F.interpolate(sam[None], grid.shape[-2:], mode="bilinear", align_corners=False)[0]
+        n = len(self.levels)
+        fused = torch.cat([grid * math.sqrt(n), F.normalize(sam, dim=0) * self.sam_weight])
+        return fused / math.sqrt(n + self.sam_weight**2)

