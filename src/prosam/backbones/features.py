@@ -10,6 +10,8 @@ image once per epoch).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -19,6 +21,8 @@ from torch import Tensor
 from prosam.backbones.base import Backbone, BackboneFeatures
 from prosam.errors import InputError
 from prosam.sam.embedding_cache import EmbeddingCache
+
+T = TypeVar("T")
 
 
 def image_to_backbone_input(image: np.ndarray, size: int, device: torch.device) -> Tensor:
@@ -55,6 +59,34 @@ def stack_features(items: list[BackboneFeatures]) -> BackboneFeatures:
     )
 
 
+class ImageObjectLRU(Generic[T]):
+    """Values computed per image *object*, the ``size`` most recently used kept (0: none).
+
+    A method sees the same reference and target arrays again and again; the array is held
+    with its value, so its ``id`` cannot be reused by another array while cached.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 0:
+            raise InputError(f"memory_items must be >= 0, got {size}")
+        self.size = size
+        self._items: OrderedDict[int, tuple[np.ndarray, T]] = OrderedDict()
+
+    def get_or_compute(self, image: np.ndarray, compute: Callable[[], T]) -> T:
+        """The cached value of ``image``, or ``compute()`` (then cached)."""
+        if not self.size:
+            return compute()
+        hit = self._items.get(id(image))
+        if hit is not None and hit[0] is image:
+            self._items.move_to_end(id(image))
+            return hit[1]
+        value = compute()
+        self._items[id(image)] = (image, value)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return value
+
+
 class BackboneFeatureCache:
     """``cache(image) -> BackboneFeatures`` of ``backbone`` at ``size``, computed once.
 
@@ -72,14 +104,11 @@ class BackboneFeatureCache:
         memory_items: int = 8,
         disk: EmbeddingCache | None = None,
     ) -> None:
-        if memory_items < 0:
-            raise InputError(f"memory_items must be >= 0, got {memory_items}")
         self.backbone = backbone
         self.size = size
-        self.memory_items = memory_items
         self.disk = disk
         self.computed = 0
-        self._memory: OrderedDict[int, tuple[np.ndarray, BackboneFeatures]] = OrderedDict()
+        self._memory: ImageObjectLRU[BackboneFeatures] = ImageObjectLRU(memory_items)
 
     def _compute(self, image: np.ndarray) -> BackboneFeatures:
         if self.disk is None:
@@ -95,14 +124,4 @@ class BackboneFeatureCache:
         return tensors_to_features({k: v.to(device) for k, v in tensors.items()})
 
     def __call__(self, image: np.ndarray) -> BackboneFeatures:
-        if not self.memory_items:
-            return self._compute(image)
-        hit = self._memory.get(id(image))
-        if hit is not None and hit[0] is image:
-            self._memory.move_to_end(id(image))
-            return hit[1]
-        features = self._compute(image)
-        self._memory[id(image)] = (image, features)  # the array is held, so its id stays its own
-        while len(self._memory) > self.memory_items:
-            self._memory.popitem(last=False)
-        return features
+        return self._memory.get_or_compute(image, lambda: self._compute(image))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 from prosam.backbones import build_backbone
 from prosam.backbones.base import Backbone
+from prosam.backbones.features import ImageObjectLRU
 from prosam.errors import InputError
 from prosam.methods.similarity import FeatureProvider, feature_region
 from prosam.sam.embedding_cache import EmbeddingCache
@@ -84,8 +84,7 @@ class SemanticFeatures(FeatureProvider):
         self.levels = levels
         self.input_size = int(input_size)
         self.sam_weight = float(sam_weight)
-        self.memory_items = memory_items
-        self._memory: OrderedDict[int, tuple[np.ndarray, torch.Tensor]] = OrderedDict()
+        self._memory: ImageObjectLRU[torch.Tensor] = ImageObjectLRU(memory_items)
         identity = f"{backbone.name}:{','.join(levels)}:{input_size}:{PREPROCESS_VERSION}"
         self.disk = EmbeddingCache(Path(cache_dir), identity) if cache_dir is not None else None
 
@@ -119,16 +118,7 @@ class SemanticFeatures(FeatureProvider):
         return torch.cat(maps) / math.sqrt(len(maps))
 
     def features(self, image: np.ndarray, embedded: ImageEmbedding) -> torch.Tensor:
-        hit = self._memory.get(id(image))
-        if hit is not None and hit[0] is image:
-            self._memory.move_to_end(id(image))
-            grid = hit[1]
-        else:
-            grid = self.backbone_grid(image)
-            if self.memory_items:
-                self._memory[id(image)] = (image, grid)
-                while len(self._memory) > self.memory_items:
-                    self._memory.popitem(last=False)
+        grid = self._memory.get_or_compute(image, lambda: self.backbone_grid(image))
         if self.sam_weight == 0:
             return grid
         sam = feature_region(embedded.embedding, embedded.geometry).float().to(grid.device)

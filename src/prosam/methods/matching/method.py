@@ -49,7 +49,12 @@ from prosam.methods.matching.correspondence import (
     similarity_priors,
 )
 from prosam.methods.matching.features import SemanticFeatures
-from prosam.methods.similarity import FeaturesLike, as_feature_provider, minmax_normalise
+from prosam.methods.similarity import (
+    FeaturesLike,
+    as_feature_provider,
+    minmax_normalise,
+    region_size,
+)
 from prosam.sam.model import FrozenSam
 from prosam.sam.predictor import ImageEmbedding, Predictor
 
@@ -70,10 +75,7 @@ class Candidate:
 def low_res_to_grid(logits: torch.Tensor, embedded: ImageEmbedding, grid: tuple[int, int]):
     """``(M, 256, 256)`` low-res logits as ``(M, h, w)`` foreground fractions of the cells of
     a grid spanning the original image."""
-    geometry = embedded.geometry
-    side = logits.shape[-1]
-    vh = min(side, -(-int(geometry.input_size[0]) * side // int(geometry.image_size)))
-    vw = min(side, -(-int(geometry.input_size[1]) * side // int(geometry.image_size)))
+    vh, vw = region_size(embedded.geometry, (logits.shape[-2], logits.shape[-1]))
     binary = (logits[..., :vh, :vw] > 0).float().reshape(-1, 1, vh, vw)
     return F.adaptive_avg_pool2d(binary, grid)[:, 0]
 
@@ -192,14 +194,15 @@ class MatcherMethod:
         )
         priors = similarity_priors(sim, self._weights, grid)
         prior = minmax_normalise(priors.positive_mean) * minmax_normalise(priors.positive_max)
+        positive = (priors.positive_mean > priors.negative_mean).float()
         matched = matches.target_cells
         if self.positive_points and len(matched):
-            positive = (priors.positive_mean > priors.negative_mean).reshape(-1)[matched]
-            matched = matched[positive] if bool(positive.any()) else matched
+            keep = positive.reshape(-1)[matched] > 0
+            matched = matched[keep] if bool(keep.any()) else matched
         points = self._sample_points(matched, prior, grid)
         size = tuple(int(v) for v in embedded.geometry.original_size)
         xy = cell_centres(points, grid, size)  # type: ignore[arg-type]
-        candidates = self._proposals(embedded, xy, priors, grid)
+        candidates = self._proposals(embedded, xy, positive, priors.positive_max.clamp(0, 1))
         presence = max((c.score for c in candidates), default=0.0)
         instances = self._instances(candidates)
         if self.refine:
@@ -241,9 +244,17 @@ class MatcherMethod:
         cells = torch.stack(chosen)
         return cells[torch.argsort(flat_prior[cells], descending=True)]
 
-    def _score(self, logits: torch.Tensor, iou: torch.Tensor, embedded, priors, grid):
-        cells = low_res_to_grid(logits, embedded, grid)
-        positive = (priors.positive_mean > priors.negative_mean).float()
+    def _score(
+        self,
+        logits: torch.Tensor,
+        iou: torch.Tensor,
+        embedded: ImageEmbedding,
+        positive: torch.Tensor,
+        best_match: torch.Tensor,
+    ) -> list[Candidate]:
+        """Candidates with purity (share of cells in ``positive``), match (mean of
+        ``best_match``) and IoU; ``positive`` and ``best_match`` are target-grid maps."""
+        cells = low_res_to_grid(logits, embedded, tuple(positive.shape))  # type: ignore[arg-type]
         out = []
         for m in range(len(logits)):
             w = cells[m]
@@ -251,24 +262,30 @@ class MatcherMethod:
             if area <= 0:
                 continue
             purity = float((w * positive).sum()) / area
-            match = float((w * priors.positive_max.clamp(0, 1)).sum()) / area
+            match = float((w * best_match).sum()) / area
             score = purity * match * float(iou[m])
             out.append(Candidate(logits[m], w, float(iou[m]), purity, match, score))
         return out
 
-    def _proposals(self, embedded, xy: np.ndarray, priors, grid) -> list[Candidate]:
+    def _proposals(
+        self,
+        embedded: ImageEmbedding,
+        xy: np.ndarray,
+        positive: torch.Tensor,
+        best_match: torch.Tensor,
+    ) -> list[Candidate]:
         candidates: list[Candidate] = []
         for point in xy:
             logits, iou = self.predictor.predict_low_res(
                 embedded, points=point[None], multimask_output=True
             )
-            candidates += self._score(logits, iou, embedded, priors, grid)
+            candidates += self._score(logits, iou, embedded, positive, best_match)
         n = min(self.global_points, len(xy))
         if n >= 2:
             logits, iou = self.predictor.predict_low_res(
                 embedded, points=xy[:n], multimask_output=False
             )
-            candidates += self._score(logits, iou, embedded, priors, grid)
+            candidates += self._score(logits, iou, embedded, positive, best_match)
         return candidates
 
     def _instances(self, candidates: list[Candidate]) -> list[InstanceMask]:
