@@ -72,9 +72,6 @@ from prosam.sam import EmbeddingCache, Predictor, load_sam
 from prosam.sam.predictor import ImageEmbedding
 from prosam.sam.transforms import postprocess_logits
 
-EXTRA_SCORES = ("similarity_max",)
-"""Extra scores (higher = class more likely present) calibrated for information."""
-
 CRITERION = (
     "utility = mean over all targets (one negative per positive) of: negative target -> 1 "
     "if its mask is dropped else 0; positive target -> IoU of its raw mask with the ground "
@@ -130,6 +127,9 @@ def extra_scores(output: MethodOutput, mask: np.ndarray, embedded: ImageEmbeddin
     sim = output.extras.get("similarity")
     if isinstance(sim, torch.Tensor) and sim.numel():
         scores["similarity_max"] = float(sim.float().max())
+    for key, value in output.extras.items():
+        if isinstance(value, torch.Tensor) and value.ndim == 0:
+            scores[key] = float(value)  # the method's own scalar signals (matcher: presence_*)
     low_res_shape = (1, 1, *output.low_res_logits.shape[-2:])
     unc = uncertainty_in_mask(output.extras, mask, embedded, low_res_shape)
     if unc is not None:  # as `prosam label` records it
@@ -436,9 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "validation": run_list("validation", method, predictor, val, val_neg, progress),
         "test": run_list("test", method, predictor, test, test_neg, progress),
     }
-    keys = [SCORE_KEY] + [
-        k for k in EXTRA_SCORES if all(k in r.scores for rs in records.values() for r in rs)
-    ]
+    shared = set.intersection(*(set(r.scores) for rs in records.values() for r in rs))
+    keys = [SCORE_KEY, *sorted(shared - {SCORE_KEY, "uncertainty_in_mask"})]
     calibration = {k: calibrate(records["validation"], records["test"], k) for k in keys}
     wall = time.perf_counter() - t0
     report = {

@@ -159,3 +159,23 @@ def test_cli_argument_checks(tmp_path):
         _run_cli(["label", "--ref", "r.png", "t.png", "--out", str(tmp_path)])
     with pytest.raises(InputError, match="no such file"):
         expand_label_targets([str(tmp_path / "missing.png")])
+
+
+def test_a_calibrated_presence_threshold_is_the_default_score_threshold(tiny_sam):
+    from prosam.label.defaults import DEFAULT_SCORE_THRESHOLD, default_score_threshold
+    from prosam.methods.registry import MethodSpec, register_method, unregister_method
+
+    register_method(
+        MethodSpec(
+            "calibrated_test", "prosam.methods.persam:PerSAM", "test", presence_threshold=0.7
+        )
+    )
+    try:
+        assert default_score_threshold("calibrated_test") == 0.7
+        assert default_score_threshold("persam") == DEFAULT_SCORE_THRESHOLD
+        assert prosam.label.load("calibrated_test", tiny_sam).score_threshold == 0.7
+        told = prosam.label.load("calibrated_test", tiny_sam, score_threshold=0.1)
+        assert told.score_threshold == 0.1
+        assert prosam.label.load("persam", tiny_sam).score_threshold == DEFAULT_SCORE_THRESHOLD
+    finally:
+        unregister_method("calibrated_test")

@@ -16,7 +16,12 @@ from prosam.methods.matching.correspondence import (
     similarity_priors,
 )
 from prosam.methods.matching.features import SemanticFeatures, aspect_preserving_input
-from prosam.methods.matching.method import MatcherMethod, low_res_to_grid
+from prosam.methods.matching.method import (
+    Candidate,
+    MatcherMethod,
+    drop_composites,
+    low_res_to_grid,
+)
 from prosam.sam import Predictor
 
 
@@ -167,3 +172,36 @@ def test_segment_writes_instance_ids_inside_the_class_mask(tmp_path):
     ids = np.asarray(Image.open(tmp_path / "t-instances.png"))
     assert ids.shape == class_mask.shape == (40, 56)
     assert not (ids[~class_mask] > 0).any()
+
+
+def _candidate(rows: slice, cols: slice, score: float) -> Candidate:
+    logits = torch.full((16, 16), -1.0)
+    logits[rows, cols] = 1.0
+    return Candidate(logits, torch.zeros(2, 2), 0.9, 1.0, 1.0, score)
+
+
+def test_a_candidate_holding_two_disjoint_kept_candidates_is_dropped():
+    both = _candidate(slice(0, 8), slice(0, 16), 0.9)  # two objects taken as one
+    left = _candidate(slice(0, 8), slice(0, 7), 0.8)
+    right = _candidate(slice(0, 8), slice(9, 16), 0.7)
+    head = _candidate(slice(0, 3), slice(0, 3), 0.6)  # a part of `left`, not disjoint from it
+    kept = drop_composites([both, left, right, head])
+    assert kept == [left, right, head]
+    # one part alone (or nested parts) does not make a composite
+    assert drop_composites([both, left, head]) == [both, left, head]
+    assert drop_composites([both]) == [both]
+
+
+def test_instance_mask_best_keeps_the_best_candidate_of_a_merged_group(tiny_sam):
+    method = MatcherMethod(
+        tiny_sam, features=lambda i, e: torch.zeros(3, 2, 2), instance_mask="best", min_iou=0.0
+    )
+    small = _candidate(slice(0, 6), slice(0, 6), 0.9)
+    large = _candidate(slice(0, 8), slice(0, 8), 0.8)  # merged into `small`'s instance
+    (instance,) = method.group_instances([small, large])
+    torch.testing.assert_close(instance.low_res_logits[0], small.logits)
+    union = MatcherMethod(tiny_sam, features=lambda i, e: torch.zeros(3, 2, 2), min_iou=0.0)
+    (merged,) = union.group_instances([small, large])
+    torch.testing.assert_close(merged.low_res_logits[0], large.logits)
+    with pytest.raises(InputError):
+        MatcherMethod(tiny_sam, features=lambda i, e: torch.zeros(3, 2, 2), instance_mask="x")

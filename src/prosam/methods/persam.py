@@ -3,23 +3,28 @@
 The reference's object is summarised by one *target embedding*, the mean of its SAM
 features inside the annotation; on a target image, the cosine similarity of every SAM
 feature with it gives a location prior whose best and worst pixels become a positive and a
-negative click. SAM predicts from the two clicks, then refines twice as PerSAM does:
+negative click. The first prediction is steered as the paper does (both on by default,
+each an option), with hooks on the frozen decoder (:mod:`prosam.sam.guidance`):
+
+- *target-guided attention*: the sigmoid of the standardised similarity map biases the
+  decoder's token-to-image cross-attention;
+- *target-semantic prompting*: the target embedding is added to the decoder's tokens.
+
+It then refines twice as PerSAM does:
 
 1. the same clicks plus the previous low-res logits as mask input, three candidates, keep the
    one with the highest predicted IoU;
 2. the same clicks, the box of that mask and its logits as mask input, three candidates, keep
    the best.
 
-Not implemented: PerSAM's *target-guided attention* (the similarity map modulating the
-decoder's token-to-image cross-attention) and *target-semantic prompting* (the target
-embedding added to the prompt tokens). Both need a patched SAM mask decoder, and prosam
-keeps SAM frozen and unmodified, so this is PerSAM's location prior and cascaded
-post-refinement on a stock decoder.
+``persam_lite`` is the same without the two decoder signals (prosam's first PerSAM: the
+location prior and the cascade on a stock decoder).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,14 +39,94 @@ from prosam.methods.similarity import (
     foreground_features,
     grid_map_to_image,
     masked_mean_feature,
+    region_size,
 )
 from prosam.prompts import mask_to_box
+from prosam.sam.guidance import attention_guide, guided_decoding
 from prosam.sam.model import FrozenSam
-from prosam.sam.predictor import Predictor
+from prosam.sam.predictor import ImageEmbedding, Predictor
 
 
-def _pixel_xy(flat_index: int, width: int) -> tuple[int, int]:
-    return flat_index % width, flat_index // width
+@dataclass
+class ReferenceCells:
+    """One reference's SAM feature cells: ``features (C, h, w)`` over the image and the
+    annotation's ``weights (h, w)`` on them."""
+
+    features: torch.Tensor
+    weights: torch.Tensor
+
+
+def reference_cells(
+    references: Sequence[Reference], annotation_mode: PoolMode = "area"
+) -> list[ReferenceCells]:
+    """Each reference's SAM feature cells and annotation weights.
+
+    Raises:
+        InputError: no reference, or a reference annotation that covers no cell.
+    """
+    if len(references) == 0:
+        raise InputError("PerSAM needs at least one reference")
+    cells = []
+    for i, ref in enumerate(references):
+        geometry = ref.embedded.geometry
+        feats = feature_region(ref.embedded.embedding, geometry).to(torch.float32)
+        grid = (ref.embedded.embedding.shape[-2], ref.embedded.embedding.shape[-1])
+        weights = annotation_weights(ref.annotation, geometry, grid, annotation_mode)
+        weights = weights.to(feats.device)
+        if not bool((weights > 0).any()):
+            raise InputError(f"reference {i}: the annotation is empty")
+        cells.append(ReferenceCells(feats, weights))
+    return cells
+
+
+def check_embedding(embedded: ImageEmbedding, channels: int) -> torch.Tensor:
+    """The ``(1, C, h, w)`` embedding of ``embedded``, checked against ``channels``."""
+    emb = embedded.embedding
+    if emb.ndim != 4 or emb.shape[0] != 1 or emb.shape[1] != channels:
+        raise InputError(
+            f"target embedding {tuple(emb.shape)} does not match the references' "
+            f"{channels} channels"
+        )
+    return emb
+
+
+def extreme_pixels(similarity: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((x, y) of the highest, (x, y) of the lowest)`` value of an ``(H, W)`` map."""
+    width = similarity.shape[1]
+    flat = similarity.flatten()
+    best, worst = int(torch.argmax(flat)), int(torch.argmin(flat))
+    return (best % width, best // width), (worst % width, worst // width)
+
+
+def refine_step(
+    predictor: Predictor,
+    embedded: ImageEmbedding,
+    points: np.ndarray,
+    labels: np.ndarray,
+    logits: torch.Tensor,
+    mask: np.ndarray,
+    *,
+    use_box: bool,
+) -> tuple[torch.Tensor, float, np.ndarray, np.ndarray | None]:
+    """One of PerSAM's cascaded refinements: the clicks, the previous ``(1, h, w)`` logits as
+    mask input and (``use_box``) the box of the previous ``mask``; three candidates, the one
+    with the highest predicted IoU is kept. Returns ``(logits, score, mask, box)``."""
+    box = np.asarray(mask_to_box(mask), dtype=np.float64) if use_box else None
+    pred = predictor.predict(
+        embedded,
+        points=points,
+        point_labels=labels,
+        box=box,
+        mask_input=logits,
+        multimask_output=True,
+    )
+    best = int(np.argmax(pred.scores))
+    return (
+        pred.low_res_logits[best : best + 1],
+        float(pred.scores[best]),
+        pred.masks[best],
+        box,
+    )
 
 
 class PerSAM:
@@ -52,6 +137,10 @@ class PerSAM:
         refinement_steps: how many of PerSAM's two cascaded refinements to run (0, 1 or 2).
         annotation_mode: how the annotation is pooled onto the feature cells for the mean
             (``"area"``: each cell weighted by the fraction of it that is annotated).
+        guided_attention: bias the first prediction's token-to-image attention with the
+            similarity map (PerSAM's target-guided attention).
+        semantic_prompt: add the target embedding to the first prediction's decoder tokens
+            (PerSAM's target-semantic prompting).
 
     After :meth:`fit`, :attr:`target_embedding` is the ``(C,)`` mean of the per-reference
     means :attr:`reference_means` ``(k, C)``, and :attr:`reference_features` holds each
@@ -66,6 +155,8 @@ class PerSAM:
         *,
         refinement_steps: int = 2,
         annotation_mode: PoolMode = "area",
+        guided_attention: bool = True,
+        semantic_prompt: bool = True,
     ) -> None:
         if refinement_steps not in (0, 1, 2):
             raise InputError(f"refinement_steps must be 0, 1 or 2, got {refinement_steps}")
@@ -75,6 +166,8 @@ class PerSAM:
         self.predictor = Predictor(model)
         self.refinement_steps = refinement_steps
         self.annotation_mode: PoolMode = annotation_mode
+        self.guided_attention = guided_attention
+        self.semantic_prompt = semantic_prompt
         self.target_embedding: torch.Tensor | None = None
         self.reference_means: torch.Tensor | None = None
         self.reference_features: list[torch.Tensor] = []
@@ -86,22 +179,11 @@ class PerSAM:
         Raises:
             InputError: no reference, or a reference annotation that is empty.
         """
-        if len(references) == 0:
-            raise InputError("PerSAM needs at least one reference")
-        means, local = [], []
-        for i, ref in enumerate(references):
-            geometry = ref.embedded.geometry
-            feats = feature_region(ref.embedded.embedding, geometry).to(torch.float32)
-            grid = (ref.embedded.embedding.shape[-2], ref.embedded.embedding.shape[-1])
-            weights = annotation_weights(ref.annotation, geometry, grid, self.annotation_mode)
-            weights = weights.to(feats.device)
-            if not bool((weights > 0).any()):
-                raise InputError(f"reference {i}: the annotation is empty")
-            means.append(masked_mean_feature(feats, weights))
-            local.append(foreground_features(feats, weights))
+        cells = reference_cells(references, self.annotation_mode)
+        means = [masked_mean_feature(c.features, c.weights) for c in cells]
         self.reference_means = torch.stack(means)
         self.target_embedding = self.reference_means.mean(dim=0)
-        self.reference_features = local
+        self.reference_features = [foreground_features(c.features, c.weights) for c in cells]
 
     @torch.inference_mode()
     def predict(self, target: Target) -> MethodOutput:
@@ -109,53 +191,33 @@ class PerSAM:
         if self.target_embedding is None:
             raise RuntimeError("call fit(references) before predict(target)")
         embedded = target.embedded
-        emb = embedded.embedding
-        if emb.ndim != 4 or emb.shape[0] != 1 or emb.shape[1] != self.target_embedding.shape[0]:
-            raise InputError(
-                f"target embedding {tuple(emb.shape)} does not match the references' "
-                f"{self.target_embedding.shape[0]} channels"
-            )
+        emb = check_embedding(embedded, int(self.target_embedding.shape[0]))
         # Location prior over the whole padded grid, brought to the image as SAM's masks are.
         sim_grid = cosine_similarity_map(emb[0], self.target_embedding)
         similarity = grid_map_to_image(sim_grid, embedded.geometry)
-        width = similarity.shape[1]
-        flat = similarity.flatten()
-        pos = _pixel_xy(int(torch.argmax(flat)), width)
-        neg = _pixel_xy(int(torch.argmin(flat)), width)
+        pos, neg = extreme_pixels(similarity)
         points = np.array([pos, neg], dtype=np.float64)
         labels = np.array([1, 0], dtype=np.int64)
 
-        pred = self.predictor.predict(
-            embedded, points=points, point_labels=labels, multimask_output=False
-        )
+        guide = None
+        if self.guided_attention:
+            valid = region_size(embedded.geometry, (sim_grid.shape[0], sim_grid.shape[1]))
+            guide = attention_guide(sim_grid, valid)
+        bias = self.target_embedding if self.semantic_prompt else None
+        with guided_decoding(self.model.sam, attention=guide, token_bias=bias):
+            pred = self.predictor.predict(
+                embedded, points=points, point_labels=labels, multimask_output=False
+            )
         logits, score, mask = pred.low_res_logits[0:1], float(pred.scores[0]), pred.masks[0]
         box = None
         if self.refinement_steps >= 1:
-            pred = self.predictor.predict(
-                embedded,
-                points=points,
-                point_labels=labels,
-                mask_input=logits,
-                multimask_output=True,
-            )
-            best = int(np.argmax(pred.scores))
-            logits, score, mask = (
-                pred.low_res_logits[best : best + 1],
-                float(pred.scores[best]),
-                pred.masks[best],
+            logits, score, mask, _ = refine_step(
+                self.predictor, embedded, points, labels, logits, mask, use_box=False
             )
         if self.refinement_steps >= 2 and mask.any():
-            box = np.asarray(mask_to_box(mask), dtype=np.float64)
-            pred = self.predictor.predict(
-                embedded,
-                points=points,
-                point_labels=labels,
-                box=box,
-                mask_input=logits,
-                multimask_output=True,
+            logits, score, mask, box = refine_step(
+                self.predictor, embedded, points, labels, logits, mask, use_box=True
             )
-            best = int(np.argmax(pred.scores))
-            logits, score = pred.low_res_logits[best : best + 1], float(pred.scores[best])
 
         extras = {
             "similarity": similarity.cpu(),
@@ -165,3 +227,19 @@ class PerSAM:
         if box is not None:
             extras["box"] = torch.as_tensor(box, dtype=torch.float32)
         return MethodOutput(low_res_logits=logits, score=score, extras=extras)
+
+
+def build_persam_lite(
+    model: FrozenSam, *, refinement_steps: int = 2, annotation_mode: PoolMode = "area"
+) -> PerSAM:
+    """PerSAM's location prior and cascade on a stock decoder (no attention guidance, no
+    semantic prompt)."""
+    method = PerSAM(
+        model,
+        refinement_steps=refinement_steps,
+        annotation_mode=annotation_mode,
+        guided_attention=False,
+        semantic_prompt=False,
+    )
+    method.name = "persam_lite"
+    return method

@@ -41,7 +41,10 @@ class MethodSpec:
     falls back on the one bundled for the SAM). ``takes_checkpoint``: it accepts one (all
     trained methods; CPC-SAM optionally takes a prompt encoder's). ``capabilities``: what
     the built method declares beyond ``fit`` / ``predict`` (names from
-    :data:`prosam.methods.capabilities.CAPABILITIES`).
+    :data:`prosam.methods.capabilities.CAPABILITIES`). ``presence_threshold``: the score
+    below which ``prosam label`` says "not in this image" by default, for a method whose
+    score was calibrated as a presence score (``None``: its score says nothing about
+    presence, and only empty masks and specks are dropped).
     """
 
     name: str
@@ -50,6 +53,7 @@ class MethodSpec:
     trained: bool = False
     takes_checkpoint: bool = False
     capabilities: frozenset[str] = frozenset()
+    presence_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.trained:
@@ -132,7 +136,17 @@ for _spec in (
     MethodSpec(
         "persam",
         "prosam.methods.persam:PerSAM",
-        "PerSAM, training-free: a SAM-feature prior, one positive and one negative click",
+        "PerSAM, training-free: a SAM-feature prior, two clicks, target-guided attention",
+    ),
+    MethodSpec(
+        "persam_lite",
+        "prosam.methods.persam:build_persam_lite",
+        "PerSAM's prior and two clicks on a stock decoder (no attention guidance)",
+    ),
+    MethodSpec(
+        "persam_f",
+        "prosam.methods.persam_f:PerSAMF",
+        "PerSAM-F: PerSAM with two mask-scale weights fitted on the reference",
     ),
     MethodSpec(
         "matcher",

