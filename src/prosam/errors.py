@@ -13,3 +13,8 @@ class InputError(ProsamError, ValueError):
 
 class WeightsError(ProsamError):
     """Pretrained weights are missing, corrupt, or do not match the architecture."""
+
+
+class ProsamWarning(UserWarning):
+    """Something the user should know about an input that was used anyway (a clipped box, a
+    thresholded lossy mask); the CLI prints it as one ``prosam: warning:`` line."""

@@ -13,6 +13,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from prosam.cli.options import (
+    POINTS_HELP,
     add_checkpoint_option,
     add_method_choice,
     add_model_args,
@@ -20,7 +21,7 @@ from prosam.cli.options import (
     attach_stable_from_args,
     load_model,
     parse_box,
-    parse_point,
+    parse_points,
 )
 from prosam.errors import InputError
 from prosam.label.targets import expand_label_targets
@@ -112,9 +113,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ref-points",
         action=_ReferenceAction,
-        type=lambda text: [parse_point(t) for t in text.split(";") if t],
-        metavar="X,Y[;X,Y...]",
-        help="foreground clicks on the reference",
+        type=parse_points,
+        metavar="X,Y[,L][;X,Y[,L]...]",
+        help=POINTS_HELP,
     )
     p.add_argument(
         "--ref-scribble", action=_ReferenceAction, metavar="PNG", help="non-zero = drawn"
@@ -204,9 +205,7 @@ def _annotation(ref: dict[str, Any]) -> Any:
     if kind == "ref_box":
         return {"box": list(value)}
     clicks = [p for group in value for p in group]
-    if any(label != 1 for _, _, label in clicks):
-        raise InputError("--ref-points takes foreground clicks only")
-    return {"points": [[x, y] for x, y, _ in clicks]}
+    return {"points": [[x, y] for x, y, _ in clicks], "labels": [label for *_, label in clicks]}
 
 
 def cmd_label(args: argparse.Namespace) -> int:

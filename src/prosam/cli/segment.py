@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from prosam.cli.options import (
+    POINTS_HELP,
     add_checkpoint_option,
     add_method_choice,
     add_model_args,
@@ -16,7 +15,7 @@ from prosam.cli.options import (
     attach_stable_from_args,
     load_model,
     parse_box,
-    parse_point,
+    parse_points,
 )
 from prosam.errors import InputError
 from prosam.label.targets import expand_label_targets
@@ -34,10 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--ref-box", type=parse_box, metavar="X0,Y0,X1,Y1")
     group.add_argument(
         "--ref-points",
-        type=lambda text: [parse_point(t) for t in text.split(";") if t],
+        type=parse_points,
         action="append",
-        metavar="X,Y[;X,Y...]",
-        help="foreground clicks on the reference (repeat the option or separate with ';')",
+        metavar="X,Y[,L][;X,Y[,L]...]",
+        help=POINTS_HELP,
     )
     group.add_argument("--ref-scribble", help="image of the scribble (non-zero = drawn)")
     p.add_argument("targets", nargs="+", help="target images or folders")
@@ -55,38 +54,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_segment)
 
 
-def reference_annotation_from_args(
-    args: argparse.Namespace, size: tuple[int, int]
-) -> tuple[np.ndarray, str]:
-    """The reference annotation rasterised at the reference image's size, and its kind."""
-    from prosam.label.api import annotation_to_mask
-
+def reference_annotation_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The reference annotation the options give, as ``prosam.label.api`` takes it."""
     if args.ref_mask:
-        annotation: dict = {"mask": args.ref_mask}
-    elif args.ref_scribble:
-        annotation = {"scribble": args.ref_scribble}
-    elif args.ref_box is not None:
-        annotation = {"box": list(args.ref_box)}
-    else:
-        annotation = {"points": [[x, y] for group in args.ref_points for x, y, _ in group]}
-    return annotation_to_mask(annotation, size)
+        return {"mask": args.ref_mask}
+    if args.ref_scribble:
+        return {"scribble": args.ref_scribble}
+    if args.ref_box is not None:
+        return {"box": list(args.ref_box)}
+    clicks = [p for group in args.ref_points for p in group]
+    return {"points": [[x, y] for x, y, _ in clicks], "labels": [label for *_, label in clicks]}
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from prosam.io import read_image, write_mask_png
+    from prosam.label.api import reference_from_annotation
     from prosam.label.writers import write_instance_png
-    from prosam.methods import Reference, Target, build_method
+    from prosam.methods import Target, build_method
     from prosam.sam import Predictor
     from prosam.sam.transforms import original_size_mask
 
-    ref_image = read_image(args.ref)
-    annotation, kind = reference_annotation_from_args(args, ref_image.shape[:2])
+    read_image(args.ref)  # a bad reference is refused before the model loads
     targets = expand_label_targets(args.targets)
     model, cache = load_model(args)
     attach_stable_from_args(args, model)
     predictor = Predictor(model, cache=cache)
     method = build_method(args.method, model, checkpoint=args.checkpoint)
-    method.fit([Reference(ref_image, annotation, predictor.embed(ref_image), kind)])
+    method.fit(
+        [reference_from_annotation(args.ref, reference_annotation_from_args(args), predictor)]
+    )
     out = Path(args.out)
     failed = 0
     for path in targets:
