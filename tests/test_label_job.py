@@ -25,6 +25,10 @@ def predictor(tiny_sam) -> Predictor:
     return Predictor(tiny_sam)
 
 
+class Killed(BaseException):
+    """A simulated kill: not an error of one target, so the job stops as a killed one does."""
+
+
 class BrightMethod:
     """A deterministic stub: the mask is the bright (``sign=1``) or dark (``-1``) part of the
     target, as logits on SAM's low-res grid. Counts its predictions; ``fail_after`` raises
@@ -52,7 +56,7 @@ class BrightMethod:
 
     def predict(self, target: Target) -> MethodOutput:
         if self.fail_after is not None and self.calls >= self.fail_after:
-            raise RuntimeError("killed")
+            raise Killed()
         self.calls += 1
         g = target.embedded.geometry
         s = g.image_size
@@ -113,12 +117,12 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
 
         def make_record(*args, **kwargs):
             if len(made) == 3:
-                raise RuntimeError("killed")
+                raise Killed()
             made.append(1)
             return real(*args, **kwargs)
 
         monkeypatch.setattr(job_module, "make_record", make_record)
-    with pytest.raises(RuntimeError, match="killed"):
+    with pytest.raises(Killed):
         _job(predictor, out, first).run(targets)
     monkeypatch.undo()
     assert len(list((out / "records").glob("*.json"))) == 3
@@ -303,3 +307,53 @@ def test_instances_reach_coco_and_come_back_from_the_records(tmp_path, targets, 
     (out / "coco.json").unlink()
     job_module.finalize_outputs(out, ["coco"])
     assert (out / "coco.json").read_bytes() == first  # rebuilt from the records alone
+
+
+class FlakyMethod(BrightMethod):
+    """Raises a plain Python error (not one of prosam's) on the targets listed in ``bad``."""
+
+    def __init__(self, bad: set[tuple[int, int]]) -> None:
+        super().__init__()
+        self.bad = bad
+
+    def predict(self, target: Target) -> MethodOutput:
+        if target.image.shape[:2] in self.bad:
+            raise ValueError("height and width must be > 0")
+        return super().predict(target)
+
+
+def test_any_error_of_one_target_is_a_failure_and_the_job_goes_on(tmp_path, targets, predictor):
+    thin = tmp_path / "t" / "thin.png"
+    Image.fromarray(np.zeros((2, 3000, 3), np.uint8)).save(thin)  # resized to 0 rows
+    out = tmp_path / "out"
+    method = FlakyMethod({(44, 56)})  # img1
+    summary = _job(predictor, out, method).run([thin, *targets])
+    assert summary.failed == 2 and summary.processed == len(targets) - 1 and summary.finalized
+    reasons = {f["file_name"]: f["reason"] for f in json.loads((out / "failures.json").read_text())}
+    assert sorted(reasons) == ["t/img1.png", "t/thin.png"]
+    assert reasons["t/img1.png"].endswith("img1.png: ValueError: height and width must be > 0")
+    assert "thin.png: image is 3000x2 pixels: too thin for SAM" in reasons["t/thin.png"]
+    assert all("\n" not in r for r in reasons.values())
+    # nothing of the failed targets is left half-written
+    assert not [
+        p for p in out.rglob("*") if p.stem in ("img1", "thin") and "failures" not in p.parts
+    ]
+
+
+def test_a_writer_failing_half_way_leaves_no_files_of_that_target(tmp_path, targets, predictor):
+    class BrokenYolo:
+        name = "broken"
+
+        def add(self, key, image_size, masks, **kwargs):
+            if key == "img2":
+                raise OSError(28, "No space left on device")
+
+        def finalize(self) -> None: ...
+
+    out = tmp_path / "out"
+    summary = _job(predictor, out, BrightMethod(), formats=["png", "overlay", BrokenYolo()]).run(
+        targets
+    )
+    assert summary.failed == 1 and "No space left on device" in summary.failures[0]["reason"]
+    assert not [p for p in out.rglob("img2*") if "failures" not in p.parts]
+    assert (out / "png" / "bright" / "img1.png").is_file()

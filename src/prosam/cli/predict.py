@@ -82,8 +82,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     attach_stable_from_args(args, model)
     predictor = Predictor(model, cache=cache)
     t0 = time.perf_counter()
+    try:
+        embedded = predictor.embed(image)
+    except InputError as err:
+        raise InputError(f"{args.image}: {err}") from None
     prediction = predictor.predict(
-        predictor.embed(image),
+        embedded,
         points=points if len(points) else None,
         point_labels=labels if len(points) else None,
         box=box,

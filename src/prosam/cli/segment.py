@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,11 +18,12 @@ from prosam.cli.options import (
     parse_box,
     parse_points,
 )
-from prosam.errors import InputError
+from prosam.errors import InputError, ProsamError
 from prosam.label.targets import expand_label_targets
 
 if TYPE_CHECKING:
-    pass
+    from prosam.methods import ReferenceMethod
+    from prosam.sam import Predictor
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -67,44 +69,68 @@ def reference_annotation_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from prosam.io import read_image, write_mask_png
-    from prosam.label.api import reference_from_annotation
-    from prosam.label.writers import write_instance_png
-    from prosam.methods import Target, build_method
+    """Segment every target like the reference; status 1 when a target failed."""
+    from prosam.io import read_image
+    from prosam.label.api import annotation_to_mask, reference_from_annotation
+    from prosam.methods import Reference, build_method
     from prosam.sam import Predictor
-    from prosam.sam.transforms import original_size_mask
 
-    read_image(args.ref)  # a bad reference is refused before the model loads
+    ref_image = read_image(args.ref)
+    annotation = reference_annotation_from_args(args)
+    drawn = None  # rasterised now, so that a bad annotation is refused before the model loads
+    if 0 not in annotation.get("labels", ()):
+        drawn = annotation_to_mask(annotation, ref_image.shape[:2])
     targets = expand_label_targets(args.targets)
     model, cache = load_model(args)
     attach_stable_from_args(args, model)
     predictor = Predictor(model, cache=cache)
     method = build_method(args.method, model, checkpoint=args.checkpoint)
-    method.fit(
-        [reference_from_annotation(args.ref, reference_annotation_from_args(args), predictor)]
-    )
+    try:
+        if drawn is None:
+            reference = reference_from_annotation(ref_image, annotation, predictor)
+        else:
+            reference = Reference(ref_image, drawn[0], predictor.embed(ref_image), drawn[1])
+    except InputError as err:
+        raise InputError(f"{args.ref}: {err}") from None
+    method.fit([reference])
     out = Path(args.out)
     failed = 0
     for path in targets:
         try:
-            image = read_image(path)
-        except InputError as err:
-            print(f"skipped: {err}")
+            written = _segment_one(method, predictor, path, out, instances=args.instances)
+        except Exception as err:  # one target's problem: the others are still segmented
+            reason = " ".join(str(err).split())
+            if not isinstance(err, ProsamError):
+                reason = f"{type(err).__name__}: {reason}"
+            if str(path) not in reason:
+                reason = f"{path}: {reason}"
+            print(f"skipped: {reason}", file=sys.stderr)
             failed += 1
             continue
-        embedded = predictor.embed(image)
-        result = method.predict(Target(image, embedded))
-        mask = original_size_mask(result.low_res_logits, embedded.geometry)
-        write_mask_png(out / f"{path.stem}.png", mask)
-        found = ""
-        if args.instances:
-            objects = [
-                (original_size_mask(i.low_res_logits, embedded.geometry) & mask, i.score)
-                for i in result.instances
-            ] or [(mask, result.score)]
-            write_instance_png(out / f"{path.stem}-instances.png", objects, mask.shape)
-            found = f", {len(objects)} object(s)"
-        print(
-            f"{out / (path.stem + '.png')}: {int(mask.sum())} px, score {result.score:.3f}{found}"
-        )
+        print(written)
     return 1 if failed else 0
+
+
+def _segment_one(
+    method: ReferenceMethod, predictor: Predictor, path: Path, out: Path, *, instances: bool
+) -> str:
+    """Segment one target, write its mask (and instances); the line that says so."""
+    from prosam.io import read_image, write_mask_png
+    from prosam.label.writers import write_instance_png
+    from prosam.methods import Target
+    from prosam.sam.transforms import original_size_mask
+
+    image = read_image(path)
+    embedded = predictor.embed(image)
+    result = method.predict(Target(image, embedded))
+    mask = original_size_mask(result.low_res_logits, embedded.geometry)
+    write_mask_png(out / f"{path.stem}.png", mask)
+    found = ""
+    if instances:
+        objects = [
+            (original_size_mask(i.low_res_logits, embedded.geometry) & mask, i.score)
+            for i in result.instances
+        ] or [(mask, result.score)]
+        write_instance_png(out / f"{path.stem}-instances.png", objects, mask.shape)
+        found = f", {len(objects)} object(s)"
+    return f"{out / (path.stem + '.png')}: {int(mask.sum())} px, score {result.score:.3f}{found}"

@@ -264,7 +264,12 @@ class Segmenter:
                 f"got {type(item).__name__}"
             )
         name = str(item[2]) if len(item) == 3 else None
-        return reference_from_annotation(item[0], item[1], self.predictor), name
+        try:
+            return reference_from_annotation(item[0], item[1], self.predictor), name
+        except InputError as err:
+            if isinstance(item[0], np.ndarray) or str(item[0]) in str(err):
+                raise
+            raise InputError(f"{item[0]}: {err}") from None
 
     def fit(
         self, references: Iterable[ReferenceLike], *, class_name: str = DEFAULT_CLASS

@@ -66,10 +66,6 @@ from prosam.sam.transforms import original_size_mask, postprocess_logits
 
 RECORD_VERSION = 1
 
-_OOM_ERRORS: tuple[type[BaseException], ...] = (
-    getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
-)
-
 
 # --------------------------------------------------------------------------- targets
 
@@ -153,12 +149,20 @@ class _TargetImages(Dataset):
         try:
             image = load_target_image(self.entries[i].path, self.max_pixels)
         except Exception as err:
-            return i, None, str(err) or type(err).__name__
+            return i, None, failure_reason(err)
         return i, torch.from_numpy(image), None
 
 
 def _identity(item: Any) -> Any:
     return item
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line saying why a target failed: prosam's message, else the exception's type too."""
+    text = " ".join(str(err).split())
+    if isinstance(err, ProsamError):
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 # --------------------------------------------------------------------------- prediction
@@ -518,6 +522,22 @@ class LabelJob:
     def _formats(self) -> list[str]:
         return [getattr(w, "name", type(w).__name__) for w in self.writers]
 
+    def _remove_outputs(self, key: str, formats: Sequence[str]) -> None:
+        """Remove the per-target files of ``key`` in ``formats`` (a target that failed half-way,
+        or one that is gone), and the folders that leaves empty."""
+        writers: dict[str, Any] = {getattr(w, "name", ""): w for w in self.writers}
+        for name in formats:
+            writer = writers.get(name)
+            if writer is None and name in FORMATS:
+                writer = make_writer(name, self.out, self.classes)
+            for path in writer.paths(key) if hasattr(writer, "paths") else []:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                folder = path.parent
+                while folder != self.out and folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+                    folder = folder.parent
+
     def _backfill(self, entry: TargetEntry, record: dict[str, Any]) -> bool:
         """Write per-target formats a record lacks (a rerun that asks for more formats)."""
         have = set(record.get("formats", []))
@@ -578,8 +598,8 @@ class LabelJob:
             summary.skipped += 1
             try:
                 summary.backfilled += self._backfill(e, record)
-            except ProsamError as err:
-                summary.failures.append(self._fail(e, str(err)))
+            except Exception as err:
+                summary.failures.append(self._fail(e, f"{e.path}: {failure_reason(err)}"))
         desc = f"label {i}/{n}" if n > 1 else "label"
         bar = _progress(len(mine), summary.skipped, self.progress, desc)
         try:
@@ -596,13 +616,16 @@ class LabelJob:
                             score_threshold=self.score_threshold,
                             min_area_fraction=self.min_area_fraction,
                         )
-                    except (ProsamError, *_OOM_ERRORS) as err:
-                        error = f"{entry.path}: {err}"
-                    else:
                         self._finish(entry, image.shape[:2], preds, image)
+                    except Exception as err:  # any one target's problem: the job goes on
+                        error = f"{entry.path}: {failure_reason(err)}"
+                        self._remove_outputs(entry.key, self._formats())
+                    else:
                         summary.processed += 1
                         summary.empty += not any(p.kept for p in preds)
                 if error is not None:
+                    if str(entry.path) not in error:
+                        error = f"{entry.path}: {error}"
                     summary.failures.append(self._fail(entry, error))
                     bar.write(f"skipped: {error}", file=sys.stderr)
                 bar.update(1)
