@@ -1,8 +1,9 @@
 """Reading images and masks robustly, and writing outputs atomically.
 
 Images come back as ``(H, W, 3) uint8`` RGB arrays with EXIF orientation applied, whatever the
-file's mode (grayscale, RGBA, palette, 16-bit, CMYK). Masks come back as label maps; see
-:func:`read_binary_mask` for how foreground and ignore pixels are told apart.
+file's mode (grayscale, RGBA, palette, 16-bit, CMYK). Masks come back as label maps, in the
+displayed orientation too; see :func:`read_binary_mask` for how foreground and ignore pixels
+are told apart.
 """
 
 from __future__ import annotations
@@ -10,25 +11,38 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from prosam.errors import InputError
+from prosam.errors import InputError, ProsamWarning
 
 IGNORE_VALUE = 255
 
+#: File formats whose compression changes pixel values: a mask saved in one rings at its edges.
+LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
+
+#: Values at or above this count as foreground in an alpha channel or a thresholded lossy mask.
+MASK_THRESHOLD = 128
+
 
 def _open(path: str | os.PathLike[str]) -> Image.Image:
+    return _open_with_format(path)[0]
+
+
+def _open_with_format(path: str | os.PathLike[str]) -> tuple[Image.Image, str | None]:
+    """The decoded image, EXIF orientation applied, and its file format (e.g. ``"PNG"``)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
         with Image.open(path) as img:
             img.load()
-            return ImageOps.exif_transpose(img) or img
+            return ImageOps.exif_transpose(img) or img, img.format
     except Image.DecompressionBombError as err:
         raise InputError(f"{path}: image is too large ({err})") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
@@ -110,24 +124,61 @@ def split_label_map(
     return (labels > 0) & ~ignore, ignore
 
 
+def mask_alpha(img: Image.Image) -> np.ndarray | None:
+    """The alpha channel of a mask image when it carries the mask (it is not constant)."""
+    if img.mode not in ("RGBA", "LA", "PA") and not (
+        img.mode == "P" and "transparency" in img.info
+    ):
+        return None
+    alpha = np.asarray(img.convert("RGBA"), dtype=np.uint8)[..., 3]
+    return alpha if alpha.size and alpha.min() != alpha.max() else None
+
+
 def read_binary_mask(
     path: str | os.PathLike[str],
     *,
     class_value: int | None = None,
     expected_size: tuple[int, int] | None = None,
+    lossy: Literal["threshold", "refuse"] = "threshold",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read a mask file as ``(foreground, ignore)`` boolean arrays; see :func:`split_label_map`.
+    """Read a mask file as ``(foreground, ignore)`` boolean arrays.
+
+    The rule, in order:
+
+    - an alpha channel that is not constant carries the mask: alpha >= 128 is foreground
+      (the colours are not looked at);
+    - a lossy file (JPEG) cannot hold exact values: with ``lossy="threshold"`` values >= 128
+      are foreground, nothing is ignore, and a :class:`~prosam.errors.ProsamWarning` says so;
+      ``lossy="refuse"`` makes it an :class:`InputError`;
+    - otherwise the label map's values, see :func:`split_label_map` (0/255 masks, palette and
+      label maps).
 
     ``expected_size`` is the ``(H, W)`` of the image the mask belongs to; a mismatch is an
     :class:`InputError` naming both sizes.
     """
-    img = _open(path)
-    labels = _label_map_from_pil(img)
+    img, file_format = _open_with_format(path)
+    alpha = mask_alpha(img)
+    labels = alpha if alpha is not None else _label_map_from_pil(img)
     if expected_size is not None and labels.shape != tuple(expected_size):
         raise InputError(
             f"{path}: mask is {labels.shape[1]}x{labels.shape[0]} (WxH) but its image is "
             f"{expected_size[1]}x{expected_size[0]}"
         )
+    if alpha is not None:
+        return alpha >= MASK_THRESHOLD, np.zeros(alpha.shape, dtype=bool)
+    if file_format in LOSSY_FORMATS:
+        if lossy == "refuse":
+            raise InputError(
+                f"{path}: a {file_format} mask is lossy (its edges ring with stray values); "
+                "save the mask as PNG"
+            )
+        warnings.warn(
+            f"{path}: {file_format} is lossy; mask read as values >= {MASK_THRESHOLD} "
+            "(save masks as PNG to keep exact values)",
+            ProsamWarning,
+            stacklevel=2,
+        )
+        return labels >= MASK_THRESHOLD, np.zeros(labels.shape, dtype=bool)
     return split_label_map(labels, class_value=class_value, palette=img.mode == "P")
 
 
