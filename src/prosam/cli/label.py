@@ -23,6 +23,7 @@ from prosam.cli.options import (
     parse_box,
     parse_points,
 )
+from prosam.cli.outputs import check_output_dir
 from prosam.errors import InputError
 from prosam.label.targets import expand_label_targets
 from prosam.methods.capabilities import UNCERTAINTY
@@ -220,6 +221,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         )
         return 1 if result.failures or result.missing else 0
 
+    check_output_dir(args.out)
     references = args.references or []
     if not references:
         raise InputError("give at least one --ref IMAGE with --ref-mask/--ref-box/...")

@@ -17,6 +17,7 @@ from prosam.cli.options import (
     parse_box,
     parse_point,
 )
+from prosam.cli.outputs import check_output_file
 from prosam.errors import InputError, ProsamWarning
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if not args.point and args.box is None:
         raise InputError("give --box X0,Y0,X1,Y1 and/or one or more --point X,Y[,LABEL]")
+    check_output_file(args.out, (".png",), "predict writes a PNG mask")
     image = read_image(args.image)
     points = np.array([p[:2] for p in args.point], dtype=np.float64).reshape(-1, 2)
     labels = np.array([p[2] for p in args.point], dtype=np.int64)

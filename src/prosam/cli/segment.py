@@ -18,6 +18,7 @@ from prosam.cli.options import (
     parse_box,
     parse_points,
 )
+from prosam.cli.outputs import check_output_dir
 from prosam.errors import InputError, ProsamError
 from prosam.label.targets import expand_label_targets
 
@@ -75,6 +76,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from prosam.methods import Reference, build_method
     from prosam.sam import Predictor
 
+    check_output_dir(args.out)
     ref_image = read_image(args.ref)
     annotation = reference_annotation_from_args(args)
     drawn = None  # rasterised now, so that a bad annotation is refused before the model loads

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from prosam.core.files import cache_root
+from prosam.errors import ProsamWarning
 from prosam.io import atomic_path
 
 PREPROCESS_VERSION = "sam-resize-longest-v1"
@@ -56,6 +58,7 @@ class EmbeddingCache:
         self.model_id = model_id
         self.hits = 0
         self.misses = 0
+        self.writable = True
 
     @classmethod
     def for_sam(cls, sam: Any, cache_root: str | os.PathLike[str] | None = None) -> EmbeddingCache:
@@ -93,7 +96,10 @@ class EmbeddingCache:
     def put(
         self, key: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
     ) -> None:
-        """Write an entry atomically."""
+        """Write an entry atomically; a cache that cannot be written is only read from (one
+        :class:`~prosam.errors.ProsamWarning` says so)."""
+        if not self.writable:
+            return
         meta = {
             **(metadata or {}),
             "key": key,
@@ -101,8 +107,17 @@ class EmbeddingCache:
             "preprocess": PREPROCESS_VERSION,
         }
         data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        with atomic_path(self.path(key)) as tmp:
-            save_file(data, str(tmp), metadata=meta)
+        try:
+            with atomic_path(self.path(key)) as tmp:
+                save_file(data, str(tmp), metadata=meta)
+        except OSError as err:
+            self.writable = False
+            warnings.warn(
+                f"{self.root}: embedding cache not writable ({err.strerror or err}); "
+                "embeddings are computed without caching",
+                ProsamWarning,
+                stacklevel=2,
+            )
 
     def get_or_compute(
         self,
