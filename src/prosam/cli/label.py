@@ -25,6 +25,8 @@ from prosam.cli.options import (
 )
 from prosam.cli.outputs import check_output_dir
 from prosam.errors import InputError
+from prosam.label.classes import check_class_name, check_class_names
+from prosam.label.defaults import DEFAULT_CLASS
 from prosam.label.targets import expand_label_targets
 from prosam.methods.capabilities import UNCERTAINTY
 from prosam.methods.registry import list_methods
@@ -54,7 +56,10 @@ class _ReferenceAction(argparse.Action):
         elif self.dest == "class_name":
             if refs[-1]["class"] is not None:
                 parser.error(f"--ref {refs[-1]['image']}: --class given twice")
-            refs[-1]["class"] = values
+            try:
+                refs[-1]["class"] = check_class_name(values)
+            except InputError as err:
+                parser.error(f"--class: {err}")
         elif refs[-1]["annotation"] is not None and self.dest != "ref_points":
             parser.error(f"--ref {refs[-1]['image']}: give one annotation per --ref")
         elif self.dest == "ref_points":
@@ -228,6 +233,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     for ref in references:
         if ref["annotation"] is None:
             raise InputError(f"--ref {ref['image']}: give its --ref-mask, --ref-box, ...")
+    classes = [DEFAULT_CLASS if r["class"] is None else r["class"] for r in references]
+    check_class_names(list(dict.fromkeys(classes)))
     if not args.targets:
         raise InputError("give target images, folders or @list.txt")
     targets = expand_label_targets(args.targets, recursive=args.recursive)
@@ -252,7 +259,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         min_area_fraction=args.min_area_fraction,
         method_options=options,
     )
-    seg.fit([(r["image"], _annotation(r), r["class"] or "object") for r in references])
+    seg.fit([(r["image"], _annotation(r), c) for r, c in zip(references, classes, strict=True)])
     summary = seg.label(
         targets,
         args.out,

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from prosam.errors import InputError, ProsamWarning
+from prosam.label.classes import check_class_names
 from prosam.label.job import (
     DEFAULT_CLASS,
     DEFAULT_MAX_PIXELS,
@@ -280,9 +281,10 @@ class Segmenter:
         grouped: dict[str, list[Reference]] = {}
         for item in references:
             ref, name = self._reference(item)
-            grouped.setdefault(name or class_name, []).append(ref)
+            grouped.setdefault(class_name if name is None else name, []).append(ref)
         if not grouped:
             raise InputError("fit needs at least one reference")
+        check_class_names(list(grouped))
         methods = {}
         for name, refs in grouped.items():
             method = build_method(
