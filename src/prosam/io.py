@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from prosam.errors import InputError, ProsamWarning
 
 IGNORE_VALUE = 255
+
+#: Marks the writer's process id in the names of :func:`atomic_path`'s temporary files.
+TEMPORARY_TAG = "pid"
 
 #: File formats whose compression changes pixel values: a mask saved in one rings at its edges.
 LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
@@ -190,7 +194,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The writer's process id in the name tells a killed run's leftovers from work in progress.
+    prefix = f".{path.name}.{TEMPORARY_TAG}{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -203,6 +209,44 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def remove_stale_temporaries(
+    root: str | os.PathLike[str], *, max_age_s: float = 24 * 3600.0
+) -> int:
+    """Remove the temporary files :func:`atomic_path` left under ``root`` when its process
+    was killed: those whose process is gone, and any older than ``max_age_s`` (a process on
+    another machine sharing the folder). Returns how many were removed."""
+    removed = 0
+    now = time.time()
+    for tmp in Path(root).rglob(".*.tmp"):
+        pid = _writer_pid(tmp.name)
+        try:
+            stale = now - tmp.stat().st_mtime > max_age_s or (pid is not None and not _alive(pid))
+            if stale:
+                tmp.unlink()
+                removed += 1
+        except FileNotFoundError:  # finished (or removed) meanwhile
+            continue
+    return removed
+
+
+def _writer_pid(name: str) -> int | None:
+    _, tag, rest = name.partition(f".{TEMPORARY_TAG}")
+    digits = rest.split(".", 1)[0]
+    return int(digits) if tag and digits.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name != "posix":  # Windows' os.kill would end the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. someone else's process
+        return True
+    return True
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:

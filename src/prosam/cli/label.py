@@ -27,7 +27,7 @@ from prosam.cli.outputs import check_output_dir
 from prosam.errors import InputError
 from prosam.label.classes import check_class_name, check_class_names
 from prosam.label.defaults import DEFAULT_CLASS
-from prosam.label.targets import expand_label_targets
+from prosam.label.targets import expand_label_targets, target_root
 from prosam.methods.capabilities import UNCERTAINTY
 from prosam.methods.registry import list_methods
 
@@ -237,7 +237,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     check_class_names(list(dict.fromkeys(classes)))
     if not args.targets:
         raise InputError("give target images, folders or @list.txt")
-    targets = expand_label_targets(args.targets, recursive=args.recursive)
+    targets = expand_label_targets(args.targets, recursive=args.recursive, out=args.out)
     if not targets:
         raise InputError("no target images found")
     able = [m.name for m in list_methods() if UNCERTAINTY in m.capabilities]
@@ -269,12 +269,15 @@ def cmd_label(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         progress=not args.no_progress,
         restart=args.restart,
+        root=target_root(args.targets, targets),
     )
     rate = summary.processed / summary.seconds if summary.seconds else 0.0
     i, n = summary.shard
     print(
         f"{args.out}: {summary.processed} labelled ({summary.empty} with nothing found), "
         f"{summary.skipped} already done, {summary.failed} failed"
+        + (f", {summary.replaced} changed since" if summary.replaced else "")
+        + (f", outputs of {summary.removed} gone targets removed" if summary.removed else "")
         + (f" [shard {i}/{n}: {summary.shard_targets} of {summary.total}]" if n > 1 else "")
         + f", {rate:.2f} img/s"
     )

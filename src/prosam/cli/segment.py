@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +21,8 @@ from prosam.cli.options import (
     parse_points,
 )
 from prosam.cli.outputs import check_output_dir
-from prosam.errors import InputError, ProsamError
-from prosam.label.targets import expand_label_targets
+from prosam.errors import InputError, failure_reason
+from prosam.label.targets import TargetEntry, expand_label_targets, plan_targets, target_root
 
 if TYPE_CHECKING:
     from prosam.methods import ReferenceMethod
@@ -43,14 +45,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     group.add_argument("--ref-scribble", help="image of the scribble (non-zero = drawn)")
     p.add_argument("targets", nargs="+", help="target images or folders")
-    p.add_argument("--out", required=True, help="output folder: OUT/<target stem>.png")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: OUT/<target path>.png, the path relative to the folder common "
+        "to the targets (a/x.jpg and b/x.jpg give OUT/a/x.png and OUT/b/x.png)",
+    )
     add_method_choice(p, default="persam")
     p.add_argument(
         "--instances",
         action="store_true",
-        help="also write OUT/<target stem>-instances.png: 0 background, i the i-th object "
+        help="also write OUT/<target path>-instances.png: 0 background, i the i-th object "
         "(best first; a method without instances gives its mask as object 1)",
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_checkpoint_option(p)
     add_stable_option(p)
     add_model_args(p)
@@ -73,6 +81,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     """Segment every target like the reference; status 1 when a target failed."""
     from prosam.io import read_image
     from prosam.label.api import annotation_to_mask, reference_from_annotation
+    from prosam.label.progress import progress_bar
     from prosam.methods import Reference, build_method
     from prosam.sam import Predictor
 
@@ -82,7 +91,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     drawn = None  # rasterised now, so that a bad annotation is refused before the model loads
     if 0 not in annotation.get("labels", ()):
         drawn = annotation_to_mask(annotation, ref_image.shape[:2])
-    targets = expand_label_targets(args.targets)
+    out = Path(args.out)
+    entries = plan_outputs(args.targets, out, instances=args.instances)
     model, cache = load_model(args)
     attach_stable_from_args(args, model)
     predictor = Predictor(model, cache=cache)
@@ -95,28 +105,57 @@ def cmd_segment(args: argparse.Namespace) -> int:
     except InputError as err:
         raise InputError(f"{args.ref}: {err}") from None
     method.fit([reference])
-    out = Path(args.out)
     failed = 0
-    for path in targets:
-        try:
-            written = _segment_one(method, predictor, path, out, instances=args.instances)
-        except Exception as err:  # one target's problem: the others are still segmented
-            reason = " ".join(str(err).split())
-            if not isinstance(err, ProsamError):
-                reason = f"{type(err).__name__}: {reason}"
-            if str(path) not in reason:
-                reason = f"{path}: {reason}"
-            print(f"skipped: {reason}", file=sys.stderr)
-            failed += 1
-            continue
-        print(written)
+    t0 = time.perf_counter()
+    bar = progress_bar(len(entries), 0, not args.no_progress, "segment")
+    try:
+        for entry in entries:
+            try:
+                _segment_one(method, predictor, entry.path, out / entry.key, args.instances)
+            except Exception as err:  # one target's problem: the others are still segmented
+                reason = failure_reason(err)
+                if str(entry.path) not in reason:
+                    reason = f"{entry.path}: {reason}"
+                bar.write(f"skipped: {reason}", file=sys.stderr)
+                failed += 1
+            bar.update(1)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    done = len(entries) - failed
+    print(
+        f"{out}: {done} segmented, {failed} failed"
+        + (f", {done / seconds:.2f} img/s" if seconds > 0 and done else "")
+    )
     return 1 if failed else 0
 
 
+def plan_outputs(items: Sequence[str], out: Path, *, instances: bool) -> list[TargetEntry]:
+    """The targets ``items`` name, each keyed by its path relative to their common folder
+    (``OUT/<key>.png``); a folder's files under ``out`` are left out."""
+    paths = expand_label_targets(items, out=out)
+    if not paths:
+        raise InputError("no target images found")
+    entries = plan_targets(paths, root=target_root(items, paths))
+    sources = {e.path.resolve() for e in entries}
+    for e in entries:
+        mask = out / f"{e.key}.png"
+        if mask.resolve() in sources:
+            raise InputError(f"--out {out}: the mask of {e.path} would overwrite {mask}")
+    keys = {e.key.casefold() for e in entries}
+    clash = [e.key for e in entries if instances and f"{e.key}-instances".casefold() in keys]
+    if clash:
+        raise InputError(
+            f"--instances would write {clash[0]}-instances.png over the mask of the target "
+            f"{clash[0]}-instances; rename that file"
+        )
+    return entries
+
+
 def _segment_one(
-    method: ReferenceMethod, predictor: Predictor, path: Path, out: Path, *, instances: bool
-) -> str:
-    """Segment one target, write its mask (and instances); the line that says so."""
+    method: ReferenceMethod, predictor: Predictor, path: Path, out: Path, instances: bool
+) -> None:
+    """Segment one target, write ``<out>.png`` (and ``<out>-instances.png``)."""
     from prosam.io import read_image, write_mask_png
     from prosam.label.writers import write_instance_png
     from prosam.methods import Target
@@ -126,13 +165,10 @@ def _segment_one(
     embedded = predictor.embed(image)
     result = method.predict(Target(image, embedded))
     mask = original_size_mask(result.low_res_logits, embedded.geometry)
-    write_mask_png(out / f"{path.stem}.png", mask)
-    found = ""
+    write_mask_png(out.with_name(f"{out.name}.png"), mask)
     if instances:
         objects = [
             (original_size_mask(i.low_res_logits, embedded.geometry) & mask, i.score)
             for i in result.instances
         ] or [(mask, result.score)]
-        write_instance_png(out / f"{path.stem}-instances.png", objects, mask.shape)
-        found = f", {len(objects)} object(s)"
-    return f"{out / (path.stem + '.png')}: {int(mask.sum())} px, score {result.score:.3f}{found}"
+        write_instance_png(out.with_name(f"{out.name}-instances.png"), objects, mask.shape)

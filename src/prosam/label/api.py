@@ -29,19 +29,15 @@ import numpy as np
 
 from prosam.errors import InputError, ProsamWarning
 from prosam.label.classes import check_class_names
-from prosam.label.job import (
+from prosam.label.defaults import (
     DEFAULT_CLASS,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_AREA_FRACTION,
     DEFAULT_SCORE_THRESHOLD,
-    LabelJob,
-    LabelSummary,
-    TargetEntry,
-    load_target_image,
-    plan_targets,
-    predict_classes,
 )
-from prosam.label.job import ClassPrediction as _ClassPrediction
+from prosam.label.job import LabelJob, LabelSummary, load_target_image
+from prosam.label.prediction import ClassPrediction, predict_classes
+from prosam.label.targets import TargetEntry, plan_targets
 from prosam.label.writers import (
     CocoWriter,
     LabelMask,
@@ -350,8 +346,10 @@ class Segmenter:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         progress: bool = True,
         restart: bool = False,
+        root: str | os.PathLike[str] | None = None,
     ) -> LabelSummary:
-        """Run the resumable labelling job (:class:`~prosam.label.job.LabelJob`) on files."""
+        """Run the resumable labelling job (:class:`~prosam.label.job.LabelJob`) on files;
+        ``root`` is the target root (:mod:`prosam.label.targets`)."""
         self._check_fitted()
         job = LabelJob(
             self.methods,
@@ -367,7 +365,7 @@ class Segmenter:
             fingerprint=self.fingerprint(),
             restart=restart,
         )
-        return job.run(targets)
+        return job.run(targets, root=root)
 
     def save_png(
         self,
@@ -401,7 +399,7 @@ def _plan_in_order(paths: Sequence[str | os.PathLike[str]]) -> list[TargetEntry]
 def _result(
     key: str,
     image: np.ndarray,
-    preds: Sequence[_ClassPrediction],
+    preds: Sequence[ClassPrediction],
     source: str | None,
     file_name: str | None,
 ) -> LabelResult:
