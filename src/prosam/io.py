@@ -34,6 +34,16 @@ LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
 MASK_THRESHOLD = 128
 
 
+@contextlib.contextmanager
+def quiet_pillow() -> Iterator[None]:
+    """Silence Pillow's ``DecompressionBombWarning``: prosam refuses images by its own limits
+    (``--max-pixels``) with one line, and Pillow's own error above twice its limit is an
+    :class:`InputError` too."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def _open(path: str | os.PathLike[str]) -> Image.Image:
     return _open_with_format(path)[0]
 
@@ -44,7 +54,7 @@ def _open_with_format(path: str | os.PathLike[str]) -> tuple[Image.Image, str | 
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
-        with Image.open(path) as img:
+        with quiet_pillow(), Image.open(path) as img:
             img.load()
             return ImageOps.exif_transpose(img) or img, img.format
     except Image.DecompressionBombError as err:

@@ -50,7 +50,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from prosam.errors import InputError, failure_reason
-from prosam.io import read_image, remove_stale_temporaries
+from prosam.io import quiet_pillow, read_image, remove_stale_temporaries
 from prosam.label.defaults import (
     DEFAULT_CLASS,
     DEFAULT_MAX_PIXELS,
@@ -102,7 +102,7 @@ def load_target_image(
 ) -> np.ndarray:
     """Read a target as RGB, refusing images of more than ``max_pixels`` before decoding."""
     try:
-        with Image.open(path) as img:
+        with quiet_pillow(), Image.open(path) as img:
             w, h = img.size
     except Exception:  # read_image below says what is wrong
         w = h = 0
