@@ -392,8 +392,8 @@ class Segmenter:
 
 def _plan_in_order(paths: Sequence[str | os.PathLike[str]]) -> list[TargetEntry]:
     """:func:`plan_targets` entries matched back to ``paths`` (a repeated file shares one)."""
-    entries = {e.path.resolve(): e for e in plan_targets(paths)}
-    return [entries[Path(p).resolve()] for p in paths]
+    entries = {os.path.abspath(e.path): e for e in plan_targets(paths)}
+    return [entries[os.path.abspath(p)] for p in paths]
 
 
 def _result(

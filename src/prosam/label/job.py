@@ -127,8 +127,8 @@ class _TargetImages(Dataset):
     def __getitem__(self, i: int) -> Loaded:
         path = self.entries[i].path
         try:
-            stamp = stamp_file(path)
             image = load_target_image(path, self.max_pixels)
+            stamp = stamp_file(path)
         except Exception as err:
             return i, None, None, failure_reason(err)
         return i, torch.from_numpy(image), stamp, None

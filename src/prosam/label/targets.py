@@ -50,7 +50,11 @@ def expand_label_targets(
         p = Path(item)
         if p.is_dir():
             found = p.rglob("*") if recursive else p.iterdir()
-            images = sorted(q for q in found if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            images = sorted(  # a broken link is a target too: it fails, and says why
+                q
+                for q in found
+                if (q.is_file() or q.is_symlink()) and q.suffix.lower() in IMAGE_SUFFIXES
+            )
             paths += images if out is None else without_output(images, out, p)
         elif p.exists():
             paths.append(p)
@@ -109,20 +113,17 @@ def plan_targets(
 ) -> list[TargetEntry]:
     """Sort targets by path relative to ``root`` and give each a key (module doc).
 
-    ``root`` defaults to the folder common to the targets' folders. A file listed twice
-    (or through a symbolic link) is labelled once, under its first name in sorted order.
+    ``root`` defaults to the folder common to the targets' folders. A path listed twice is
+    labelled once; a symbolic link is a target of its own (its own path, its own outputs).
     """
     given = [Path(p) for p in paths]
     if not given:
         return []
     base = root if root is not None else target_root([], given)
-    by_file: dict[Path, tuple[str, Path]] = {}
+    by_path: dict[str, Path] = {}
     for p in given:
-        rel = _relative(p, base)
-        identity = p.resolve()
-        if identity not in by_file or rel < by_file[identity][0]:
-            by_file[identity] = (rel, p)
-    items = sorted(by_file.values())
+        by_path.setdefault(_relative(p, base), p)
+    items = sorted(by_path.items())
     keys = _unique_keys([rel for rel, _ in items])
     return [
         TargetEntry(i, p, key, rel)
@@ -140,8 +141,7 @@ def _relative(path: Path, root: str | os.PathLike[str] | None) -> str:
 
 
 def _unique_keys(rels: Sequence[str]) -> list[str]:
-    keys = [str(Path(rel).with_suffix("")) if Path(rel).suffix else rel for rel in rels]
-    keys = [Path(k).as_posix() for k in keys]
+    keys = [Path(rel).with_suffix("").as_posix() for rel in rels]
     keys = [
         rel if _shared(keys, k) or k.casefold() in RESERVED_KEYS else k
         for rel, k in zip(rels, keys, strict=True)
