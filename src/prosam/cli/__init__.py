@@ -13,6 +13,7 @@ from typing import Any
 
 from prosam import __version__
 from prosam.cli import (
+    cache,
     demo,
     episodes,
     eval,
@@ -27,7 +28,7 @@ from prosam.cli import (
 from prosam.errors import ProsamError, ProsamWarning
 
 #: The commands in the order ``prosam --help`` lists them; each module has ``add_parser(sub)``.
-COMMANDS = (predict, weights, demo, episodes, eval, train, segment, stable, label, study)
+COMMANDS = (predict, weights, cache, demo, episodes, eval, train, segment, stable, label, study)
 
 
 def build_parser() -> argparse.ArgumentParser:
