@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,38 @@ def test_a_record_keeps_what_identifies_its_file(tmp_path, predictor):
     (src / "a" / "x.png").write_bytes(data)
     summary, method = _run(predictor, out, src)
     assert method.calls == 0 and summary.replaced == 0
+
+
+class SlowMethod(BrightMethod):
+    """BrightMethod taking its time, so that two jobs overlap."""
+
+    def predict(self, target):
+        time.sleep(0.05)
+        return super().predict(target)
+
+
+def test_two_jobs_on_one_output_folder_share_the_work(tmp_path, predictor):
+    """Two jobs at once (threads here: the per-target file locks are taken on separate open
+    files, so they exclude each other as two processes' do)."""
+    src = tmp_path / "src"
+    for i in range(10):
+        _save(src / f"p{i}.png", 30 + i, 40, i)
+    out = tmp_path / "out"
+    methods = [SlowMethod(), SlowMethod()]
+    summaries = {}
+
+    def run(i: int) -> None:
+        summaries[i], _ = _run(predictor, out, src, methods[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert methods[0].calls + methods[1].calls == 10  # each target labelled exactly once
+    assert methods[0].calls > 0 and methods[1].calls > 0  # by both
+    assert sum(s.processed for s in summaries.values()) == 10
+    assert all(s.ok for s in summaries.values()) and not (out / "locks").exists()
+    fresh = tmp_path / "fresh"
+    _run(predictor, fresh, src)
+    assert _hashes(out) == _hashes(fresh)

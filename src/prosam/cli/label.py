@@ -278,6 +278,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         f"{summary.skipped} already done, {summary.failed} failed"
         + (f", {summary.replaced} changed since" if summary.replaced else "")
         + (f", outputs of {summary.removed} gone targets removed" if summary.removed else "")
+        + (f", {summary.elsewhere} by another process" if summary.elsewhere else "")
         + (f" [shard {i}/{n}: {summary.shard_targets} of {summary.total}]" if n > 1 else "")
         + f", {rate:.2f} img/s"
     )

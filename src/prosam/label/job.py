@@ -11,7 +11,9 @@
   everything the outputs need (mask RLE, score, uncertainty) and the sha256, size and mtime
   of the file labelled, so a target with a record is done and ``coco.json`` is rebuilt
   from records;
-- ``failures/<key>.json`` per failed target and ``failures.json``, the list of them.
+- ``failures/<key>.json`` per failed target and ``failures.json``, the list of them;
+- ``locks/<key>.lock`` while a process labels that target: two processes on one output
+  folder (the same command run twice) share the work instead of both doing all of it.
 
 Killed at any point and rerun with the same command, a job skips the targets that have a
 record (rewriting a half-finished target's files whole, each write being atomic) and ends
@@ -46,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -152,6 +155,7 @@ class LabelSummary:
     backfilled: int = 0
     replaced: int = 0
     removed: int = 0
+    elsewhere: int = 0
     seconds: float = 0.0
     finalized: bool = False
     failures: list[dict[str, Any]] = field(default_factory=list)
@@ -400,13 +404,8 @@ class LabelJob:
         pending = []
         for e in mine:
             record = valid_record(self.out, e.key, e.file_name)
-            if record is not None and not same_file(record.get("file"), e.path):
-                self._remove_outputs(e.key, record.get("formats", []))
-                self._unlink(record_path(self.out, e.key))
-                summary.replaced += 1
-                record = None
-            if record is None:
-                pending.append(e)
+            if record is None or not same_file(record.get("file"), e.path):
+                pending.append(e)  # new, changed or failed: its old files go when it is claimed
                 continue
             summary.skipped += 1
             try:
@@ -418,29 +417,11 @@ class LabelJob:
         try:
             for pos, tensor, stamp, error in self._loader(pending):
                 entry = pending[pos]
-                if error is None:
-                    assert tensor is not None and stamp is not None
-                    image = tensor.numpy()
-                    try:
-                        preds = predict_classes(
-                            self.methods,
-                            self.predictor,
-                            image,
-                            score_threshold=self.score_threshold,
-                            min_area_fraction=self.min_area_fraction,
-                        )
-                        self._finish(entry, image.shape[:2], preds, image, stamp)
-                    except Exception as err:  # any one target's problem: the job goes on
-                        error = failure_reason(err)
-                        self._remove_outputs(entry.key, self._formats())
+                with self._claim(entry) as claimed:
+                    if claimed:
+                        self._label_one(entry, tensor, stamp, error, summary, bar)
                     else:
-                        summary.processed += 1
-                        summary.empty += not any(p.kept for p in preds)
-                if error is not None:
-                    if str(entry.path) not in error:
-                        error = f"{entry.path}: {error}"
-                    summary.failures.append(self._fail(entry, error))
-                    bar.write(f"skipped: {error}", file=sys.stderr)
+                        summary.elsewhere += 1
                 bar.update(1)
                 bar.set_postfix(failed=len(summary.failures), empty=summary.empty, refresh=False)
         finally:
@@ -453,6 +434,71 @@ class LabelJob:
             summary.finalized = True
         summary.seconds = time.perf_counter() - t0
         return summary
+
+    @contextlib.contextmanager
+    def _claim(self, entry: TargetEntry) -> Iterator[bool]:
+        """Whether this process may label ``entry`` now: another process on the same output
+        folder that holds its lock is labelling it. Killed, a process's locks are released."""
+        path = self.out / "locks" / f"{entry.key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            claimed = False
+        else:
+            claimed = True
+        try:
+            yield claimed
+        finally:
+            if claimed:
+                lock.release()
+                self._unlink(path)  # after the record: a later claimant finds the target done
+
+    def _label_one(
+        self,
+        entry: TargetEntry,
+        tensor: torch.Tensor | None,
+        stamp: FileStamp | None,
+        error: str | None,
+        summary: LabelSummary,
+        bar: Any,
+    ) -> None:
+        """Label one claimed target (or record why it failed), replacing an older record."""
+        record = read_json(record_path(self.out, entry.key))
+        if isinstance(record, dict):
+            current = valid_record(self.out, entry.key, entry.file_name)
+            if current is not None and same_file(current.get("file"), entry.path):
+                summary.elsewhere += 1  # another process labelled it meanwhile
+                return
+            self._remove_outputs(
+                entry.key, [f for f in record.get("formats", []) if isinstance(f, str)]
+            )
+            self._unlink(record_path(self.out, entry.key))
+            summary.replaced += current is not None
+        if error is None:
+            assert tensor is not None and stamp is not None
+            image = tensor.numpy()
+            try:
+                preds = predict_classes(
+                    self.methods,
+                    self.predictor,
+                    image,
+                    score_threshold=self.score_threshold,
+                    min_area_fraction=self.min_area_fraction,
+                )
+                self._finish(entry, image.shape[:2], preds, image, stamp)
+            except Exception as err:  # any one target's problem: the job goes on
+                error = failure_reason(err)
+                self._remove_outputs(entry.key, self._formats())
+            else:
+                summary.processed += 1
+                summary.empty += not any(p.kept for p in preds)
+        if error is not None:
+            if str(entry.path) not in error:
+                error = f"{entry.path}: {error}"
+            summary.failures.append(self._fail(entry, error))
+            bar.write(f"skipped: {error}", file=sys.stderr)
 
     def _all_done(self, entries: Sequence[TargetEntry]) -> bool:
         return all(
