@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,20 +142,18 @@ def _relative(path: Path, root: str | os.PathLike[str] | None) -> str:
 
 
 def _unique_keys(rels: Sequence[str]) -> list[str]:
-    keys = [Path(rel).with_suffix("").as_posix() for rel in rels]
+    """Keys for sorted relative paths (module doc), in linear time."""
+    stems = [Path(rel).with_suffix("").as_posix() for rel in rels]
+    taken = Counter(k.casefold() for k in stems)
     keys = [
-        rel if _shared(keys, k) or k.casefold() in RESERVED_KEYS else k
-        for rel, k in zip(rels, keys, strict=True)
+        rel if taken[k.casefold()] > 1 or k.casefold() in RESERVED_KEYS else k
+        for rel, k in zip(rels, stems, strict=True)
     ]
+    taken = Counter(k.casefold() for k in keys)
     return [
-        f"{k}-{hashlib.sha1(rel.encode()).hexdigest()[:8]}" if _shared(keys, k) else k
+        f"{k}-{hashlib.sha1(rel.encode()).hexdigest()[:8]}" if taken[k.casefold()] > 1 else k
         for rel, k in zip(rels, keys, strict=True)
     ]
-
-
-def _shared(keys: Sequence[str], key: str) -> bool:
-    folded = key.casefold()
-    return sum(k.casefold() == folded for k in keys) > 1
 
 
 @dataclass(frozen=True)
@@ -166,6 +165,7 @@ class FileStamp:
     mtime_ns: int
 
     def as_dict(self) -> dict[str, Any]:
+        """The stamp as a record stores it."""
         return {"sha256": self.sha256, "size": self.size, "mtime_ns": self.mtime_ns}
 
 
