@@ -94,3 +94,17 @@ def test_an_unwritable_embedding_cache_is_only_read(tmp_path, photo, capsys):
     err = capsys.readouterr().err
     assert "prosam: warning:" in err and "embedding cache not writable" in err
     assert err.count("\n") == 1 and out.is_file()
+
+
+@pytest.mark.parametrize(
+    ("annotation", "message"),
+    [
+        (["--ref-box", "900,900,950,950"], "does not overlap"),
+        (["--ref-mask", "missing.png"], "no such file"),
+    ],
+)
+def test_label_refuses_a_bad_reference_before_the_model_loads(
+    tmp_path, photo, capsys, annotation, message
+):
+    argv = ["label", "--ref", str(photo), *annotation, str(photo), "--out", str(tmp_path / "o")]
+    _fails_fast([*argv, *NO_MODEL], capsys, message)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from prosam.cli.options import (
@@ -24,7 +25,7 @@ from prosam.cli.options import (
     parse_points,
 )
 from prosam.cli.outputs import check_output_dir
-from prosam.errors import InputError
+from prosam.errors import InputError, ProsamWarning
 from prosam.label.classes import check_class_name, check_class_names
 from prosam.label.defaults import DEFAULT_CLASS
 from prosam.label.targets import expand_label_targets, target_root
@@ -214,6 +215,24 @@ def _annotation(ref: dict[str, Any]) -> Any:
     return {"points": [[x, y] for x, y, _ in clicks], "labels": [label for *_, label in clicks]}
 
 
+def _check_reference(ref: dict[str, Any]) -> None:
+    """Refuse a reference that cannot be used before the model loads (its warnings, such as
+    a clipped box, come once, when it is fitted)."""
+    from prosam.io import read_image
+    from prosam.label.api import annotation_to_mask
+
+    image = read_image(ref["image"])
+    annotation = _annotation(ref)
+    if isinstance(annotation, dict) and 0 in annotation.get("labels", ()):
+        return  # SAM draws this one: checked when fitted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProsamWarning)
+        try:
+            annotation_to_mask(annotation, image.shape[:2])
+        except InputError as err:
+            raise InputError(f"--ref {ref['image']}: {err}") from None
+
+
 def cmd_label(args: argparse.Namespace) -> int:
     """Run (or finalize) a labelling job; status 1 when a target failed."""
     from prosam.label.job import finalize_outputs
@@ -246,6 +265,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     from prosam.label.api import Segmenter
     from prosam.sam import Predictor
 
+    for ref in references:
+        _check_reference(ref)
     model, cache = load_model(args)
     attach_stable_from_args(args, model)
     options = {"uncertainty": True} if args.uncertainty else {}
