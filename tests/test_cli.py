@@ -148,3 +148,23 @@ def test_building_the_parser_imports_no_model_code():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_an_image_too_thin_for_sam_is_one_line_naming_the_file(tmp_path, capsys):
+    thin = tmp_path / "thin.png"
+    Image.fromarray(np.zeros((2, 20000, 3), np.uint8)).save(thin)
+    code = main(
+        [
+            "predict",
+            str(thin),
+            "--point",
+            "1,1",
+            "--out",
+            str(tmp_path / "m.png"),
+            "--model",
+            "tiny",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"prosam: error: {thin}: image is 20000x2 pixels")
+    assert err.count("\n") == 1 and not (tmp_path / "m.png").exists()

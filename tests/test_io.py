@@ -100,3 +100,21 @@ def test_atomic_path_leaves_the_old_file_on_failure(tmp_path):
         raise RuntimeError("crash")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_pillows_decompression_bomb_warning_never_leaks(tmp_path, monkeypatch):
+    import warnings
+
+    from prosam.label.job import load_target_image
+
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)  # 2000 px: a "bomb" by Pillow's rule
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert read_image(tmp_path / "big.png").shape == (40, 50, 3)
+        with pytest.raises(InputError, match="more than 1000"):
+            load_target_image(tmp_path / "big.png", max_pixels=1000)
+    assert not caught
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # over twice the limit: Pillow refuses
+    with pytest.raises(InputError, match=r"big\.png: image is too large"):
+        read_image(tmp_path / "big.png")

@@ -25,6 +25,10 @@ def predictor(tiny_sam) -> Predictor:
     return Predictor(tiny_sam)
 
 
+class Killed(BaseException):
+    """A simulated kill: not an error of one target, so the job stops as a killed one does."""
+
+
 class BrightMethod:
     """A deterministic stub: the mask is the bright (``sign=1``) or dark (``-1``) part of the
     target, as logits on SAM's low-res grid. Counts its predictions; ``fail_after`` raises
@@ -52,7 +56,7 @@ class BrightMethod:
 
     def predict(self, target: Target) -> MethodOutput:
         if self.fail_after is not None and self.calls >= self.fail_after:
-            raise RuntimeError("killed")
+            raise Killed()
         self.calls += 1
         g = target.embedded.geometry
         s = g.image_size
@@ -113,15 +117,15 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
 
         def make_record(*args, **kwargs):
             if len(made) == 3:
-                raise RuntimeError("killed")
+                raise Killed()
             made.append(1)
             return real(*args, **kwargs)
 
         monkeypatch.setattr(job_module, "make_record", make_record)
-    with pytest.raises(RuntimeError, match="killed"):
+    with pytest.raises(Killed):
         _job(predictor, out, first).run(targets)
     monkeypatch.undo()
-    assert len(list((out / "records").glob("*.json"))) == 3
+    assert len(list((out / "records").rglob("*.json"))) == 3
     assert not (out / "coco.json").exists()
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
@@ -175,7 +179,7 @@ def test_bad_inputs_are_reported_and_skipped(tmp_path, targets, predictor):
         sorted(bad.iterdir()) + targets
     )
     assert again.calls == 1 and summary.failed == 4
-    assert not (tmp_path / "out" / "failures" / "huge.json").exists()
+    assert not (tmp_path / "out" / "failures" / "bad" / "huge.json").exists()
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
@@ -193,7 +197,13 @@ def test_shards_cover_every_target_exactly_once(tmp_path, targets, predictor, n)
         assert summary.finalized == (i == n - 1)  # the last shard to finish writes coco.json
     assert calls == processed == len(targets)
     keys = sorted(e.key for e in plan_targets(targets))
-    assert sorted(p.stem for p in (out / "records").glob("*.json")) == keys
+    assert (
+        sorted(
+            p.relative_to(out / "records").with_suffix("").as_posix()
+            for p in (out / "records").rglob("*.json")
+        )
+        == keys
+    )
     assert (out / "coco.json").read_bytes() == (single / "coco.json").read_bytes()
     assert _tree(out / "yolo") == _tree(single / "yolo")
 
@@ -206,20 +216,28 @@ def test_shard_defaults_to_torchrun_environment(predictor, tmp_path, monkeypatch
         _job(predictor, tmp_path, BrightMethod(), shard=(3, 3))
 
 
-def test_duplicate_stems_get_distinct_deterministic_keys(tmp_path, targets, predictor):
+def test_keys_mirror_the_relative_path_and_never_collide(tmp_path, targets, predictor):
     (tmp_path / "c").mkdir()
-    Image.fromarray(_image(40, 40, 3)).save(tmp_path / "c" / "DUP.png")  # same stem, other case
-    paths = [*targets, tmp_path / "c" / "DUP.png", targets[0]]  # and a file listed twice
+    Image.fromarray(_image(40, 40, 3)).save(tmp_path / "c" / "dup.png")
+    Image.fromarray(_image(40, 40, 4)).save(tmp_path / "c" / "dup.jpg")  # same stem, one folder
+    Image.fromarray(_image(40, 40, 5)).save(tmp_path / "c" / "DUP.bmp")  # and other case
+    (tmp_path / "classes.png").write_bytes(targets[0].read_bytes())  # yolo's own file
+    paths = [*targets, *sorted((tmp_path / "c").iterdir()), tmp_path / "classes.png"]
+    paths.append(targets[0])  # a file listed twice
     entries = plan_targets(paths)
-    keys = [e.key for e in entries]
-    assert len(entries) == len(targets) + 1 and len({k.casefold() for k in keys}) == len(keys)
-    assert [e.key for e in plan_targets(paths[::-1])] == keys  # independent of the order
-    assert {k for k in keys if k.startswith("img")} == {f"img{i}" for i in range(5)}
-    dups = sorted(k for k in keys if k.casefold().startswith("dup"))
-    assert len(dups) == 3 and all(len(k.split("-")[1]) == 8 for k in dups)
-    assert [e.file_name for e in entries][:3] == ["a/dup.png", "b/dup.jpg", "c/DUP.png"]
+    keys = {e.file_name: e.key for e in entries}
+    assert len(entries) == len(paths) - 1 and len({k.casefold() for k in keys.values()}) == len(
+        keys
+    )
+    assert [e.key for e in plan_targets(paths[::-1])] == [e.key for e in entries]
+    assert keys["t/img0.png"] == "t/img0" and keys["a/dup.png"] == "a/dup"
+    assert keys["b/dup.jpg"] == "b/dup" and keys["classes.png"] == "classes.png"
+    assert keys["c/dup.jpg"] == "c/dup.jpg" and keys["c/dup.png"] == "c/dup.png"
+    assert keys["c/DUP.bmp"] == "c/DUP.bmp"
     _job(predictor, tmp_path / "out", BrightMethod(), formats=["png"]).run(paths)
-    assert sorted(p.stem for p in (tmp_path / "out" / "png" / "bright").iterdir()) == sorted(keys)
+    root = tmp_path / "out" / "png" / "bright"
+    written = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    assert written == sorted(f"{k}.png" for k in keys.values())
 
 
 def test_multiple_classes_uncertainty_and_outputs(tmp_path, targets, predictor):
@@ -247,31 +265,31 @@ def test_multiple_classes_uncertainty_and_outputs(tmp_path, targets, predictor):
 
 
 def test_empty_targets_yield_no_masks(tmp_path, targets, predictor):
-    summary = _job(predictor, tmp_path, BrightMethod(score=0.2), score_threshold=0.5).run(
-        targets[:2]
-    )
+    out = tmp_path / "out"
+    summary = _job(predictor, out, BrightMethod(score=0.2), score_threshold=0.5).run(targets[:2])
     assert summary.empty == 2 and summary.ok
-    assert not np.asarray(Image.open(tmp_path / "png" / "bright" / "img0.png")).any()
-    assert (tmp_path / "yolo" / "img0.txt").read_text() == ""
-    coco = json.loads((tmp_path / "coco.json").read_text())
+    assert not np.asarray(Image.open(out / "png" / "bright" / "img0.png")).any()
+    assert (out / "yolo" / "img0.txt").read_text() == ""
+    coco = json.loads((out / "coco.json").read_text())
     assert len(coco["images"]) == 2 and coco["annotations"] == []
-    record = json.loads((tmp_path / "records" / "img0.json").read_text())
+    record = json.loads((out / "records" / "img0.json").read_text())
     assert record["classes"][0]["kept"] is False and record["classes"][0]["score"] == 0.2
 
 
 def test_other_configuration_is_refused_and_new_formats_are_backfilled(
     tmp_path, targets, predictor
 ):
-    _job(predictor, tmp_path, BrightMethod(), formats=["png"]).run(targets[:3])
+    out = tmp_path / "out"
+    _job(predictor, out, BrightMethod(), formats=["png"]).run(targets[:3])
     with pytest.raises(InputError, match="score_threshold"):
-        _job(predictor, tmp_path, BrightMethod(), score_threshold=0.5).run(targets[:3])
+        _job(predictor, out, BrightMethod(), score_threshold=0.5).run(targets[:3])
     method = BrightMethod()
-    summary = _job(predictor, tmp_path, method, formats=["png", "yolo", "overlay"]).run(targets[:3])
+    summary = _job(predictor, out, method, formats=["png", "yolo", "overlay"]).run(targets[:3])
     assert method.calls == 0 and summary.backfilled == 3
-    assert len(list((tmp_path / "yolo").glob("img*.txt"))) == 3
-    assert len(list((tmp_path / "overlay").glob("*.jpg"))) == 3
+    assert len(list((out / "yolo").glob("img*.txt"))) == 3
+    assert len(list((out / "overlay").glob("*.jpg"))) == 3
     method = BrightMethod(score=0.2)
-    summary = _job(predictor, tmp_path, method, score_threshold=0.5, restart=True).run(targets[:3])
+    summary = _job(predictor, out, method, score_threshold=0.5, restart=True).run(targets[:3])
     assert method.calls == 3 and summary.empty == 3
 
 
@@ -297,9 +315,59 @@ def test_instances_reach_coco_and_come_back_from_the_records(tmp_path, targets, 
         per_image.setdefault(a["image_id"], []).append(a["score"])
     assert per_image and all(sorted(s) in ([0.7], [0.6], [0.6, 0.7]) for s in per_image.values())
     assert any(len(s) == 2 for s in per_image.values())
-    record = json.loads(next((out / "records").glob("*.json")).read_text())
+    record = json.loads(next((out / "records").rglob("*.json")).read_text())
     assert "instances" in record["classes"][0]
     first = (out / "coco.json").read_bytes()
     (out / "coco.json").unlink()
     job_module.finalize_outputs(out, ["coco"])
     assert (out / "coco.json").read_bytes() == first  # rebuilt from the records alone
+
+
+class FlakyMethod(BrightMethod):
+    """Raises a plain Python error (not one of prosam's) on the targets listed in ``bad``."""
+
+    def __init__(self, bad: set[tuple[int, int]]) -> None:
+        super().__init__()
+        self.bad = bad
+
+    def predict(self, target: Target) -> MethodOutput:
+        if target.image.shape[:2] in self.bad:
+            raise ValueError("height and width must be > 0")
+        return super().predict(target)
+
+
+def test_any_error_of_one_target_is_a_failure_and_the_job_goes_on(tmp_path, targets, predictor):
+    thin = tmp_path / "t" / "thin.png"
+    Image.fromarray(np.zeros((2, 3000, 3), np.uint8)).save(thin)  # resized to 0 rows
+    out = tmp_path / "out"
+    method = FlakyMethod({(44, 56)})  # img1
+    summary = _job(predictor, out, method).run([thin, *targets])
+    assert summary.failed == 2 and summary.processed == len(targets) - 1 and summary.finalized
+    reasons = {f["file_name"]: f["reason"] for f in json.loads((out / "failures.json").read_text())}
+    assert sorted(reasons) == ["t/img1.png", "t/thin.png"]
+    assert reasons["t/img1.png"].endswith("img1.png: ValueError: height and width must be > 0")
+    assert "thin.png: image is 3000x2 pixels: too thin for SAM" in reasons["t/thin.png"]
+    assert all("\n" not in r for r in reasons.values())
+    # nothing of the failed targets is left half-written
+    assert not [
+        p for p in out.rglob("*") if p.stem in ("img1", "thin") and "failures" not in p.parts
+    ]
+
+
+def test_a_writer_failing_half_way_leaves_no_files_of_that_target(tmp_path, targets, predictor):
+    class BrokenYolo:
+        name = "broken"
+
+        def add(self, key, image_size, masks, **kwargs):
+            if key == "t/img2":
+                raise OSError(28, "No space left on device")
+
+        def finalize(self) -> None: ...
+
+    out = tmp_path / "out"
+    summary = _job(predictor, out, BrightMethod(), formats=["png", "overlay", BrokenYolo()]).run(
+        targets
+    )
+    assert summary.failed == 1 and "No space left on device" in summary.failures[0]["reason"]
+    assert not [p for p in out.rglob("img2*") if "failures" not in p.parts]
+    assert (out / "png" / "bright" / "t" / "img1.png").is_file()

@@ -164,9 +164,9 @@ def test_overlay_preview(tmp_path):
 
 
 def test_writer_checks(tmp_path):
-    with pytest.raises(ValueError, match="duplicate"):
+    with pytest.raises(ValueError, match="given twice"):
         PngWriter(tmp_path, ["a", "a"])
-    with pytest.raises(ValueError, match="collide"):
+    with pytest.raises(ValueError, match="share the output folder"):
         PngWriter(tmp_path, ["a/b", "a_b"])
     with pytest.raises(ValueError, match="unknown class"):
         YoloWriter(tmp_path, ["a"]).add("x", (H, W), [LabelMask("b", SHAPES["disk"], 1.0)])

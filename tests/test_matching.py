@@ -165,11 +165,11 @@ def test_segment_writes_instance_ids_inside_the_class_mask(tmp_path):
     write_mask_png(tmp_path / "ref-mask.png", mask)
     write_image(tmp_path / "t.png", rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
     argv = ["segment", "--ref", str(tmp_path / "ref.png"), "--ref-mask"]
-    argv += [str(tmp_path / "ref-mask.png"), str(tmp_path / "t.png"), "--out", str(tmp_path)]
+    argv += [str(tmp_path / "ref-mask.png"), str(tmp_path / "t.png"), "--out", str(tmp_path / "o")]
     argv += ["--method", "matcher", "--instances", "--model", "tiny", "--no-embedding-cache"]
     assert main(argv) == 0
-    class_mask = np.asarray(Image.open(tmp_path / "t.png")) > 0
-    ids = np.asarray(Image.open(tmp_path / "t-instances.png"))
+    class_mask = np.asarray(Image.open(tmp_path / "o" / "t.png")) > 0
+    ids = np.asarray(Image.open(tmp_path / "o" / "t-instances.png"))
     assert ids.shape == class_mask.shape == (40, 56)
     assert not (ids[~class_mask] > 0).any()
 

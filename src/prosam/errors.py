@@ -13,3 +13,17 @@ class InputError(ProsamError, ValueError):
 
 class WeightsError(ProsamError):
     """Pretrained weights are missing, corrupt, or do not match the architecture."""
+
+
+class ProsamWarning(UserWarning):
+    """Something the user should know about an input that was used anyway (a clipped box, a
+    thresholded lossy mask); the CLI prints it as one ``prosam: warning:`` line."""
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line saying why something failed: prosam's own message, else the exception's type
+    and message (a file that breaks a library, not a prosam bug to hide)."""
+    text = " ".join(str(err).split())
+    if isinstance(err, ProsamError):
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

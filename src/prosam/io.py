@@ -1,8 +1,9 @@
 """Reading images and masks robustly, and writing outputs atomically.
 
 Images come back as ``(H, W, 3) uint8`` RGB arrays with EXIF orientation applied, whatever the
-file's mode (grayscale, RGBA, palette, 16-bit, CMYK). Masks come back as label maps; see
-:func:`read_binary_mask` for how foreground and ignore pixels are told apart.
+file's mode (grayscale, RGBA, palette, 16-bit, CMYK). Masks come back as label maps, in the
+displayed orientation too; see :func:`read_binary_mask` for how foreground and ignore pixels
+are told apart.
 """
 
 from __future__ import annotations
@@ -10,25 +11,52 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from prosam.errors import InputError
+from prosam.errors import InputError, ProsamWarning
 
 IGNORE_VALUE = 255
 
+#: Marks the writer's process id in the names of :func:`atomic_path`'s temporary files.
+TEMPORARY_TAG = "pid"
+
+#: File formats whose compression changes pixel values: a mask saved in one rings at its edges.
+LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
+
+#: Values at or above this count as foreground in an alpha channel or a thresholded lossy mask.
+MASK_THRESHOLD = 128
+
+
+@contextlib.contextmanager
+def quiet_pillow() -> Iterator[None]:
+    """Silence Pillow's ``DecompressionBombWarning``: prosam refuses images by its own limits
+    (``--max-pixels``) with one line, and Pillow's own error above twice its limit is an
+    :class:`InputError` too."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
 
 def _open(path: str | os.PathLike[str]) -> Image.Image:
+    return _open_with_format(path)[0]
+
+
+def _open_with_format(path: str | os.PathLike[str]) -> tuple[Image.Image, str | None]:
+    """The decoded image, EXIF orientation applied, and its file format (e.g. ``"PNG"``)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
-        with Image.open(path) as img:
+        with quiet_pillow(), Image.open(path) as img:
             img.load()
-            return ImageOps.exif_transpose(img) or img
+            return ImageOps.exif_transpose(img) or img, img.format
     except Image.DecompressionBombError as err:
         raise InputError(f"{path}: image is too large ({err})") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
@@ -110,24 +138,61 @@ def split_label_map(
     return (labels > 0) & ~ignore, ignore
 
 
+def mask_alpha(img: Image.Image) -> np.ndarray | None:
+    """The alpha channel of a mask image when it carries the mask (it is not constant)."""
+    if img.mode not in ("RGBA", "LA", "PA") and not (
+        img.mode == "P" and "transparency" in img.info
+    ):
+        return None
+    alpha = np.asarray(img.convert("RGBA"), dtype=np.uint8)[..., 3]
+    return alpha if alpha.size and alpha.min() != alpha.max() else None
+
+
 def read_binary_mask(
     path: str | os.PathLike[str],
     *,
     class_value: int | None = None,
     expected_size: tuple[int, int] | None = None,
+    lossy: Literal["threshold", "refuse"] = "threshold",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read a mask file as ``(foreground, ignore)`` boolean arrays; see :func:`split_label_map`.
+    """Read a mask file as ``(foreground, ignore)`` boolean arrays.
+
+    The rule, in order:
+
+    - an alpha channel that is not constant carries the mask: alpha >= 128 is foreground
+      (the colours are not looked at);
+    - a lossy file (JPEG) cannot hold exact values: with ``lossy="threshold"`` values >= 128
+      are foreground, nothing is ignore, and a :class:`~prosam.errors.ProsamWarning` says so;
+      ``lossy="refuse"`` makes it an :class:`InputError`;
+    - otherwise the label map's values, see :func:`split_label_map` (0/255 masks, palette and
+      label maps).
 
     ``expected_size`` is the ``(H, W)`` of the image the mask belongs to; a mismatch is an
     :class:`InputError` naming both sizes.
     """
-    img = _open(path)
-    labels = _label_map_from_pil(img)
+    img, file_format = _open_with_format(path)
+    alpha = mask_alpha(img)
+    labels = alpha if alpha is not None else _label_map_from_pil(img)
     if expected_size is not None and labels.shape != tuple(expected_size):
         raise InputError(
             f"{path}: mask is {labels.shape[1]}x{labels.shape[0]} (WxH) but its image is "
             f"{expected_size[1]}x{expected_size[0]}"
         )
+    if alpha is not None:
+        return alpha >= MASK_THRESHOLD, np.zeros(alpha.shape, dtype=bool)
+    if file_format in LOSSY_FORMATS:
+        if lossy == "refuse":
+            raise InputError(
+                f"{path}: a {file_format} mask is lossy (its edges ring with stray values); "
+                "save the mask as PNG"
+            )
+        warnings.warn(
+            f"{path}: {file_format} is lossy; mask read as values >= {MASK_THRESHOLD} "
+            "(save masks as PNG to keep exact values)",
+            ProsamWarning,
+            stacklevel=2,
+        )
+        return labels >= MASK_THRESHOLD, np.zeros(labels.shape, dtype=bool)
     return split_label_map(labels, class_value=class_value, palette=img.mode == "P")
 
 
@@ -139,7 +204,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The writer's process id in the name tells a killed run's leftovers from work in progress.
+    prefix = f".{path.name}.{TEMPORARY_TAG}{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -152,6 +219,44 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def remove_stale_temporaries(
+    root: str | os.PathLike[str], *, max_age_s: float = 24 * 3600.0
+) -> int:
+    """Remove the temporary files :func:`atomic_path` left under ``root`` when its process
+    was killed: those whose process is gone, and any older than ``max_age_s`` (a process on
+    another machine sharing the folder). Returns how many were removed."""
+    removed = 0
+    now = time.time()
+    for tmp in Path(root).rglob(".*.tmp"):
+        pid = _writer_pid(tmp.name)
+        try:
+            stale = now - tmp.stat().st_mtime > max_age_s or (pid is not None and not _alive(pid))
+            if stale:
+                tmp.unlink()
+                removed += 1
+        except FileNotFoundError:  # finished (or removed) meanwhile
+            continue
+    return removed
+
+
+def _writer_pid(name: str) -> int | None:
+    _, tag, rest = name.partition(f".{TEMPORARY_TAG}")
+    digits = rest.split(".", 1)[0]
+    return int(digits) if tag and digits.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name != "posix":  # Windows' os.kill would end the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. someone else's process
+        return True
+    return True
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from prosam import __version__
 from prosam.cli import (
+    cache,
     demo,
     episodes,
     eval,
@@ -22,10 +25,10 @@ from prosam.cli import (
     train,
     weights,
 )
-from prosam.errors import ProsamError
+from prosam.errors import ProsamError, ProsamWarning
 
 #: The commands in the order ``prosam --help`` lists them; each module has ``add_parser(sub)``.
-COMMANDS = (predict, weights, demo, episodes, eval, train, segment, stable, label, study)
+COMMANDS = (predict, weights, cache, demo, episodes, eval, train, segment, stable, label, study)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,15 +43,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    if issubclass(category, ProsamWarning):
+        print(f"prosam: warning: {message}", file=sys.stderr)
+    else:
+        _default_show_warning(message, category, *args, **kwargs)
+
+
+_default_show_warning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; user errors print one line and exit with status 2, no traceback."""
+    """Entry point; user errors print one line and exit with status 2, no traceback.
+
+    Errors of the file system (a folder that cannot be written, a full disk) count as the
+    user's too; :class:`ProsamWarning` prints as one ``prosam: warning:`` line.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except ProsamError as err:
-        print(f"prosam: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("prosam: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ProsamWarning)
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.func(args) or 0)
+        except ProsamError as err:
+            print(f"prosam: error: {err}", file=sys.stderr)
+            return 2
+        except OSError as err:
+            where = f"{err.filename}: " if err.filename else ""
+            print(f"prosam: error: {where}{err.strerror or err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("prosam: interrupted", file=sys.stderr)
+            return 130

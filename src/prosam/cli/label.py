@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from prosam.cli.options import (
+    POINTS_HELP,
     add_checkpoint_option,
     add_method_choice,
     add_model_args,
@@ -20,10 +22,13 @@ from prosam.cli.options import (
     attach_stable_from_args,
     load_model,
     parse_box,
-    parse_point,
+    parse_points,
 )
-from prosam.errors import InputError
-from prosam.label.targets import expand_label_targets
+from prosam.cli.outputs import check_output_dir
+from prosam.errors import InputError, ProsamWarning
+from prosam.label.classes import check_class_name, check_class_names
+from prosam.label.defaults import DEFAULT_CLASS
+from prosam.label.targets import expand_label_targets, target_root
 from prosam.methods.capabilities import UNCERTAINTY
 from prosam.methods.registry import list_methods
 
@@ -52,7 +57,10 @@ class _ReferenceAction(argparse.Action):
         elif self.dest == "class_name":
             if refs[-1]["class"] is not None:
                 parser.error(f"--ref {refs[-1]['image']}: --class given twice")
-            refs[-1]["class"] = values
+            try:
+                refs[-1]["class"] = check_class_name(values)
+            except InputError as err:
+                parser.error(f"--class: {err}")
         elif refs[-1]["annotation"] is not None and self.dest != "ref_points":
             parser.error(f"--ref {refs[-1]['image']}: give one annotation per --ref")
         elif self.dest == "ref_points":
@@ -113,9 +121,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ref-points",
         action=_ReferenceAction,
-        type=lambda text: [parse_point(t) for t in text.split(";") if t],
-        metavar="X,Y[;X,Y...]",
-        help="foreground clicks on the reference",
+        type=parse_points,
+        metavar="X,Y[,L][;X,Y[,L]...]",
+        help=POINTS_HELP,
     )
     p.add_argument(
         "--ref-scribble", action=_ReferenceAction, metavar="PNG", help="non-zero = drawn"
@@ -212,9 +220,25 @@ def _annotation(ref: dict[str, Any]) -> Any:
     if kind == "ref_box":
         return {"box": list(value)}
     clicks = [p for group in value for p in group]
-    if any(label != 1 for _, _, label in clicks):
-        raise InputError("--ref-points takes foreground clicks only")
-    return {"points": [[x, y] for x, y, _ in clicks]}
+    return {"points": [[x, y] for x, y, _ in clicks], "labels": [label for *_, label in clicks]}
+
+
+def _check_reference(ref: dict[str, Any]) -> None:
+    """Refuse a reference that cannot be used before the model loads (its warnings, such as
+    a clipped box, come once, when it is fitted)."""
+    from prosam.io import read_image
+    from prosam.label.api import annotation_to_mask
+
+    image = read_image(ref["image"])
+    annotation = _annotation(ref)
+    if isinstance(annotation, dict) and 0 in annotation.get("labels", ()):
+        return  # SAM draws this one: checked when fitted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProsamWarning)
+        try:
+            annotation_to_mask(annotation, image.shape[:2])
+        except InputError as err:
+            raise InputError(f"--ref {ref['image']}: {err}") from None
 
 
 def cmd_label(args: argparse.Namespace) -> int:
@@ -229,15 +253,18 @@ def cmd_label(args: argparse.Namespace) -> int:
         )
         return 1 if result.failures or result.missing else 0
 
+    check_output_dir(args.out)
     references = args.references or []
     if not references:
         raise InputError("give at least one --ref IMAGE with --ref-mask/--ref-box/...")
     for ref in references:
         if ref["annotation"] is None:
             raise InputError(f"--ref {ref['image']}: give its --ref-mask, --ref-box, ...")
+    classes = [DEFAULT_CLASS if r["class"] is None else r["class"] for r in references]
+    check_class_names(list(dict.fromkeys(classes)))
     if not args.targets:
         raise InputError("give target images, folders or @list.txt")
-    targets = expand_label_targets(args.targets, recursive=args.recursive)
+    targets = expand_label_targets(args.targets, recursive=args.recursive, out=args.out)
     if not targets:
         raise InputError("no target images found")
     able = [m.name for m in list_methods() if UNCERTAINTY in m.capabilities]
@@ -246,6 +273,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     from prosam.label.api import Segmenter
     from prosam.sam import Predictor
 
+    for ref in references:
+        _check_reference(ref)
     model, cache = load_model(args)
     attach_stable_from_args(args, model)
     options = {"uncertainty": True} if args.uncertainty else {}
@@ -259,7 +288,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         min_area_fraction=args.min_area_fraction,
         method_options=options,
     )
-    seg.fit([(r["image"], _annotation(r), r["class"] or "object") for r in references])
+    seg.fit([(r["image"], _annotation(r), c) for r, c in zip(references, classes, strict=True)])
     summary = seg.label(
         targets,
         args.out,
@@ -269,12 +298,16 @@ def cmd_label(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         progress=not args.no_progress,
         restart=args.restart,
+        root=target_root(args.targets, targets),
     )
     rate = summary.processed / summary.seconds if summary.seconds else 0.0
     i, n = summary.shard
     print(
         f"{args.out}: {summary.processed} labelled ({summary.empty} with nothing found), "
         f"{summary.skipped} already done, {summary.failed} failed"
+        + (f", {summary.replaced} changed since" if summary.replaced else "")
+        + (f", outputs of {summary.removed} gone targets removed" if summary.removed else "")
+        + (f", {summary.elsewhere} by another process" if summary.elsewhere else "")
         + (f" [shard {i}/{n}: {summary.shard_targets} of {summary.total}]" if n > 1 else "")
         + f", {rate:.2f} img/s"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 from prosam.errors import InputError
@@ -24,16 +25,26 @@ def _floats(text: str, n: set[int], what: str) -> list[float]:
         raise argparse.ArgumentTypeError(
             f"{what} needs {' or '.join(map(str, sorted(n)))} numbers, got {text!r}"
         )
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{what} must be finite numbers, got {text!r}")
     return values
 
 
 def parse_point(text: str) -> tuple[float, float, int]:
     """``X,Y`` or ``X,Y,LABEL`` (label 1 = foreground, the default; 0 = background)."""
     values = _floats(text, {2, 3}, "--point")
-    label = int(values[2]) if len(values) == 3 else 1
-    if label not in (0, 1):
+    if len(values) == 3 and values[2] not in (0.0, 1.0):
         raise argparse.ArgumentTypeError(f"point label must be 0 or 1, got {text!r}")
+    label = int(values[2]) if len(values) == 3 else 1
     return values[0], values[1], label
+
+
+def parse_points(text: str) -> list[tuple[float, float, int]]:
+    """``X,Y[,LABEL]`` clicks separated by ``;``, each as :func:`parse_point` reads it."""
+    points = [parse_point(t.strip()) for t in text.split(";") if t.strip()]
+    if not points:
+        raise argparse.ArgumentTypeError(f"give at least one X,Y[,LABEL] click, got {text!r}")
+    return points
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
@@ -42,6 +53,13 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     if x1 < x0 or y1 < y0:
         raise argparse.ArgumentTypeError(f"--box needs x0<=x1 and y0<=y1, got {text!r}")
     return x0, y0, x1, y1
+
+
+POINTS_HELP = (
+    "clicks on the reference, X,Y[,LABEL] separated by ';' (or the option repeated); label 1 "
+    "(default) foreground, 0 background; with a background click the reference mask is "
+    "SAM's mask from the clicks"
+)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

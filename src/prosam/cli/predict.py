@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,7 +17,8 @@ from prosam.cli.options import (
     parse_box,
     parse_point,
 )
-from prosam.errors import InputError
+from prosam.cli.outputs import check_output_file
+from prosam.errors import InputError, ProsamWarning
 
 if TYPE_CHECKING:
     pass
@@ -47,13 +49,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def _check_prompts_inside(points: np.ndarray, box: np.ndarray | None, hw: tuple[int, int]) -> None:
-    h, w = hw
-    for x, y in points:
-        if not (0 <= x <= w and 0 <= y <= h):
-            raise InputError(f"point ({x:g}, {y:g}) is outside the {w}x{h} image")
-    if box is not None and (box[2] <= 0 or box[3] <= 0 or box[0] >= w or box[1] >= h):
-        raise InputError(f"box {tuple(box)} does not overlap the {w}x{h} image")
+def _prompts_on_image(
+    points: np.ndarray, box: np.ndarray | None, size: tuple[int, int]
+) -> np.ndarray | None:
+    """Refuse clicks outside the image; the box clipped to it (said in one line)."""
+    from prosam.prompts.user_prompts import check_points_inside, clip_box, clip_notice
+
+    check_points_inside(points.tolist(), size)
+    if box is None:
+        return None
+    clipped, changed = clip_box(box.tolist(), size)
+    if changed:
+        warnings.warn(clip_notice("--box", box.tolist(), clipped, size), ProsamWarning, 2)
+    return np.array(clipped, dtype=np.float64)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -62,18 +70,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if not args.point and args.box is None:
         raise InputError("give --box X0,Y0,X1,Y1 and/or one or more --point X,Y[,LABEL]")
+    check_output_file(args.out, (".png",), "predict writes a PNG mask")
     image = read_image(args.image)
     points = np.array([p[:2] for p in args.point], dtype=np.float64).reshape(-1, 2)
     labels = np.array([p[2] for p in args.point], dtype=np.int64)
     box = np.array(args.box, dtype=np.float64) if args.box is not None else None
-    _check_prompts_inside(points, box, image.shape[:2])
+    try:
+        box = _prompts_on_image(points, box, image.shape[:2])
+    except InputError as err:
+        raise InputError(f"{args.image}: {err}") from None
     multimask = {"on": True, "off": False}.get(args.multimask, len(points) == 1 and box is None)
     model, cache = load_model(args)
     attach_stable_from_args(args, model)
     predictor = Predictor(model, cache=cache)
     t0 = time.perf_counter()
+    try:
+        embedded = predictor.embed(image)
+    except InputError as err:
+        raise InputError(f"{args.image}: {err}") from None
     prediction = predictor.predict(
-        predictor.embed(image),
+        embedded,
         points=points if len(points) else None,
         point_labels=labels if len(points) else None,
         box=box,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from prosam.cli.options import (
+    POINTS_HELP,
     add_checkpoint_option,
     add_method_choice,
     add_model_args,
@@ -16,14 +18,16 @@ from prosam.cli.options import (
     attach_stable_from_args,
     load_model,
     parse_box,
-    parse_point,
+    parse_points,
 )
-from prosam.errors import InputError
+from prosam.cli.outputs import check_output_dir
+from prosam.errors import InputError, failure_reason
 from prosam.label.defaults import DEFAULT_METHOD
-from prosam.label.targets import expand_label_targets
+from prosam.label.targets import TargetEntry, expand_label_targets, plan_targets, target_root
 
 if TYPE_CHECKING:
-    pass
+    from prosam.methods import ReferenceMethod
+    from prosam.sam import Predictor
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,81 +39,137 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--ref-box", type=parse_box, metavar="X0,Y0,X1,Y1")
     group.add_argument(
         "--ref-points",
-        type=lambda text: [parse_point(t) for t in text.split(";") if t],
+        type=parse_points,
         action="append",
-        metavar="X,Y[;X,Y...]",
-        help="foreground clicks on the reference (repeat the option or separate with ';')",
+        metavar="X,Y[,L][;X,Y[,L]...]",
+        help=POINTS_HELP,
     )
     group.add_argument("--ref-scribble", help="image of the scribble (non-zero = drawn)")
     p.add_argument("targets", nargs="+", help="target images or folders")
-    p.add_argument("--out", required=True, help="output folder: OUT/<target stem>.png")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: OUT/<target path>.png, the path relative to the folder common "
+        "to the targets (a/x.jpg and b/x.jpg give OUT/a/x.png and OUT/b/x.png)",
+    )
     add_method_choice(p, default=DEFAULT_METHOD)
     p.add_argument(
         "--instances",
         action="store_true",
-        help="also write OUT/<target stem>-instances.png: 0 background, i the i-th object "
+        help="also write OUT/<target path>-instances.png: 0 background, i the i-th object "
         "(best first; a method without instances gives its mask as object 1)",
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_checkpoint_option(p)
     add_stable_option(p)
     add_model_args(p)
     p.set_defaults(func=cmd_segment)
 
 
-def reference_annotation_from_args(
-    args: argparse.Namespace, size: tuple[int, int]
-) -> tuple[np.ndarray, str]:
-    """The reference annotation rasterised at the reference image's size, and its kind."""
-    from prosam.label.api import annotation_to_mask
-
+def reference_annotation_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The reference annotation the options give, as ``prosam.label.api`` takes it."""
     if args.ref_mask:
-        annotation: dict = {"mask": args.ref_mask}
-    elif args.ref_scribble:
-        annotation = {"scribble": args.ref_scribble}
-    elif args.ref_box is not None:
-        annotation = {"box": list(args.ref_box)}
-    else:
-        annotation = {"points": [[x, y] for group in args.ref_points for x, y, _ in group]}
-    return annotation_to_mask(annotation, size)
+        return {"mask": args.ref_mask}
+    if args.ref_scribble:
+        return {"scribble": args.ref_scribble}
+    if args.ref_box is not None:
+        return {"box": list(args.ref_box)}
+    clicks = [p for group in args.ref_points for p in group]
+    return {"points": [[x, y] for x, y, _ in clicks], "labels": [label for *_, label in clicks]}
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from prosam.io import read_image, write_mask_png
-    from prosam.label.writers import write_instance_png
-    from prosam.methods import Reference, Target, build_method
+    """Segment every target like the reference; status 1 when a target failed."""
+    from prosam.io import read_image
+    from prosam.label.api import annotation_to_mask, reference_from_annotation
+    from prosam.label.progress import progress_bar
+    from prosam.methods import Reference, build_method
     from prosam.sam import Predictor
-    from prosam.sam.transforms import original_size_mask
 
+    check_output_dir(args.out)
     ref_image = read_image(args.ref)
-    annotation, kind = reference_annotation_from_args(args, ref_image.shape[:2])
-    targets = expand_label_targets(args.targets)
+    annotation = reference_annotation_from_args(args)
+    drawn = None  # rasterised now, so that a bad annotation is refused before the model loads
+    if 0 not in annotation.get("labels", ()):
+        drawn = annotation_to_mask(annotation, ref_image.shape[:2])
+    out = Path(args.out)
+    entries = plan_outputs(args.targets, out, instances=args.instances)
     model, cache = load_model(args)
     attach_stable_from_args(args, model)
     predictor = Predictor(model, cache=cache)
     method = build_method(args.method, model, checkpoint=args.checkpoint)
-    method.fit([Reference(ref_image, annotation, predictor.embed(ref_image), kind)])
-    out = Path(args.out)
+    try:
+        if drawn is None:
+            reference = reference_from_annotation(ref_image, annotation, predictor)
+        else:
+            reference = Reference(ref_image, drawn[0], predictor.embed(ref_image), drawn[1])
+    except InputError as err:
+        raise InputError(f"{args.ref}: {err}") from None
+    method.fit([reference])
     failed = 0
-    for path in targets:
-        try:
-            image = read_image(path)
-        except InputError as err:
-            print(f"skipped: {err}")
-            failed += 1
-            continue
-        embedded = predictor.embed(image)
-        result = method.predict(Target(image, embedded))
-        mask = original_size_mask(result.low_res_logits, embedded.geometry)
-        write_mask_png(out / f"{path.stem}.png", mask)
-        found = ""
-        if args.instances:
-            objects = [
-                (original_size_mask(i.low_res_logits, embedded.geometry) & mask, i.score)
-                for i in result.instances
-            ] or [(mask, result.score)]
-            write_instance_png(out / f"{path.stem}-instances.png", objects, mask.shape)
-            found = f", {len(objects)} object(s)"
-        print(
-            f"{out / (path.stem + '.png')}: {int(mask.sum())} px, score {result.score:.3f}{found}"
-        )
+    t0 = time.perf_counter()
+    bar = progress_bar(len(entries), 0, not args.no_progress, "segment")
+    try:
+        for entry in entries:
+            try:
+                _segment_one(method, predictor, entry.path, out / entry.key, args.instances)
+            except Exception as err:  # one target's problem: the others are still segmented
+                reason = failure_reason(err)
+                if str(entry.path) not in reason:
+                    reason = f"{entry.path}: {reason}"
+                bar.write(f"skipped: {reason}", file=sys.stderr)
+                failed += 1
+            bar.update(1)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    done = len(entries) - failed
+    print(
+        f"{out}: {done} segmented, {failed} failed"
+        + (f", {done / seconds:.2f} img/s" if seconds > 0 and done else "")
+    )
     return 1 if failed else 0
+
+
+def plan_outputs(items: Sequence[str], out: Path, *, instances: bool) -> list[TargetEntry]:
+    """The targets ``items`` name, each keyed by its path relative to their common folder
+    (``OUT/<key>.png``); a folder's files under ``out`` are left out."""
+    paths = expand_label_targets(items, out=out)
+    if not paths:
+        raise InputError("no target images found")
+    entries = plan_targets(paths, root=target_root(items, paths))
+    sources = {e.path.resolve() for e in entries}
+    for e in entries:
+        mask = out / f"{e.key}.png"
+        if mask.resolve() in sources:
+            raise InputError(f"--out {out}: the mask of {e.path} would overwrite {mask}")
+    keys = {e.key.casefold() for e in entries}
+    clash = [e.key for e in entries if instances and f"{e.key}-instances".casefold() in keys]
+    if clash:
+        raise InputError(
+            f"--instances would write {clash[0]}-instances.png over the mask of the target "
+            f"{clash[0]}-instances; rename that file"
+        )
+    return entries
+
+
+def _segment_one(
+    method: ReferenceMethod, predictor: Predictor, path: Path, out: Path, instances: bool
+) -> None:
+    """Segment one target, write ``<out>.png`` (and ``<out>-instances.png``)."""
+    from prosam.io import read_image, write_mask_png
+    from prosam.label.writers import write_instance_png
+    from prosam.methods import Target
+    from prosam.sam.transforms import original_size_mask
+
+    image = read_image(path)
+    embedded = predictor.embed(image)
+    result = method.predict(Target(image, embedded))
+    mask = original_size_mask(result.low_res_logits, embedded.geometry)
+    write_mask_png(out.with_name(f"{out.name}.png"), mask)
+    if instances:
+        objects = [
+            (original_size_mask(i.low_res_logits, embedded.geometry) & mask, i.score)
+            for i in result.instances
+        ] or [(mask, result.score)]
+        write_instance_png(out.with_name(f"{out.name}-instances.png"), objects, mask.shape)

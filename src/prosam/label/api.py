@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,20 +27,18 @@ from typing import Any
 
 import numpy as np
 
-from prosam.errors import InputError
-from prosam.label.defaults import DEFAULT_METHOD, default_score_threshold
-from prosam.label.job import (
+from prosam.errors import InputError, ProsamWarning
+from prosam.label.classes import check_class_names
+from prosam.label.defaults import (
     DEFAULT_CLASS,
     DEFAULT_MAX_PIXELS,
+    DEFAULT_METHOD,
     DEFAULT_MIN_AREA_FRACTION,
-    LabelJob,
-    LabelSummary,
-    TargetEntry,
-    load_target_image,
-    plan_targets,
-    predict_classes,
+    default_score_threshold,
 )
-from prosam.label.job import ClassPrediction as _ClassPrediction
+from prosam.label.job import LabelJob, LabelSummary, load_target_image
+from prosam.label.prediction import ClassPrediction, predict_classes
+from prosam.label.targets import TargetEntry, plan_targets
 from prosam.label.writers import (
     CocoWriter,
     LabelMask,
@@ -116,30 +115,31 @@ def _mask_from(value: Any, size: tuple[int, int], what: str) -> np.ndarray:
 
 
 def annotation_to_mask(annotation: AnnotationLike, size: tuple[int, int]) -> tuple[np.ndarray, str]:
-    """Rasterise a reference annotation at the image size: ``(bool mask, kind)``."""
-    from prosam.prompts import box_to_mask, draw_points
+    """Rasterise a reference annotation at the image size: ``(bool mask, kind)``.
 
-    h, w = size
+    A box is clipped to the image (a :class:`~prosam.errors.ProsamWarning` says so); clicks
+    must lie on it and be foreground ones (background clicks need SAM: see
+    :func:`reference_from_annotation`).
+    """
+    from prosam.prompts import box_to_mask, draw_points
+    from prosam.prompts.user_prompts import clip_box, clip_notice
+
     if isinstance(annotation, Mapping):
-        keys = [k for k in ("mask", "box", "points", "scribble") if k in annotation]
-        if len(keys) != 1:
-            raise InputError(
-                "an annotation dict needs exactly one of mask, box, points, scribble; "
-                f"got {sorted(annotation)}"
-            )
-        kind = keys[0]
-        value = annotation[kind]
+        kind, value = _annotation_kind(annotation)
         if kind == "box":
             box = np.asarray(value, dtype=np.float64).ravel()
-            if box.shape != (4,) or box[2] < box[0] or box[3] < box[1]:
-                raise InputError(f"box must be [x0, y0, x1, y1] with x0<=x1, y0<=y1, got {value}")
-            mask = box_to_mask(box, size)
+            if box.shape != (4,):
+                raise InputError(f"box must be [x0, y0, x1, y1], got {value}")
+            clipped, changed = clip_box(box.tolist(), size)
+            if changed:
+                warnings.warn(clip_notice("reference box", box, clipped, size), ProsamWarning, 2)
+            mask = box_to_mask(np.array(clipped), size)
         elif kind == "points":
-            pts = np.asarray(value, dtype=np.float64).reshape(-1, 2)
-            if len(pts) == 0:
-                raise InputError("points is empty")
-            if ((pts[:, 0] < 0) | (pts[:, 0] >= w) | (pts[:, 1] < 0) | (pts[:, 1] >= h)).any():
-                raise InputError(f"a reference point lies outside the {w}x{h} image")
+            pts, labels = _clicks(annotation, size)
+            if (labels == 0).any():
+                raise InputError(
+                    "background clicks on a reference need SAM (reference_from_annotation)"
+                )
             mask, kind = draw_points(pts, size, radius=2), "point"
         else:
             mask = _mask_from(value, size, kind)
@@ -148,6 +148,61 @@ def annotation_to_mask(annotation: AnnotationLike, size: tuple[int, int]) -> tup
     if not mask.any():
         raise InputError("the reference annotation is empty")
     return mask, kind
+
+
+def _annotation_kind(annotation: Mapping[str, Any]) -> tuple[str, Any]:
+    keys = [k for k in ("mask", "box", "points", "scribble") if k in annotation]
+    if len(keys) != 1:
+        raise InputError(
+            "an annotation dict needs exactly one of mask, box, points, scribble; "
+            f"got {sorted(annotation)}"
+        )
+    return keys[0], annotation[keys[0]]
+
+
+def _clicks(annotation: Mapping[str, Any], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(N, 2)`` clicks of a ``points`` annotation, on the image, and their labels."""
+    from prosam.prompts.user_prompts import check_points_inside
+
+    pts = np.asarray(annotation["points"], dtype=np.float64).reshape(-1, 2)
+    if len(pts) == 0:
+        raise InputError("points is empty")
+    labels = np.asarray(annotation.get("labels", [1] * len(pts))).ravel()
+    if labels.shape != (len(pts),) or not set(labels.tolist()) <= {0, 1}:
+        raise InputError(f"points need one label (0 or 1) each, got {labels.tolist()}")
+    if not labels.any():
+        raise InputError("give at least one foreground click (label 1)")
+    h, w = size
+    check_points_inside(pts.tolist(), size)
+    if ((pts[:, 0] >= w) | (pts[:, 1] >= h)).any():
+        raise InputError(f"a reference point lies outside the {w}x{h} image")
+    return pts, labels.astype(np.int64)
+
+
+def reference_from_annotation(
+    image: ImageLike, annotation: AnnotationLike, predictor: Predictor
+) -> Reference:
+    """A :class:`~prosam.methods.base.Reference` embedded by ``predictor``.
+
+    Clicks with a background one (``{"points": [...], "labels": [1, 0, ...]}``) become
+    SAM's mask from those clicks on the reference (kind ``"mask"``); every other annotation
+    is rasterised by :func:`annotation_to_mask`.
+    """
+    pixels = _read_image(image)
+    embedded = predictor.embed(pixels)
+    size = pixels.shape[:2]
+    if isinstance(annotation, Mapping) and _annotation_kind(annotation)[0] == "points":
+        pts, labels = _clicks(annotation, size)
+        if (labels == 0).any():
+            prediction = predictor.predict(
+                embedded, points=pts, point_labels=labels, multimask_output=len(pts) == 1
+            )
+            mask, _ = prediction.best()
+            if not mask.any():
+                raise InputError("SAM finds nothing at the reference clicks")
+            return Reference(pixels, mask, embedded, "mask")
+    mask, kind = annotation_to_mask(annotation, size)
+    return Reference(pixels, mask, embedded, kind)
 
 
 def references_digest(references: Mapping[str, Sequence[Reference]]) -> str:
@@ -208,10 +263,13 @@ class Segmenter:
                 "a reference is a Reference or (image, annotation[, class_name]), "
                 f"got {type(item).__name__}"
             )
-        image = _read_image(item[0])
-        mask, kind = annotation_to_mask(item[1], image.shape[:2])
         name = str(item[2]) if len(item) == 3 else None
-        return Reference(image, mask, self.predictor.embed(image), kind), name
+        try:
+            return reference_from_annotation(item[0], item[1], self.predictor), name
+        except InputError as err:
+            if isinstance(item[0], np.ndarray) or str(item[0]) in str(err):
+                raise
+            raise InputError(f"{item[0]}: {err}") from None
 
     def fit(
         self, references: Iterable[ReferenceLike], *, class_name: str = DEFAULT_CLASS
@@ -222,9 +280,10 @@ class Segmenter:
         grouped: dict[str, list[Reference]] = {}
         for item in references:
             ref, name = self._reference(item)
-            grouped.setdefault(name or class_name, []).append(ref)
+            grouped.setdefault(class_name if name is None else name, []).append(ref)
         if not grouped:
             raise InputError("fit needs at least one reference")
+        check_class_names(list(grouped))
         methods = {}
         for name, refs in grouped.items():
             method = build_method(
@@ -290,8 +349,10 @@ class Segmenter:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         progress: bool = True,
         restart: bool = False,
+        root: str | os.PathLike[str] | None = None,
     ) -> LabelSummary:
-        """Run the resumable labelling job (:class:`~prosam.label.job.LabelJob`) on files."""
+        """Run the resumable labelling job (:class:`~prosam.label.job.LabelJob`) on files;
+        ``root`` is the target root (:mod:`prosam.label.targets`)."""
         self._check_fitted()
         job = LabelJob(
             self.methods,
@@ -307,7 +368,7 @@ class Segmenter:
             fingerprint=self.fingerprint(),
             restart=restart,
         )
-        return job.run(targets)
+        return job.run(targets, root=root)
 
     def save_png(
         self,
@@ -334,14 +395,14 @@ class Segmenter:
 
 def _plan_in_order(paths: Sequence[str | os.PathLike[str]]) -> list[TargetEntry]:
     """:func:`plan_targets` entries matched back to ``paths`` (a repeated file shares one)."""
-    entries = {e.path.resolve(): e for e in plan_targets(paths)}
-    return [entries[Path(p).resolve()] for p in paths]
+    entries = {os.path.abspath(e.path): e for e in plan_targets(paths)}
+    return [entries[os.path.abspath(p)] for p in paths]
 
 
 def _result(
     key: str,
     image: np.ndarray,
-    preds: Sequence[_ClassPrediction],
+    preds: Sequence[ClassPrediction],
     source: str | None,
     file_name: str | None,
 ) -> LabelResult:
@@ -462,6 +523,7 @@ __all__ = [
     "Segmenter",
     "annotation_to_mask",
     "load",
+    "reference_from_annotation",
     "save_coco",
     "save_overlay",
     "save_png",

@@ -1,16 +1,39 @@
-"""Which files a labelling job targets: files as given, folders expanded, ``@list`` files read."""
+"""Which files a labelling job targets, and what identifies each one.
+
+A target's identity is its path relative to the **target root** plus its content hash. The
+root is the folder common to the folder arguments and the folders of the files named (a
+file added inside a target folder never moves it). Output names mirror the relative path
+without its suffix (``a/x.jpg`` → key ``a/x``: ``png/<class>/a/x.png``), so two ``x.jpg``
+in two folders never collide; where two targets would share a key (``x.jpg`` and ``x.png``,
+or names equal but for case), each keeps its suffix (``a/x.jpg``), and names still equal
+but for case also get 8 hex digits of the sha1 of the path.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prosam.data.folder import IMAGE_SUFFIXES
 from prosam.errors import InputError
 
+#: Keys a target cannot have: files prosam itself writes beside per-target outputs.
+RESERVED_KEYS = frozenset({"classes"})
 
-def expand_label_targets(items: Sequence[str], *, recursive: bool = False) -> list[Path]:
-    """Files as given, folders expanded to their images, ``@list.txt`` to its lines."""
+
+def expand_label_targets(
+    items: Sequence[str],
+    *,
+    recursive: bool = False,
+    out: str | os.PathLike[str] | None = None,
+) -> list[Path]:
+    """Files as given, folders expanded to their images, ``@list.txt`` to its lines; a
+    folder's files under the output folder ``out`` are left out (:func:`without_output`)."""
     paths: list[Path] = []
     for item in items:
         if item.startswith("@"):
@@ -28,9 +51,144 @@ def expand_label_targets(items: Sequence[str], *, recursive: bool = False) -> li
         p = Path(item)
         if p.is_dir():
             found = p.rglob("*") if recursive else p.iterdir()
-            paths += sorted(q for q in found if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            images = sorted(  # a broken link is a target too: it fails, and says why
+                q
+                for q in found
+                if (q.is_file() or q.is_symlink()) and q.suffix.lower() in IMAGE_SUFFIXES
+            )
+            paths += images if out is None else without_output(images, out, p)
         elif p.exists():
             paths.append(p)
         else:
             raise InputError(f"{p}: no such file or folder")
     return paths
+
+
+def without_output(
+    paths: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None,
+) -> list[Path]:
+    """``paths`` less the files under the output folder ``out`` when it lies inside the
+    target tree (strictly below ``root``, symbolic links resolved): a job never labels its
+    own outputs. An ``out`` that is the root itself or outside it excludes nothing."""
+    out_dir = Path(out).resolve()
+    if (
+        root is None
+        or out_dir == Path(root).resolve()
+        or not out_dir.is_relative_to(Path(root).resolve())
+    ):
+        return [Path(p) for p in paths]
+    return [Path(p) for p in paths if not Path(p).resolve().is_relative_to(out_dir)]
+
+
+def target_root(items: Sequence[str], paths: Sequence[str | os.PathLike[str]]) -> Path | None:
+    """The folder common to the folder ``items`` and the folders of ``paths`` (``None`` when
+    there is none, e.g. paths on two drives)."""
+    folders = [os.path.abspath(i) for i in items if not i.startswith("@") and Path(i).is_dir()]
+    folders += [os.path.dirname(os.path.abspath(p)) for p in paths]
+    if not folders:
+        return None
+    try:
+        return Path(os.path.commonpath(folders))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class TargetEntry:
+    """A target in the full sorted list: where it is, its output key and COCO identity."""
+
+    index: int
+    path: Path
+    key: str
+    file_name: str
+
+    @property
+    def image_id(self) -> int:
+        return self.index + 1
+
+
+def plan_targets(
+    paths: Sequence[str | os.PathLike[str]], *, root: str | os.PathLike[str] | None = None
+) -> list[TargetEntry]:
+    """Sort targets by path relative to ``root`` and give each a key (module doc).
+
+    ``root`` defaults to the folder common to the targets' folders. A path listed twice is
+    labelled once; a symbolic link is a target of its own (its own path, its own outputs).
+    """
+    given = [Path(p) for p in paths]
+    if not given:
+        return []
+    base = root if root is not None else target_root([], given)
+    by_path: dict[str, Path] = {}
+    for p in given:
+        by_path.setdefault(_relative(p, base), p)
+    items = sorted(by_path.items())
+    keys = _unique_keys([rel for rel, _ in items])
+    return [
+        TargetEntry(i, p, key, rel)
+        for i, ((rel, p), key) in enumerate(zip(items, keys, strict=True))
+    ]
+
+
+def _relative(path: Path, root: str | os.PathLike[str] | None) -> str:
+    absolute = os.path.abspath(path)
+    if root is not None:
+        rel = os.path.relpath(absolute, root)
+        if not rel.startswith(os.pardir):
+            return Path(rel).as_posix()
+    return Path(absolute).as_posix().lstrip("/")
+
+
+def _unique_keys(rels: Sequence[str]) -> list[str]:
+    """Keys for sorted relative paths (module doc), in linear time."""
+    stems = [Path(rel).with_suffix("").as_posix() for rel in rels]
+    taken = Counter(k.casefold() for k in stems)
+    keys = [
+        rel if taken[k.casefold()] > 1 or k.casefold() in RESERVED_KEYS else k
+        for rel, k in zip(rels, stems, strict=True)
+    ]
+    taken = Counter(k.casefold() for k in keys)
+    return [
+        f"{k}-{hashlib.sha1(rel.encode()).hexdigest()[:8]}" if taken[k.casefold()] > 1 else k
+        for rel, k in zip(rels, keys, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What a target's record keeps of its file: the sha256 of its bytes, size, mtime."""
+
+    sha256: str
+    size: int
+    mtime_ns: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The stamp as a record stores it."""
+        return {"sha256": self.sha256, "size": self.size, "mtime_ns": self.mtime_ns}
+
+
+def stamp_file(path: str | os.PathLike[str]) -> FileStamp:
+    """The :class:`FileStamp` of a file (reads it whole)."""
+    from prosam.core.files import sha256_file
+
+    stat = os.stat(path)
+    return FileStamp(sha256_file(path), stat.st_size, stat.st_mtime_ns)
+
+
+def same_file(stamp: Any, path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` still holds the file a record's ``stamp`` (a dict) describes: its size
+    and mtime unchanged, else its sha256 equal."""
+    if not isinstance(stamp, dict) or "sha256" not in stamp:
+        return False
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return False
+    if (stat.st_size, stat.st_mtime_ns) == (stamp.get("size"), stamp.get("mtime_ns")):
+        return True
+    try:
+        return stamp_file(path).sha256 == stamp["sha256"]
+    except OSError:
+        return False

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,6 +46,7 @@ from pycocotools import mask as mask_utils
 from prosam import __version__
 from prosam.errors import InputError
 from prosam.io import atomic_path, read_image, write_bytes_atomic, write_image, write_mask_png
+from prosam.label.classes import check_class_names, safe_name
 from prosam.visualize import overlay_masks
 
 ImageSource = np.ndarray | str | os.PathLike[str] | None
@@ -132,24 +132,6 @@ def as_rle(mask: np.ndarray | RLE) -> RLE:
     return dict(mask) if isinstance(mask, Mapping) else encode_mask(mask)
 
 
-def safe_name(name: str) -> str:
-    """A class name usable as a folder name (characters other than ``A-Za-z0-9._-`` → ``_``)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".")
-    return safe or "_"
-
-
-def _check_classes(classes: Sequence[str]) -> list[str]:
-    names = [str(c) for c in classes]
-    if not names:
-        raise InputError("give at least one class name")
-    if len(set(names)) != len(names):
-        raise InputError(f"duplicate class names in {names}")
-    bad = [c for c in names if not c or "\n" in c or "\r" in c]
-    if bad:
-        raise InputError(f"class names must be non-empty single lines, got {bad!r}")
-    return names
-
-
 def _by_class(classes: Sequence[str], masks: Sequence[LabelMask]) -> dict[str, LabelMask]:
     found: dict[str, LabelMask] = {}
     for m in masks:
@@ -174,7 +156,7 @@ class _PerImageWriter:
     suffix: str
 
     def __init__(self, out_dir: str | os.PathLike[str], classes: Sequence[str]) -> None:
-        self.classes = _check_classes(classes)
+        self.classes = check_class_names(classes)
         self.root = Path(out_dir) / self.folder
 
     def paths(self, key: str) -> list[Path]:
@@ -234,10 +216,7 @@ class PngWriter(_PerImageWriter):
         self.name = "png-indexed" if indexed else "png"
         if indexed and len(self.classes) > 254:
             raise InputError("an indexed PNG holds at most 254 classes (255 is VOC's 'ignore')")
-        folders = [safe_name(c) for c in self.classes]
-        if not indexed and len({f.casefold() for f in folders}) != len(folders):
-            raise InputError(f"class names {self.classes} collide as folder names {folders}")
-        self.folders = dict(zip(self.classes, folders, strict=True))
+        self.folders = {c: safe_name(c) for c in self.classes}
 
     def paths(self, key: str) -> list[Path]:
         """The files written for image ``key``."""
@@ -328,7 +307,7 @@ class CocoWriter:
         file_name: str = "coco.json",
         info: Mapping[str, Any] | None = None,
     ) -> None:
-        self.classes = _check_classes(classes)
+        self.classes = check_class_names(classes)
         self.path = Path(out_dir) / file_name
         self.info = {"description": "prosam label", "version": __version__, **(info or {})}
         self.images: list[dict[str, Any]] = []

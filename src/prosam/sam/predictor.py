@@ -97,6 +97,8 @@ class Predictor:
             pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
             if pts.shape[0] == 0:
                 raise InputError("points is empty")
+            if not np.isfinite(pts).all():
+                raise InputError("point coordinates must be finite numbers")
             labels = np.ones(len(pts)) if point_labels is None else np.asarray(point_labels).ravel()
             if labels.shape[0] != pts.shape[0]:
                 raise InputError(f"{pts.shape[0]} points but {labels.shape[0]} labels")
@@ -109,8 +111,10 @@ class Predictor:
         box_arg = None
         if box is not None:
             b = np.asarray(box, dtype=np.float64).ravel()
-            if b.shape != (4,) or b[2] < b[0] or b[3] < b[1]:
-                raise InputError(f"box must be x0,y0,x1,y1 with x0<=x1 and y0<=y1, got {box}")
+            if b.shape != (4,) or not np.isfinite(b).all() or b[2] < b[0] or b[3] < b[1]:
+                raise InputError(
+                    f"box must be finite x0,y0,x1,y1 with x0<=x1 and y0<=y1, got {box}"
+                )
             box_arg = transform_boxes(b[None], geometry).to(device)
         mask_arg = None
         if mask_input is not None:

@@ -35,11 +35,19 @@ class ImageGeometry:
 
 
 def geometry_for(original_size: tuple[int, int], image_size: int) -> ImageGeometry:
-    """Geometry of an image of ``original_size`` fed to a model of square side ``image_size``."""
+    """Geometry of an image of ``original_size`` fed to a model of square side ``image_size``.
+
+    An image so thin that its short side would be resized to 0 pixels is an
+    :class:`InputError` (SAM cannot see it).
+    """
     h, w = original_size
-    return ImageGeometry(
-        (int(h), int(w)), ResizeLongestSide.get_preprocess_shape(h, w, image_size), image_size
-    )
+    input_size = ResizeLongestSide.get_preprocess_shape(h, w, image_size)
+    if min(input_size) < 1:
+        raise InputError(
+            f"image is {w}x{h} pixels: too thin for SAM (its short side would be resized to "
+            f"0 of {image_size} pixels)"
+        )
+    return ImageGeometry((int(h), int(w)), input_size, image_size)
 
 
 def check_image(image: np.ndarray) -> np.ndarray:
@@ -58,8 +66,8 @@ def preprocess_image(sam: Sam, image: np.ndarray) -> tuple[torch.Tensor, ImageGe
     """Resize, normalise and pad an RGB image into SAM's ``(1, 3, S, S)`` input."""
     image = check_image(image)
     size = int(sam.image_encoder.img_size)
-    resized = ResizeLongestSide(size).apply_image(image)
     geometry = geometry_for(image.shape[:2], size)
+    resized = ResizeLongestSide(size).apply_image(image)
     x = torch.as_tensor(resized, device=sam.pixel_mean.device).permute(2, 0, 1)[None]
     return sam.preprocess(x.float()), geometry
 
