@@ -1,6 +1,6 @@
 """The labelling defaults, importable without model code (the CLI's help shows them)."""
 
-DEFAULT_METHOD = "persam"
+DEFAULT_METHOD = "matcher"
 """The method ``prosam label``, ``prosam segment``, ``prosam demo`` and ``prosam.label.load``
 use unless told otherwise."""
 DEFAULT_SCORE_THRESHOLD = 0.0
