@@ -60,11 +60,8 @@ from prosam.label.calibration import (
     presence_auc,
     quantile_grid,
 )
-from prosam.label.job import (
-    DEFAULT_MIN_AREA_FRACTION,
-    DEFAULT_SCORE_THRESHOLD,
-    uncertainty_in_mask,
-)
+from prosam.label.defaults import DEFAULT_MIN_AREA_FRACTION, DEFAULT_SCORE_THRESHOLD
+from prosam.label.prediction import uncertainty_in_mask
 from prosam.methods import build_method
 from prosam.methods.base import MethodOutput, ReferenceMethod, Target
 from prosam.metrics import confusion_counts
