@@ -55,6 +55,7 @@ from prosam.label.calibration import (
     SCORE_KEY,
     CalibrationResult,
     TargetRecord,
+    balanced_threshold,
     evaluate_point,
     grid_search,
     presence_auc,
@@ -236,8 +237,16 @@ def calibrate(
         score_grid = quantile_grid(r.scores[key] for r in val)
     chosen: CalibrationResult = grid_search(val, score_grid, DEFAULT_AREA_GRID, key)
     b = chosen.best
+    pos = [r.scores[key] for r in val if r.positive]
+    neg = [r.scores[key] for r in val if not r.positive]
+    balanced = balanced_threshold(pos, neg)
     return {
         "score_key": key,
+        "balanced": {
+            "threshold": balanced,
+            "validation": evaluate_point(val, balanced, 0.0, key).as_dict(),
+            "test": evaluate_point(test, balanced, 0.0, key).as_dict(),
+        },
         "score_grid": list(score_grid),
         "area_grid": list(DEFAULT_AREA_GRID),
         "validation": chosen.best.as_dict(),
@@ -350,6 +359,22 @@ def markdown(report: dict[str, Any], records: dict[str, list[TargetRecord]]) -> 
     ]
     for name, row in aucs.items():
         lines.append(f"| {name} | " + " | ".join(f"{row[k]:.3f}" for k in signals) + " |")
+    lines += [
+        "",
+        "## The balanced-accuracy threshold of each signal (chosen on validation, no area rule)",
+        "",
+        "| signal | threshold | val. positives kept | val. negatives dropped | test positives kept "
+        "| test negatives dropped | test balanced acc. |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for key, c in r["calibration"].items():
+        b = c["balanced"]
+        v, t = b["validation"], b["test"]
+        lines.append(
+            f"| {key} | {b['threshold']:.4g} | {v['kept_positive_rate']:.3f} | "
+            f"{v['dropped_negative_rate']:.3f} | {t['kept_positive_rate']:.3f} | "
+            f"{t['dropped_negative_rate']:.3f} | {t['balanced_accuracy']:.3f} |"
+        )
     lines += [
         "",
         "## Distributions (10th / 50th / 90th percentile)",

@@ -222,6 +222,36 @@ def run_method(name: str, model: Any, predictor: Predictor, tasks: Sequence[Task
     }
 
 
+def pct(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}"
+
+
+def markdown(report: dict) -> str:
+    """The report as tables: overall per method, then IoU per task."""
+    methods = report["methods"]
+    tasks = list(report["tasks"])
+    keys = sorted({k for m in methods.values() for k in m["presence_auroc"]})
+    head = "| method | mean IoU | FB-IoU | AP50 | " + "".join(f"AUROC `{k}` | " for k in keys)
+    lines = [
+        f"`{report['command']}` ({report['model']})",
+        "",
+        head + "s / target |",
+        "|---|" + "--:|" * (4 + len(keys)),
+    ]
+    for name, m in methods.items():
+        aurocs = "".join(f"{m['presence_auroc'].get(k, math.nan):.2f} | " for k in keys)
+        lines.append(
+            f"| `{name}` | {pct(m['mean_iou'])} | {pct(m['fb_iou'])} | {pct(m['ap50'])} | "
+            f"{aurocs}{m['seconds_per_target']:.2f} |"
+        )
+    lines += ["", "| method | " + " | ".join(tasks) + " |", "|---|" + "--:|" * len(tasks)]
+    for name, m in methods.items():
+        lines.append(
+            f"| `{name}` | " + " | ".join(pct(m["per_task"][t]["iou"]) for t in tasks) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("dataset", choices=("davis", "msrc"))
@@ -233,7 +263,12 @@ def main() -> None:
     p.add_argument("--min-reference-area", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", required=True)
+    p.add_argument("--md", default=None, help="also write the tables as Markdown")
+    p.add_argument("--from-json", action="store_true", help="only print --json's tables")
     args = p.parse_args()
+    if args.from_json:
+        print(markdown(json.loads(Path(args.json).read_text())), end="")
+        return
     torch.manual_seed(args.seed)
     root = Path(args.data)
     if args.dataset == "davis":
@@ -260,6 +295,8 @@ def main() -> None:
             flush=True,
         )
         write_bytes_atomic(Path(args.json), json.dumps(report, indent=1).encode())
+        if args.md:
+            write_bytes_atomic(Path(args.md), markdown(report).encode())
 
 
 if __name__ == "__main__":

@@ -216,3 +216,16 @@ def test_is_kept_agrees_with_predict_classes(tiny_sam):
             )
             for p in preds:
                 assert p.kept == is_kept(records[p.class_name], threshold, fraction)
+
+
+def test_balanced_threshold_by_hand():
+    from prosam.label.calibration import balanced_threshold
+
+    # at 0.6: positives 0.6, 0.9 kept (2/3), negatives 0.1, 0.2, 0.5 dropped (3/3)
+    assert balanced_threshold([0.3, 0.6, 0.9], [0.1, 0.2, 0.5]) == 0.6
+    assert balanced_threshold([0.8, 0.9], [0.1, 0.2]) == 0.8  # the lowest observed separator
+    assert balanced_threshold([0.5], [0.5]) == 0.5  # nothing separates them: keep everything
+    with pytest.raises(ValueError):
+        balanced_threshold([], [0.1])
+    with pytest.raises(ValueError):
+        balanced_threshold([float("nan")], [0.1])

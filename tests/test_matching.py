@@ -140,7 +140,10 @@ def test_matcher_returns_instances_whose_union_is_the_class_mask(tiny_sam, match
     assert 1 <= len(out.instances) <= matcher.max_instances
     union = torch.stack([i.low_res_logits for i in out.instances]).amax(0)
     torch.testing.assert_close(out.low_res_logits, union)
-    assert out.score >= max(i.score for i in out.instances) - 1e-6
+    assert float(out.extras["best_proposal"]) >= max(i.score for i in out.instances) - 1e-6
+    peak, match = float(out.extras["presence_peak"]), float(out.extras["presence_match"])
+    assert out.score == pytest.approx((max(peak, 0) * max(match, 0)) ** 0.5)
+    assert match <= peak + 1e-6  # the mean of the best n similarities is at most the best
     assert len(out.extras["points"]) <= matcher.max_points
 
 

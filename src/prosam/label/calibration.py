@@ -299,3 +299,26 @@ def presence_auc(positives: Iterable[float], negatives: Iterable[float]) -> floa
     below = np.searchsorted(neg, pos, side="left")
     not_above = np.searchsorted(neg, pos, side="right")
     return float((below + not_above).sum() / (2 * pos.size * neg.size))
+
+
+def balanced_threshold(positives: Iterable[float], negatives: Iterable[float]) -> float:
+    """The presence threshold of highest balanced accuracy (share of positives at or above
+    it plus share of negatives below it, over 2), among the observed values; ties go to the
+    lowest threshold. It assumes nothing about how often the class is absent, nor about
+    mask quality (unlike :func:`grid_search`'s utility).
+
+    Raises:
+        InputError: no positive or no negative value, or a NaN.
+    """
+    pos = np.sort(np.asarray(list(positives), dtype=np.float64))
+    neg = np.sort(np.asarray(list(negatives), dtype=np.float64))
+    if pos.size == 0 or neg.size == 0:
+        raise InputError(
+            f"a threshold needs positives and negatives; got {pos.size} and {neg.size}"
+        )
+    if np.isnan(pos).any() or np.isnan(neg).any():
+        raise InputError("a threshold needs values that are not NaN")
+    candidates = np.unique(np.concatenate([pos, neg]))
+    kept = 1.0 - np.searchsorted(pos, candidates, side="left") / pos.size
+    dropped = np.searchsorted(neg, candidates, side="left") / neg.size
+    return float(candidates[int(np.argmax(kept + dropped))])

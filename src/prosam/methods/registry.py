@@ -153,6 +153,9 @@ for _spec in (
         "prosam.methods.matching.method:build_matcher",
         "Matcher / GF-SAM style, training-free: semantic patch matching, every instance",
         capabilities=frozenset({INSTANCES}),
+        # the balanced-accuracy threshold of its presence score on the coco-mini validation
+        # episodes with absent targets (benchmarks/reports/empty-calibration-matcher.md)
+        presence_threshold=0.3564,
     ),
     MethodSpec(
         "geometric",
