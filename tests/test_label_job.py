@@ -68,7 +68,8 @@ class BrightMethod:
         return MethodOutput(logits[0], self.score, extras)
 
 
-def _image(h: int, w: int, seed: int) -> np.ndarray:
+def bright_image(h: int, w: int, seed: int) -> np.ndarray:
+    """A dark picture with one bright rectangle (what BrightMethod finds)."""
     rng = np.random.default_rng(seed)
     img = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
     y0, x0 = rng.integers(2, h // 2), rng.integers(2, w // 2)
@@ -82,12 +83,12 @@ def targets(tmp_path) -> list[Path]:
     for i in range(5):
         p = tmp_path / "t" / f"img{i}.png"
         p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_image(40 + 4 * i, 56, i)).save(p)
+        Image.fromarray(bright_image(40 + 4 * i, 56, i)).save(p)
         paths.append(p)
     for folder, suffix in (("a", ".png"), ("b", ".jpg")):  # the same stem twice
         p = tmp_path / folder / f"dup{suffix}"
         p.parent.mkdir(parents=True)
-        Image.fromarray(_image(48, 48, 10 + len(paths))).save(p, quality=95)
+        Image.fromarray(bright_image(48, 48, 10 + len(paths))).save(p, quality=95)
         paths.append(p)
     return paths
 
@@ -142,7 +143,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
 
 def _jpeg_bytes() -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(_image(64, 64, 99)).save(buf, format="JPEG", quality=90)
+    Image.fromarray(bright_image(64, 64, 99)).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
 
 
@@ -153,7 +154,7 @@ def test_bad_inputs_are_reported_and_skipped(tmp_path, targets, predictor):
     (bad / "notes.jpg").write_text("not an image at all\n")
     (bad / "truncated.jpg").write_bytes(_jpeg_bytes()[:300])
     (bad / "tiny.jpg").write_bytes(_jpeg_bytes()[:12])
-    Image.fromarray(_image(120, 120, 5)).save(bad / "huge.png")
+    Image.fromarray(bright_image(120, 120, 5)).save(bad / "huge.png")
     method = BrightMethod()
     summary = _job(predictor, tmp_path / "out", method, workers=2, max_pixels=100 * 100).run(
         sorted(bad.iterdir()) + targets
@@ -174,7 +175,7 @@ def test_bad_inputs_are_reported_and_skipped(tmp_path, targets, predictor):
     )
     assert again.calls == 0 and summary.failed == 5 and summary.skipped == len(targets)
     (bad / "huge.png").unlink()
-    Image.fromarray(_image(60, 60, 5)).save(bad / "huge.png")  # fixed: now labelled
+    Image.fromarray(bright_image(60, 60, 5)).save(bad / "huge.png")  # fixed: now labelled
     summary = _job(predictor, tmp_path / "out", again, max_pixels=100 * 100).run(
         sorted(bad.iterdir()) + targets
     )
@@ -218,9 +219,11 @@ def test_shard_defaults_to_torchrun_environment(predictor, tmp_path, monkeypatch
 
 def test_keys_mirror_the_relative_path_and_never_collide(tmp_path, targets, predictor):
     (tmp_path / "c").mkdir()
-    Image.fromarray(_image(40, 40, 3)).save(tmp_path / "c" / "dup.png")
-    Image.fromarray(_image(40, 40, 4)).save(tmp_path / "c" / "dup.jpg")  # same stem, one folder
-    Image.fromarray(_image(40, 40, 5)).save(tmp_path / "c" / "DUP.bmp")  # and other case
+    Image.fromarray(bright_image(40, 40, 3)).save(tmp_path / "c" / "dup.png")
+    Image.fromarray(bright_image(40, 40, 4)).save(
+        tmp_path / "c" / "dup.jpg"
+    )  # same stem, one folder
+    Image.fromarray(bright_image(40, 40, 5)).save(tmp_path / "c" / "DUP.bmp")  # and other case
     (tmp_path / "classes.png").write_bytes(targets[0].read_bytes())  # yolo's own file
     paths = [*targets, *sorted((tmp_path / "c").iterdir()), tmp_path / "classes.png"]
     paths.append(targets[0])  # a file listed twice

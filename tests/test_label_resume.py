@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -18,7 +17,7 @@ from prosam.cli import main
 from prosam.io import remove_stale_temporaries
 from prosam.label.job import LabelJob
 from prosam.sam import Predictor
-from tests.test_label_job import BrightMethod
+from tests.test_label_job import BrightMethod, bright_image
 
 FORMATS = ["png", "png-indexed", "coco", "yolo", "overlay"]
 
@@ -26,15 +25,6 @@ FORMATS = ["png", "png-indexed", "coco", "yolo", "overlay"]
 @pytest.fixture(scope="module")
 def predictor(tiny_sam) -> Predictor:
     return Predictor(tiny_sam)
-
-
-def _image(h: int, w: int, seed: int) -> np.ndarray:
-    """A dark picture with one bright rectangle (what BrightMethod finds)."""
-    rng = np.random.default_rng(seed)
-    img = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
-    y0, x0 = rng.integers(2, h // 2), rng.integers(2, w // 2)
-    img[y0 : y0 + h // 3, x0 : x0 + w // 3] = 230
-    return img
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -48,7 +38,7 @@ def _hashes(root: Path) -> dict[str, str]:
 
 def _save(path: Path, h: int, w: int, seed: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(_image(h, w, seed)).save(path)
+    Image.fromarray(bright_image(h, w, seed)).save(path)
     return path
 
 
