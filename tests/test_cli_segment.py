@@ -77,3 +77,19 @@ def test_a_mask_never_overwrites_a_target(tmp_path, capsys):
     before = target.read_bytes()
     assert _segment(ref, [tmp_path / "t"], tmp_path / "t") == 2
     assert "would overwrite" in capsys.readouterr().err and target.read_bytes() == before
+
+
+def test_a_target_scoring_under_the_threshold_gets_an_empty_mask(tmp_path, capsys):
+    ref = _save(tmp_path / "ref.png", 0)
+    targets = [_save(tmp_path / "t" / "x.png", 1), _save(tmp_path / "t" / "y.png", 2)]
+    keep, drop = tmp_path / "keep", tmp_path / "drop"
+    assert _segment(ref, targets, keep, "--method", "persam", "--score-threshold=-1e9") == 0
+    assert "without the object" not in capsys.readouterr().out
+    assert _segment(ref, targets, drop, "--method", "persam", "--score-threshold", "1e9") == 0
+    assert (
+        "2 segmented, 0 failed, 2 without the object (score under 1e+09)" in capsys.readouterr().out
+    )
+    for name in ("x.png", "y.png"):
+        assert not np.asarray(Image.open(drop / name)).any()
+        assert Image.open(drop / name).size == Image.open(keep / name).size
+    assert any(np.asarray(Image.open(keep / n)).any() for n in ("x.png", "y.png"))

@@ -22,7 +22,7 @@ from prosam.cli.options import (
 )
 from prosam.cli.outputs import check_output_dir
 from prosam.errors import InputError, failure_reason
-from prosam.label.defaults import DEFAULT_METHOD
+from prosam.label.defaults import DEFAULT_METHOD, default_score_threshold
 from prosam.label.targets import TargetEntry, expand_label_targets, plan_targets, target_root
 
 if TYPE_CHECKING:
@@ -53,6 +53,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "to the targets (a/x.jpg and b/x.jpg give OUT/a/x.png and OUT/b/x.png)",
     )
     add_method_choice(p, default=DEFAULT_METHOD)
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="a target scoring below this gets an empty mask: the object is not in it "
+        "(default: the method's calibrated presence threshold, as in `prosam label`)",
+    )
     p.add_argument(
         "--instances",
         action="store_true",
@@ -106,13 +113,21 @@ def cmd_segment(args: argparse.Namespace) -> int:
     except InputError as err:
         raise InputError(f"{args.ref}: {err}") from None
     method.fit([reference])
-    failed = 0
+    threshold = (
+        default_score_threshold(args.method)
+        if args.score_threshold is None
+        else args.score_threshold
+    )
+    failed = absent = 0
     t0 = time.perf_counter()
     bar = progress_bar(len(entries), 0, not args.no_progress, "segment")
     try:
         for entry in entries:
             try:
-                _segment_one(method, predictor, entry.path, out / entry.key, args.instances)
+                found = _segment_one(
+                    method, predictor, entry.path, out / entry.key, args.instances, threshold
+                )
+                absent += not found
             except Exception as err:  # one target's problem: the others are still segmented
                 reason = failure_reason(err)
                 if str(entry.path) not in reason:
@@ -126,6 +141,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     done = len(entries) - failed
     print(
         f"{out}: {done} segmented, {failed} failed"
+        + (f", {absent} without the object (score under {threshold:g})" if absent else "")
         + (f", {done / seconds:.2f} img/s" if seconds > 0 and done else "")
     )
     return 1 if failed else 0
@@ -154,9 +170,15 @@ def plan_outputs(items: Sequence[str], out: Path, *, instances: bool) -> list[Ta
 
 
 def _segment_one(
-    method: ReferenceMethod, predictor: Predictor, path: Path, out: Path, instances: bool
-) -> None:
-    """Segment one target, write ``<out>.png`` (and ``<out>-instances.png``)."""
+    method: ReferenceMethod,
+    predictor: Predictor,
+    path: Path,
+    out: Path,
+    instances: bool,
+    threshold: float,
+) -> bool:
+    """Segment one target, write ``<out>.png`` (and ``<out>-instances.png``); an empty mask
+    when the method's score is under ``threshold``. Returns whether the object was found."""
     from prosam.io import read_image, write_mask_png
     from prosam.label.writers import write_instance_png
     from prosam.methods import Target
@@ -166,6 +188,9 @@ def _segment_one(
     embedded = predictor.embed(image)
     result = method.predict(Target(image, embedded))
     mask = original_size_mask(result.low_res_logits, embedded.geometry)
+    found = result.score >= threshold
+    if not found:
+        mask[:] = False
     write_mask_png(out.with_name(f"{out.name}.png"), mask)
     if instances:
         objects = [
@@ -173,3 +198,4 @@ def _segment_one(
             for i in result.instances
         ] or [(mask, result.score)]
         write_instance_png(out.with_name(f"{out.name}-instances.png"), objects, mask.shape)
+    return found
