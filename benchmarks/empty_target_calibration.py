@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from _episode_setup import scalar_signals
 from tqdm.auto import tqdm
 
 from prosam.cli.options import parse_method_options
@@ -121,13 +121,7 @@ def raw_mask(output: MethodOutput, embedded: ImageEmbedding, threshold: float) -
 
 def extra_scores(output: MethodOutput, mask: np.ndarray, embedded: ImageEmbedding) -> dict:
     """Scalar scores derived from the output's extras (see the module doc)."""
-    scores: dict[str, float] = {}
-    sim = output.extras.get("similarity")
-    if isinstance(sim, torch.Tensor) and sim.numel():
-        scores["similarity_max"] = float(sim.float().max())
-    for key, value in output.extras.items():
-        if isinstance(value, torch.Tensor) and value.ndim == 0:
-            scores[key] = float(value)  # the method's own scalar signals (matcher: presence_*)
+    scores = scalar_signals(output)
     low_res_shape = (1, 1, *output.low_res_logits.shape[-2:])
     unc = uncertainty_in_mask(output.extras, mask, embedded, low_res_shape)
     if unc is not None:  # as `prosam label` records it

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _episode_setup import scalar_signals
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
@@ -45,7 +46,7 @@ from prosam.label.calibration import presence_auc
 from prosam.methods import Reference, Target, build_method
 from prosam.methods.base import MethodOutput
 from prosam.metrics import FSSAccumulator, instance_average_precision
-from prosam.sam import EmbeddingCache, Predictor, load_sam
+from prosam.sam import EmbeddingCache, ImageEmbedding, Predictor, load_sam
 from prosam.sam.transforms import original_size_mask
 
 MSRC_THINGS = (
@@ -115,17 +116,19 @@ def msrc_tasks(root: Path, negatives: int, min_area: float, seed: int) -> list[T
         items, reference, ref_mask = [], None, None
         for i in with_class:
             im = images[i]
-            segs = [decode(a, im) for a in by_image[i] if a["category_id"] == cid]
+            decoded = [(a["category_id"], decode(a, im)) for a in by_image[i]]
+            segs = [m for c, m in decoded if c == cid]
             truth = np.logical_or.reduce(segs)
-            labelled = np.logical_or.reduce([decode(a, im) for a in by_image[i]])
+            labelled = np.logical_or.reduce([m for _, m in decoded])
             if reference is None and truth.mean() >= min_area:
                 reference, ref_mask = root / "images" / im["file_name"], truth
                 continue
             items.append(Item(root / "images" / im["file_name"], truth, ~labelled, segs))
         if reference is None or ref_mask is None:
             continue
+        has_class = set(with_class)
         pool = sorted(
-            (i for i in images if i not in set(with_class)), key=lambda i: images[i]["file_name"]
+            (i for i in images if i not in has_class), key=lambda i: images[i]["file_name"]
         )
         rng = np.random.default_rng([seed, cid])
         for i in rng.choice(len(pool), size=min(negatives, len(pool)), replace=False):
@@ -134,7 +137,7 @@ def msrc_tasks(root: Path, negatives: int, min_area: float, seed: int) -> list[T
     return tasks
 
 
-def instance_masks(out: MethodOutput, embedded: Any) -> list[tuple[float, np.ndarray]]:
+def instance_masks(out: MethodOutput, embedded: ImageEmbedding) -> list[tuple[float, np.ndarray]]:
     """The output's instances at the original size (its class mask when it has none)."""
     if out.instances:
         found = [
@@ -147,14 +150,7 @@ def instance_masks(out: MethodOutput, embedded: Any) -> list[tuple[float, np.nda
 
 
 def scalar_scores(out: MethodOutput) -> dict[str, float]:
-    scores = {"score": float(out.score)}
-    for key, value in out.extras.items():
-        if isinstance(value, torch.Tensor) and value.ndim == 0:
-            scores[key] = float(value)
-    sim = out.extras.get("similarity")
-    if isinstance(sim, torch.Tensor) and sim.numel():
-        scores["similarity_max"] = float(sim.max())
-    return scores
+    return {"score": float(out.score), **scalar_signals(out)}
 
 
 def run_method(name: str, model: Any, predictor: Predictor, tasks: Sequence[Task]) -> dict:
