@@ -76,13 +76,16 @@ class Task:
     items: list[Item]
 
 
-def davis_tasks(root: Path, limit: int | None) -> list[Task]:
+def davis_tasks(root: Path, limit: int | None, stride: int = 1) -> list[Task]:
+    """Per sequence: frame 0 is the reference; every ``stride``-th frame after it, up to
+    ``limit`` of them, a target."""
     tasks = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         frames = [f for f in sorted(folder.glob("*.jpg")) if f.with_suffix(".png").is_file()]
         if len(frames) < 2:
             continue
-        rest = frames[1 : limit + 1] if limit else frames[1:]
+        rest = frames[stride::stride]
+        rest = rest[:limit] if limit else rest
         items = []
         for f in rest:
             truth = read_binary_mask(f.with_suffix(".png"))[0]

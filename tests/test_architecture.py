@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("prosam.sam", "prosam.prompts"),
     ("prosam.data", "prosam.backbones", "prosam.metrics", "prosam.visualize", "prosam.pretrained"),
     ("prosam.methods", "prosam.stable"),
-    ("prosam.evaluation",),
+    ("prosam.evaluation", "prosam.quality"),
     ("prosam.label",),
     ("prosam.cli",),
 )

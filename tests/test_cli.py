@@ -134,6 +134,7 @@ def test_demo_labels_the_bundled_photos(tmp_path, capsys):
         "000000555705.png",
     ]
     assert len(list((out / "from-boxes").iterdir())) == 3
+    assert (out / "labelled" / "review.csv").is_file()
     assert "labelled 2 photos" in capsys.readouterr().out
 
 

@@ -150,6 +150,26 @@ def test_coco_json_loads_with_pycocotools(tmp_path):
     assert "uncertainty" not in anns[0]
 
 
+def test_overlay_legend_names_found_classes_with_their_estimate(tmp_path):
+    image = np.full((120, 160, 3), 100, np.uint8)
+    mask = np.zeros((120, 160), bool)
+    mask[60:100, 80:140] = True
+    plain = OverlayWriter(tmp_path / "plain", ["a", "b"])
+    plain.add("x", (120, 160), [LabelMask("b", mask, 0.5)], image=image)
+    rated = OverlayWriter(tmp_path / "rated", ["a", "b"])
+    rated.add("x", (120, 160), [LabelMask("b", mask, 0.5, {"quality": 0.25})], image=image)
+    none = OverlayWriter(tmp_path / "none", ["a", "b"])
+    none.add("x", (120, 160), [], image=image)
+    a, b, c = (
+        np.asarray(Image.open(tmp_path / d / "overlay" / "x.jpg")).astype(int)
+        for d in ("plain", "rated", "none")
+    )
+    band = (slice(0, 12), slice(0, 80))
+    assert np.abs(c[band] - 100).max() < 10  # nothing found: no legend
+    width = [int((v[band].max(axis=2) < 60).any(axis=0).sum()) for v in (a, b)]
+    assert 0 < width[0] < width[1]  # a dark band behind the text; "b 0.25" is wider than "b"
+
+
 def test_overlay_preview(tmp_path):
     image = np.full((H, W, 3), 100, np.uint8)
     writer = OverlayWriter(tmp_path, ["a", "b"])
@@ -157,7 +177,8 @@ def test_overlay_preview(tmp_path):
     preview = np.asarray(Image.open(tmp_path / "overlay" / "x.jpg"))
     assert preview.shape == (H, W, 3)
     assert np.abs(preview[24, 30].astype(int) - 100).max() > 30  # tinted inside the mask
-    assert np.abs(preview[2, 2].astype(int) - 100).max() < 10
+    assert np.abs(preview[-3, -3].astype(int) - 100).max() < 10
+    assert preview[2, 2].astype(int).max() < 80  # the legend's dark band, top left
     small = OverlayWriter(tmp_path / "s", ["a"], max_side=32)
     small.add("x", (H, W), [LabelMask("a", SHAPES["disk"], 0.5)], image=image)
     assert Image.open(tmp_path / "s" / "overlay" / "x.jpg").size == (32, 24)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from prosam.errors import InputError
@@ -55,3 +58,25 @@ def draw_box(image: np.ndarray, box: np.ndarray, width: int = 2) -> np.ndarray:
     out[y0 : y1 + 1, x0 : x0 + width] = colour
     out[y0 : y1 + 1, max(x1 - width + 1, 0) : x1 + 1] = colour
     return out
+
+
+def draw_legend(image: np.ndarray, entries: Sequence[tuple[str, int]]) -> np.ndarray:
+    """Write each ``(text, palette index)`` entry in the top-left corner, one a line, on a
+    dark band, the text in the :data:`PALETTE` colour of its index."""
+    if not entries:
+        return image
+    h, w = image.shape[:2]
+    size = max(10, min(h, w) // 24)
+    font = ImageFont.load_default(size=size)
+    canvas = Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas, "RGBA")
+    pad, y = max(2, size // 4), max(2, size // 4)
+    for text, index in entries:
+        _, top, right, bottom = draw.textbbox((pad, y), text, font=font)
+        draw.rectangle((0, top - pad, right + pad, bottom + pad), fill=(0, 0, 0, 160))
+        colour = tuple(int(v) for v in PALETTE[index % len(PALETTE)])
+        draw.text((pad, y), text, fill=colour, font=font)
+        y = bottom + 2 * pad
+        if y >= h:
+            break
+    return np.asarray(canvas)

@@ -19,6 +19,7 @@ from prosam.cli import (
     eval,
     label,
     predict,
+    review,
     segment,
     stable,
     study,
@@ -28,7 +29,20 @@ from prosam.cli import (
 from prosam.errors import ProsamError, ProsamWarning
 
 #: The commands in the order ``prosam --help`` lists them; each module has ``add_parser(sub)``.
-COMMANDS = (predict, weights, cache, demo, episodes, eval, train, segment, stable, label, study)
+COMMANDS = (
+    predict,
+    weights,
+    cache,
+    demo,
+    episodes,
+    eval,
+    train,
+    segment,
+    stable,
+    label,
+    review,
+    study,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

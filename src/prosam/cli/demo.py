@@ -32,6 +32,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from prosam.data.coco import load_coco
     from prosam.io import write_image
     from prosam.label.defaults import DEFAULT_METHOD
+    from prosam.label.review import write_contact_sheet
     from prosam.metrics import mask_iou
     from prosam.sam import Predictor
     from prosam.visualize import draw_box, overlay_masks
@@ -55,6 +56,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         progress=False,
         restart=True,
     )
+    sheet = write_contact_sheet(out / "labelled")
     # 2. SAM itself, prompted with each cat's box: a check of the frozen model.
     predictor = Predictor(model, cache=cache)
     ious = []
@@ -77,7 +79,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     print(
         f"reference: {samples[0].key} (its cats' masks); labelled {len(samples) - 1} photos "
-        f"with {DEFAULT_METHOD} -> {(out / 'labelled').resolve()}"
+        f"with {DEFAULT_METHOD} -> {(out / 'labelled').resolve()}; worst first: "
+        f"{sheet.resolve()}"
     )
     print(
         f"SAM from each cat's box: mean IoU with the COCO masks {np.mean(ious):.3f} "

@@ -18,6 +18,7 @@ from prosam.cli.options import (
     add_checkpoint_option,
     add_method_choice,
     add_model_args,
+    add_quality_option,
     add_stable_option,
     attach_stable_from_args,
     load_model,
@@ -154,6 +155,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_method_choice(p, default=DEFAULT_METHOD)
     add_checkpoint_option(p)
     add_stable_option(p)
+    add_quality_option(p)
     p.add_argument(
         "--uncertainty",
         action="store_true",
@@ -204,7 +206,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--finalize",
         action="store_true",
-        help="only rebuild coco.json and failures.json from the records (after all shards)",
+        help="only rebuild coco.json, failures.json and review.csv from the records (after all "
+        "shards)",
     )
     p.add_argument("--no-progress", action="store_true")
     add_model_args(p)
@@ -287,6 +290,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold,
         min_area_fraction=args.min_area_fraction,
         method_options=options,
+        quality_model=args.quality_model,
     )
     seg.fit([(r["image"], _annotation(r), c) for r, c in zip(references, classes, strict=True)])
     summary = seg.label(
@@ -311,6 +315,12 @@ def cmd_label(args: argparse.Namespace) -> int:
         + (f" [shard {i}/{n}: {summary.shard_targets} of {summary.total}]" if n > 1 else "")
         + f", {rate:.2f} img/s"
     )
+    if summary.finalized:
+        estimated = "" if seg.quality_model is None else ", worst quality estimate first"
+        print(
+            f"masks to check{estimated}: {os.path.join(args.out, 'review.csv')} "
+            f"(contact sheet: prosam review {args.out})"
+        )
     if summary.failed:
         where = "failures.json" if summary.finalized else "failures"
         print(f"failed targets and why: {os.path.join(args.out, where)}", file=sys.stderr)

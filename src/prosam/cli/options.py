@@ -98,6 +98,18 @@ def add_checkpoint_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_quality_option(p: argparse.ArgumentParser) -> None:
+    """``--quality-model auto|none|FILE``: what estimates each mask's IoU."""
+    p.add_argument(
+        "--quality-model",
+        default="auto",
+        metavar="auto|none|FILE",
+        help="estimate each mask's IoU with this model (default auto: the model prosam ships "
+        "for the method, none for a method without one; FILE: one fitted by "
+        "benchmarks/mask_quality.py)",
+    )
+
+
 def add_stable_option(p: argparse.ArgumentParser) -> None:
     """``--stable [CKPT]``: decode with a Stable-SAM plugin."""
     p.add_argument(

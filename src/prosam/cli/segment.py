@@ -14,6 +14,7 @@ from prosam.cli.options import (
     add_checkpoint_option,
     add_method_choice,
     add_model_args,
+    add_quality_option,
     add_stable_option,
     attach_stable_from_args,
     load_model,
@@ -26,7 +27,9 @@ from prosam.label.defaults import DEFAULT_METHOD, default_score_threshold
 from prosam.label.targets import TargetEntry, expand_label_targets, plan_targets, target_root
 
 if TYPE_CHECKING:
+    from prosam.label.review import ReviewRow
     from prosam.methods import ReferenceMethod
+    from prosam.quality import QualityModel
     from prosam.sam import Predictor
 
 
@@ -69,6 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_checkpoint_option(p)
     add_stable_option(p)
+    add_quality_option(p)
     add_model_args(p)
     p.set_defaults(func=cmd_segment)
 
@@ -90,7 +94,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from prosam.io import read_image
     from prosam.label.api import annotation_to_mask, reference_from_annotation
     from prosam.label.progress import progress_bar
+    from prosam.label.review import review_order, write_review_csv
     from prosam.methods import Reference, build_method
+    from prosam.quality import resolve_quality_model
     from prosam.sam import Predictor
 
     check_output_dir(args.out)
@@ -101,6 +107,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         drawn = annotation_to_mask(annotation, ref_image.shape[:2])
     out = Path(args.out)
     entries = plan_outputs(args.targets, out, instances=args.instances)
+    quality = resolve_quality_model(args.quality_model, args.method)
     model, cache = load_model(args)
     attach_stable_from_args(args, model)
     predictor = Predictor(model, cache=cache)
@@ -119,15 +126,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
         else args.score_threshold
     )
     failed = absent = 0
+    rows: list[ReviewRow] = []
     t0 = time.perf_counter()
     bar = progress_bar(len(entries), 0, not args.no_progress, "segment")
     try:
         for entry in entries:
             try:
-                found = _segment_one(
-                    method, predictor, entry.path, out / entry.key, args.instances, threshold
+                row = _segment_one(
+                    method, predictor, entry, out, args.instances, threshold, quality
                 )
-                absent += not found
+                absent += row is None
+                rows += [] if row is None else [row]
             except Exception as err:  # one target's problem: the others are still segmented
                 reason = failure_reason(err)
                 if str(entry.path) not in reason:
@@ -139,11 +148,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
         bar.close()
     seconds = time.perf_counter() - t0
     done = len(entries) - failed
+    review = write_review_csv(out, review_order(rows))
     print(
         f"{out}: {done} segmented, {failed} failed"
         + (f", {absent} without the object (score under {threshold:g})" if absent else "")
         + (f", {done / seconds:.2f} img/s" if seconds > 0 and done else "")
     )
+    if rows:
+        print(f"masks to check{'' if quality is None else ', worst first'}: {review}")
     return 1 if failed else 0
 
 
@@ -172,19 +184,24 @@ def plan_outputs(items: Sequence[str], out: Path, *, instances: bool) -> list[Ta
 def _segment_one(
     method: ReferenceMethod,
     predictor: Predictor,
-    path: Path,
-    out: Path,
+    entry: TargetEntry,
+    out_dir: Path,
     instances: bool,
     threshold: float,
-) -> bool:
-    """Segment one target, write ``<out>.png`` (and ``<out>-instances.png``); an empty mask
-    when the method's score is under ``threshold``. Returns whether the object was found."""
+    quality: QualityModel | None,
+) -> ReviewRow | None:
+    """Segment one target, write ``OUT/<key>.png`` (and ``-instances.png``); an empty mask
+    when the method's score is under ``threshold``. Returns the mask's review row (with its
+    quality estimate when ``quality`` is given), ``None`` when the object was not found."""
     from prosam.io import read_image, write_mask_png
+    from prosam.label.review import ReviewRow
     from prosam.label.writers import write_instance_png
     from prosam.methods import Target
+    from prosam.quality import mask_signals
     from prosam.sam.transforms import original_size_mask
 
-    image = read_image(path)
+    out = out_dir / entry.key
+    image = read_image(entry.path)
     embedded = predictor.embed(image)
     result = method.predict(Target(image, embedded))
     mask = original_size_mask(result.low_res_logits, embedded.geometry)
@@ -198,4 +215,19 @@ def _segment_one(
             for i in result.instances
         ] or [(mask, result.score)]
         write_instance_png(out.with_name(f"{out.name}-instances.png"), objects, mask.shape)
-    return found
+    if not found or not mask.any():
+        return None
+    estimate, reason = None, ""
+    if quality is not None:
+        signals = mask_signals(result, mask)
+        estimate, reason = quality.estimate(signals), quality.reason(signals)
+    return ReviewRow(
+        0,
+        entry.file_name,
+        "object",
+        max(1, len(result.instances)),
+        estimate,
+        result.score,
+        reason,
+        entry.key,
+    )

@@ -48,6 +48,7 @@ from prosam.label.writers import (
     YoloWriter,
 )
 from prosam.methods.base import Reference, ReferenceMethod
+from prosam.quality import QualityModelLike, resolve_quality_model
 from prosam.sam.model import FrozenSam
 from prosam.sam.predictor import Predictor
 from prosam.sam.transforms import check_image
@@ -62,7 +63,8 @@ ReferenceLike = Reference | tuple[ImageLike, AnnotationLike] | tuple[ImageLike, 
 class LabelResult:
     """One target's labels: per class a bool ``(H, W)`` mask (all False when nothing was
     found), the method's score, and the mean uncertainty inside the mask (``None`` without
-    an uncertainty-giving method or mask)."""
+    an uncertainty-giving method or mask); per found class with a quality model, the mask's
+    expected IoU (``quality``) and the reason it is not higher."""
 
     key: str
     image_size: tuple[int, int]
@@ -73,6 +75,8 @@ class LabelResult:
     instances: dict[str, list[tuple[np.ndarray, float]]] = field(default_factory=dict)
     file_name: str | None = None
     image: np.ndarray | None = field(default=None, repr=False)
+    quality: dict[str, float | None] = field(default_factory=dict)
+    reasons: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def found(self) -> list[str]:
@@ -86,7 +90,11 @@ class LabelResult:
                 c,
                 self.masks[c],
                 self.scores[c],
-                {"uncertainty": self.uncertainty[c]},
+                {
+                    "uncertainty": self.uncertainty[c],
+                    "quality": self.quality.get(c),
+                    "reason": self.reasons.get(c),
+                },
                 self.instances.get(c, []),
             )
             for c in self.found
@@ -237,6 +245,7 @@ class Segmenter:
         score_threshold: float | None = None,
         min_area_fraction: float = DEFAULT_MIN_AREA_FRACTION,
         method_options: Mapping[str, Any] | None = None,
+        quality_model: QualityModelLike = "auto",
     ) -> None:
         self.model = model
         self.method = method
@@ -248,6 +257,7 @@ class Segmenter:
         )
         self.min_area_fraction = min_area_fraction
         self.method_options = dict(method_options or {})
+        self.quality_model = resolve_quality_model(quality_model, method)
         self.methods: dict[str, ReferenceMethod] = {}
         self.references: dict[str, list[Reference]] = {}
 
@@ -318,6 +328,7 @@ class Segmenter:
                 image,
                 score_threshold=self.score_threshold,
                 min_area_fraction=self.min_area_fraction,
+                quality=self.quality_model,
             )
             results.append(_result(key, image, preds, source, file_name))
         seen: set[str] = set()
@@ -361,6 +372,7 @@ class Segmenter:
             formats=formats,
             score_threshold=self.score_threshold,
             min_area_fraction=self.min_area_fraction,
+            quality=self.quality_model,
             max_pixels=max_pixels,
             shard=shard,
             workers=workers,
@@ -412,6 +424,8 @@ def _result(
         masks={p.class_name: p.mask for p in preds},
         scores={p.class_name: p.score for p in preds},
         uncertainty={p.class_name: p.uncertainty for p in preds},
+        quality={p.class_name: p.quality for p in preds},
+        reasons={p.class_name: p.reason for p in preds},
         instances={p.class_name: p.instances for p in preds},
         source=source,
         file_name=file_name,
@@ -430,6 +444,7 @@ def load(
     download: bool = True,
     score_threshold: float | None = None,
     min_area_fraction: float = DEFAULT_MIN_AREA_FRACTION,
+    quality_model: QualityModelLike = "auto",
     **method_options: Any,
 ) -> Segmenter:
     """A :class:`Segmenter`: the method on a frozen SAM (a weights name, file or model).
@@ -438,6 +453,8 @@ def load(
     ``embedding_cache`` caches the references' SAM embeddings under ``cache_dir``.
     ``score_threshold``: a class scoring below it is "not in this image" (default: the
     method's calibrated presence threshold, 0 for methods without one).
+    ``quality_model``: what estimates each mask's IoU (default ``"auto"``: the model shipped
+    for the method, none for a method without one; ``"none"``, a model or a model file).
     """
     from prosam.sam import EmbeddingCache, load_sam
 
@@ -454,6 +471,7 @@ def load(
         score_threshold=score_threshold,
         min_area_fraction=min_area_fraction,
         method_options=method_options,
+        quality_model=quality_model,
     )
 
 

@@ -12,6 +12,8 @@
   of the file labelled, so a target with a record is done and ``coco.json`` is rebuilt
   from records;
 - ``failures/<key>.json`` per failed target and ``failures.json``, the list of them;
+- ``review.csv``: every written mask, worst quality estimate first
+  (:mod:`prosam.label.review`), rebuilt from the records like ``coco.json``;
 - ``locks/<key>.lock`` while a process labels that target: two processes on one output
   folder (the same command run twice) share the work instead of both doing all of it.
 
@@ -66,15 +68,16 @@ from prosam.label.records import (
     RECORD_VERSION,
     FinalizeSummary,
     failure_path,
-    finalize_outputs,
     make_record,
     read_json,
     record_masks,
     record_path,
     stored_keys,
     valid_record,
+    write_dataset_files,
     write_json,
 )
+from prosam.label.review import job_review_rows, write_review_csv
 from prosam.label.targets import (
     FileStamp,
     TargetEntry,
@@ -86,6 +89,7 @@ from prosam.label.targets import (
 )
 from prosam.label.writers import FORMATS, Writer, make_writer
 from prosam.methods.base import ReferenceMethod
+from prosam.quality import QualityModel
 from prosam.sam.predictor import Predictor
 
 __all__ = [
@@ -180,6 +184,7 @@ class LabelJob:
         formats: names from :data:`prosam.label.writers.FORMATS`, or extra writer objects
             (fed per target, finalized at the end of each run).
         score_threshold, min_area_fraction: when a class's mask counts as empty (module doc).
+        quality: the model estimating each kept mask's IoU (``None``: no estimate).
         max_pixels: larger targets are failures, checked before decoding.
         shard: ``(i, n)`` labels ``targets[i::n]`` of the sorted list; default ``RANK`` and
             ``WORLD_SIZE`` from the environment (torchrun), else ``(0, 1)``.
@@ -198,6 +203,7 @@ class LabelJob:
         formats: Sequence[str | Writer] = ("png", "coco"),
         score_threshold: float = DEFAULT_SCORE_THRESHOLD,
         min_area_fraction: float = DEFAULT_MIN_AREA_FRACTION,
+        quality: QualityModel | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         shard: tuple[int, int] | None = None,
         workers: int = 2,
@@ -223,6 +229,7 @@ class LabelJob:
         self.writers += [f for f in formats if not isinstance(f, str)]
         self.score_threshold = float(score_threshold)
         self.min_area_fraction = float(min_area_fraction)
+        self.quality = quality
         self.max_pixels = int(max_pixels)
         if shard is None:
             from prosam.data.episodes import rank_and_world_from_env
@@ -242,6 +249,7 @@ class LabelJob:
             "classes": self.classes,
             "score_threshold": self.score_threshold,
             "min_area_fraction": self.min_area_fraction,
+            "quality_model": None if quality is None else quality.digest(),
             **dict(fingerprint or {}),
         }
 
@@ -486,6 +494,7 @@ class LabelJob:
                     image,
                     score_threshold=self.score_threshold,
                     min_area_fraction=self.min_area_fraction,
+                    quality=self.quality,
                 )
                 self._finish(entry, image.shape[:2], preds, image, stamp)
             except Exception as err:  # any one target's problem: the job goes on
@@ -509,6 +518,18 @@ class LabelJob:
     def finalize(self) -> FinalizeSummary:
         """Write ``coco.json`` (if asked for) and ``failures.json`` from all records."""
         return finalize_outputs(self.out, self.format_names)
+
+
+def finalize_outputs(
+    out_dir: str | os.PathLike[str], formats: Sequence[str] = ("coco",)
+) -> FinalizeSummary:
+    """Write the files built from every record: ``failures.json``, ``coco.json`` (with
+    ``"coco"`` in ``formats``) and the review queue ``review.csv``
+    (:mod:`prosam.label.review`); deterministic, so any shard, a rerun or a separate step
+    writes the same files."""
+    summary = write_dataset_files(out_dir, formats)
+    write_review_csv(out_dir, job_review_rows(out_dir))
+    return summary
 
 
 def _writer_name(writer: Any) -> str:

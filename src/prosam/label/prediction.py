@@ -1,4 +1,5 @@
-"""One target's labels: every class's method run on one embedding, masks at the image size."""
+"""One target's labels: every class's method run on one embedding, masks at the image size,
+each kept mask with its quality estimate when a quality model is given."""
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ import torch
 from prosam.label.defaults import DEFAULT_MIN_AREA_FRACTION, DEFAULT_SCORE_THRESHOLD
 from prosam.label.writers import LabelMask
 from prosam.methods.base import ReferenceMethod, Target
+from prosam.quality import QualityModel, mask_signals
 from prosam.sam.predictor import ImageEmbedding, Predictor
 from prosam.sam.transforms import original_size_mask, postprocess_logits
 
 
 @dataclass
 class ClassPrediction:
-    """One class's answer on one image: the mask (empty when dropped), score, uncertainty."""
+    """One class's answer on one image: the mask (empty when dropped), score, uncertainty;
+    for a kept mask its signals and, with a quality model, its expected IoU (``quality``)
+    and the reason the estimate is not higher."""
 
     class_name: str
     mask: np.ndarray
@@ -26,6 +30,14 @@ class ClassPrediction:
     kept: bool
     uncertainty: float | None = None
     instances: list[tuple[np.ndarray, float]] = field(default_factory=list)
+    quality: float | None = None
+    reason: str | None = None
+    signals: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def extras(self) -> dict[str, Any]:
+        """What the writers carry besides the mask and score."""
+        return {"uncertainty": self.uncertainty, "quality": self.quality, "reason": self.reason}
 
 
 def uncertainty_in_mask(
@@ -58,8 +70,10 @@ def predict_classes(
     embedded: ImageEmbedding | None = None,
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     min_area_fraction: float = DEFAULT_MIN_AREA_FRACTION,
+    quality: QualityModel | None = None,
 ) -> list[ClassPrediction]:
-    """Embed ``image`` once and predict every class's mask at the image's size."""
+    """Embed ``image`` once and predict every class's mask at the image's size (with
+    ``quality``, each kept mask's expected IoU)."""
     embedded = predictor.embed(image) if embedded is None else embedded
     target = Target(image, embedded)
     h, w = image.shape[:2]
@@ -81,14 +95,20 @@ def predict_classes(
                 )
                 if m.any():
                     instances.append((m & mask, float(inst.score)))
-        out.append(ClassPrediction(name, mask, float(result.score), kept, unc, instances))
+        prediction = ClassPrediction(name, mask, float(result.score), kept, unc, instances)
+        if kept:
+            prediction.signals = mask_signals(result, mask, uncertainty=unc)
+            if quality is not None:
+                prediction.quality = quality.estimate(prediction.signals)
+                prediction.reason = quality.reason(prediction.signals)
+        out.append(prediction)
     return out
 
 
 def label_masks(predictions: Sequence[ClassPrediction]) -> list[LabelMask]:
     """The kept predictions as writer input."""
     return [
-        LabelMask(p.class_name, p.mask, p.score, {"uncertainty": p.uncertainty}, p.instances)
+        LabelMask(p.class_name, p.mask, p.score, p.extras, p.instances)
         for p in predictions
         if p.kept
     ]

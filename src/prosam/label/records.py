@@ -16,7 +16,7 @@ from prosam.label.prediction import ClassPrediction
 from prosam.label.targets import FileStamp, TargetEntry
 from prosam.label.writers import CocoWriter, LabelMask, decode_mask, encode_mask
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -56,6 +56,9 @@ def make_record(
                 "kept": p.kept,
                 "area": int(p.mask.sum()),
                 "uncertainty": p.uncertainty,
+                "quality": p.quality,
+                "reason": p.reason,
+                "signals": p.signals,
                 "rle": encode_mask(p.mask) if p.kept else None,
                 "instances": [{"score": s, "rle": encode_mask(m)} for m, s in p.instances],
             }
@@ -72,7 +75,7 @@ def record_masks(record: Mapping[str, Any], *, decode: bool = True) -> list[Labe
             c["class"],
             decode_mask(c["rle"]) if decode else c["rle"],
             c["score"],
-            {"uncertainty": c["uncertainty"]},
+            {"uncertainty": c["uncertainty"], "quality": c["quality"], "reason": c["reason"]},
             [
                 (decode_mask(i["rle"]) if decode else i["rle"], i["score"])
                 for i in c.get("instances", [])
@@ -85,7 +88,7 @@ def record_masks(record: Mapping[str, Any], *, decode: bool = True) -> list[Labe
 
 @dataclass
 class FinalizeSummary:
-    """What :func:`finalize_outputs` found: images with records, failures, targets missing."""
+    """What :func:`write_dataset_files` found: images with records, failures, targets missing."""
 
     images: int
     annotations: int
@@ -93,7 +96,7 @@ class FinalizeSummary:
     missing: list[str]
 
 
-def finalize_outputs(
+def write_dataset_files(
     out_dir: str | os.PathLike[str], formats: Sequence[str] = ("coco",)
 ) -> FinalizeSummary:
     """Write ``failures.json`` and (with ``"coco"`` in ``formats``) ``coco.json`` from the

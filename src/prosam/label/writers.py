@@ -20,14 +20,18 @@ Layout under the output folder ``OUT`` (``<key>`` is the image's stem, made uniq
 - ``coco``: ``OUT/coco.json``, one annotation per object found (per instance when the
   method gives instances, else per class mask), the mask as
   compressed RLE (``counts`` a string), its ``bbox`` ``[x, y, w, h]`` and ``area`` from the
-  RLE, and ``score`` (and ``uncertainty`` when the method gives one); categories are numbered
+  RLE, and ``score``: the class mask's quality estimate (its expected IoU, the same for
+  every instance of the class in the image) when the job has a quality model, with the
+  method's own score (the instance's, where there are instances) as ``method_score``; else
+  the method's score. ``uncertainty`` when the method gives one. Categories are numbered
   from 1 in class order.
 - ``yolo``: ``OUT/yolo/<key>.txt``, one line per polygon, ``class_idx x1 y1 x2 y2 ...``
   with ``x`` / ``y`` the boundary pixels' column / row divided by the image width / height
   (OpenCV ``findContours`` convention, as Ultralytics converts masks); an image without
   masks gets an empty file; ``OUT/yolo/classes.txt`` lists the names, one a line.
 - ``overlay``: ``OUT/overlay/<key>.jpg``, the masks drawn over the image (one colour per
-  class, see :data:`prosam.visualize.PALETTE`), downscaled to ``max_side`` pixels.
+  class, see :data:`prosam.visualize.PALETTE`), downscaled to ``max_side`` pixels, with a
+  legend: each found class's name in its colour and, when known, its quality estimate.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from prosam import __version__
 from prosam.errors import InputError
 from prosam.io import atomic_path, read_image, write_bytes_atomic, write_image, write_mask_png
 from prosam.label.classes import check_class_names, safe_name
-from prosam.visualize import overlay_masks
+from prosam.visualize import draw_legend, overlay_masks
 
 ImageSource = np.ndarray | str | os.PathLike[str] | None
 RLE = dict[str, Any]
@@ -331,6 +335,7 @@ class CocoWriter:
             if c not in found:
                 continue
             m = found[c]
+            quality = (m.extras or {}).get("quality")
             for mask, score in m.objects():
                 rle = as_rle(mask)
                 if list(rle["size"]) != [h, w]:
@@ -344,8 +349,10 @@ class CocoWriter:
                     "area": area,
                     "bbox": bbox,
                     "iscrowd": 0,
-                    "score": float(score),
+                    "score": float(score if quality is None else quality),
                 }
+                if quality is not None:
+                    ann["method_score"] = float(score)
                 uncertainty = (m.extras or {}).get("uncertainty")
                 if isinstance(uncertainty, (int, float)):
                     ann["uncertainty"] = float(uncertainty)
@@ -502,7 +509,13 @@ class OverlayWriter(_PerImageWriter):
                 np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST))
                 for m in layers
             ]
-        write_image(self.root / f"{key}.jpg", overlay_masks(pixels, layers), quality=self.quality)
+        legend = []
+        for i, c in enumerate(self.classes):
+            if c in found:
+                quality = (found[c].extras or {}).get("quality")
+                legend.append((c if quality is None else f"{c} {quality:.2f}", i))
+        drawn = draw_legend(overlay_masks(pixels, layers), legend)
+        write_image(self.root / f"{key}.jpg", drawn, quality=self.quality)
 
 
 def make_writer(

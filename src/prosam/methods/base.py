@@ -43,10 +43,12 @@ class Target:
 @dataclass
 class InstanceMask:
     """One object found in a target: ``(1, h, w)`` low-res logits like
-    :attr:`MethodOutput.low_res_logits`, and its score (higher = more confident)."""
+    :attr:`MethodOutput.low_res_logits`, its score (higher = more confident) and, when the
+    method knows it, SAM's predicted IoU of the mask."""
 
     low_res_logits: torch.Tensor
     score: float
+    predicted_iou: float | None = None
 
 
 @dataclass

@@ -272,6 +272,7 @@ class MatcherMethod:
             "kept_matches": torch.tensor(float(matches.kept_fraction)),
             "best_proposal": torch.tensor(float(best_proposal)),
             **self._presence_signals(priors.positive_max, positive),
+            **self._mask_signals(logits, instances, embedded, positive, priors.positive_max),
         }
         presence = presence_score(extras["presence_peak"], extras["presence_match"])
         return MethodOutput(logits, presence, extras, instances)
@@ -290,6 +291,31 @@ class MatcherMethod:
             "presence_peak": flat.max().cpu(),
             "presence_match": flat.topk(n).values.mean().cpu(),
             "presence_positive": positive.float().mean().cpu(),
+        }
+
+    def _mask_signals(
+        self,
+        logits: torch.Tensor,
+        instances: Sequence[InstanceMask],
+        embedded: ImageEmbedding,
+        positive: torch.Tensor,
+        positive_max: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Scalars about the final class mask (0 when it is empty), for its quality estimate:
+        the purity and match of the union as for a candidate (``mask_purity``,
+        ``mask_match``) and SAM's predicted IoU of its instances, weighted by their area
+        (``sam_iou``)."""
+        scored = self._score(logits, torch.ones(1), embedded, positive, positive_max.clamp(0, 1))
+        purity, match = (scored[0].purity, scored[0].match) if scored else (0.0, 0.0)
+        areas = [float((i.low_res_logits > 0).sum()) for i in instances]
+        ious = [i.predicted_iou for i in instances]
+        known = [(a, v) for a, v in zip(areas, ious, strict=True) if v is not None and a > 0]
+        total = sum(a for a, _ in known)
+        sam_iou = sum(a * v for a, v in known) / total if total else 0.0
+        return {
+            "mask_purity": torch.tensor(float(purity)),
+            "mask_match": torch.tensor(float(match)),
+            "sam_iou": torch.tensor(float(sam_iou)),
         }
 
     def _sample_points(
@@ -393,9 +419,13 @@ class MatcherMethod:
                 groups.append([c])
                 masks.append(mask)
         if self.instance_mask == "best":
-            return [InstanceMask(g[0].logits[None], g[0].score) for g in groups]
+            return [InstanceMask(g[0].logits[None], g[0].score, g[0].iou) for g in groups]
         return [
-            InstanceMask(torch.stack([c.logits for c in g]).amax(0)[None], max(c.score for c in g))
+            InstanceMask(
+                torch.stack([c.logits for c in g]).amax(0)[None],
+                max(c.score for c in g),
+                max(c.iou for c in g),
+            )
             for g in groups
         ]
 
@@ -417,10 +447,10 @@ class MatcherMethod:
                 float(ys.max() + 1) * scale * ratio[0],
             ]
         )
-        refined, _ = self.predictor.predict_low_res(
+        refined, iou = self.predictor.predict_low_res(
             embedded, box=box, mask_input=logits, multimask_output=False
         )
-        return InstanceMask(refined[0:1], instance.score)
+        return InstanceMask(refined[0:1], instance.score, float(iou.reshape(-1)[0]))
 
 
 def build_matcher(model: FrozenSam, **options: object) -> MatcherMethod:
