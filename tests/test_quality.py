@@ -127,6 +127,16 @@ def test_reason_names_the_signal_that_lowers_the_estimate_most():
     )
     contributions = model.contributions({"mask_purity": 0.3, "area_fraction": 0.3})
     assert contributions == pytest.approx({"mask_purity": -2.0, "area_fraction": -2.0})
+    against = QualityModel(
+        ("stability", "border_fraction"), (0.5, 0.1), (0.1, 0.1), (-3.0, -1.0), 0.0
+    )
+    # a high stability lowers this estimate most, but against its meaning: not named
+    assert against.reason({"stability": 0.9, "border_fraction": 0.2}) == (
+        "the mask runs along the border"
+    )
+    assert against.reason({"stability": 0.9, "border_fraction": 0.0}) == (
+        "nothing lowers the estimate"
+    )
 
 
 def test_model_round_trip_and_errors(tmp_path):
@@ -161,3 +171,17 @@ def test_the_shipped_model_is_valid_for_the_default_method():
     assert model is not None and resolve_quality_model("auto", DEFAULT_METHOD) == model
     assert model.info["method"] == DEFAULT_METHOD and "validation" in model.info["fitted_on"]
     assert 0.0 < model.estimate({}) < 1.0
+
+
+def test_sign_constraints_keep_each_weight_on_its_side():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=300)
+    signals = [{"stability": float(v), "sam_iou": float(-v)} for v in x]
+    ious = expit(-1.0 * x)  # against the expected direction of "stability"
+    free = fit_quality_model(signals, ious, ["stability"], l2=0.0)
+    tied = fit_quality_model(signals, ious, ["stability"], l2=0.0, signs={"stability": 1})
+    assert free.weights[0] < -0.5 and tied.weights[0] == pytest.approx(0.0, abs=1e-8)
+    both = fit_quality_model(
+        signals, ious, ["stability", "sam_iou"], l2=0.1, signs={"stability": 1, "sam_iou": 1}
+    )
+    assert both.weights[0] >= 0 and both.weights[1] > 0.3  # the allowed one takes the signal

@@ -61,22 +61,26 @@ def draw_box(image: np.ndarray, box: np.ndarray, width: int = 2) -> np.ndarray:
 
 
 def draw_legend(image: np.ndarray, entries: Sequence[tuple[str, int]]) -> np.ndarray:
-    """Write each ``(text, palette index)`` entry in the top-left corner, one a line, on a
-    dark band, the text in the :data:`PALETTE` colour of its index."""
+    """Write each ``(text, palette index)`` entry in the top-left corner, one a line: a
+    swatch of the :data:`PALETTE` colour of its index, then the text in white, on a dark
+    band."""
     if not entries:
         return image
     h, w = image.shape[:2]
-    size = max(10, min(h, w) // 24)
+    size = max(11, min(h, w) // 18)
     font = ImageFont.load_default(size=size)
     canvas = Image.fromarray(image)
     draw = ImageDraw.Draw(canvas, "RGBA")
-    pad, y = max(2, size // 4), max(2, size // 4)
+    pad = max(2, size // 4)
+    y = pad
     for text, index in entries:
-        _, top, right, bottom = draw.textbbox((pad, y), text, font=font)
-        draw.rectangle((0, top - pad, right + pad, bottom + pad), fill=(0, 0, 0, 160))
+        x = pad + size + pad
+        _, _, right, bottom = draw.textbbox((x, y), text, font=font)
+        draw.rectangle((0, y - pad, right + pad, bottom + pad), fill=(0, 0, 0, 170))
         colour = tuple(int(v) for v in PALETTE[index % len(PALETTE)])
-        draw.text((pad, y), text, fill=colour, font=font)
-        y = bottom + 2 * pad
+        draw.rectangle((pad, y, pad + size - 1, y + size - 1), fill=colour)
+        draw.text((x, y), text, fill=(255, 255, 255), font=font)
+        y = max(bottom, y + size) + 2 * pad
         if y >= h:
             break
     return np.asarray(canvas)

@@ -448,14 +448,21 @@ class LabelJob:
         """Whether this process may label ``entry`` now: another process on the same output
         folder that holds its lock is labelling it. Killed, a process's locks are released."""
         path = self.out / "locks" / f"{entry.key}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(path, timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            claimed = False
-        else:
+        for attempt in range(5):
+            # Another process removes the lock folder when it empties: make it again.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                lock.acquire()
+            except Timeout:
+                claimed = False
+                break
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
+                continue
             claimed = True
+            break
         try:
             yield claimed
         finally:

@@ -3,6 +3,7 @@ model that turns them into an expected IoU (see ``docs/labelling.md``, "Which ma
 check")."""
 
 from prosam.quality.model import (
+    EXPECTED_SIGNS,
     QualityModel,
     QualityModelLike,
     fit_quality_model,
@@ -13,6 +14,7 @@ from prosam.quality.model import (
 from prosam.quality.signals import mask_signals, shape_signals, stability_score
 
 __all__ = [
+    "EXPECTED_SIGNS",
     "QualityModel",
     "QualityModelLike",
     "fit_quality_model",

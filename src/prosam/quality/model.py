@@ -55,6 +55,27 @@ SIGNAL_PHRASES: dict[str, tuple[str, str]] = {
 }
 """Per signal: what a *low* and a *high* value means, for :meth:`QualityModel.reason`."""
 
+EXPECTED_SIGNS: dict[str, int] = {
+    "score": 1,
+    "presence_peak": 1,
+    "presence_match": 1,
+    "presence_positive": 1,
+    "kept_matches": 1,
+    "best_proposal": 1,
+    "mask_purity": 1,
+    "mask_match": 1,
+    "sam_iou": 1,
+    "stability": 1,
+    "border_fraction": -1,
+    "components": -1,
+    "largest_component": 1,
+    "fill": 1,
+    "uncertainty": -1,
+}
+"""The direction in which each signal should move the estimate (+1: higher is better),
+for :func:`fit_quality_model`'s ``signs``; the mask's area and instance count may go
+either way."""
+
 
 @dataclass(frozen=True)
 class QualityModel:
@@ -95,10 +116,19 @@ class QualityModel:
         return float(expit(self.bias + float(np.dot(self.weights, z))))
 
     def reason(self, signals: Mapping[str, float]) -> str:
-        """In words, the feature that lowers the estimate most."""
-        contributions = self.contributions(signals)
-        name = min(contributions, key=lambda k: contributions[k])
-        if contributions[name] >= 0:
+        """In words, the feature that lowers the estimate most. Features whose weight runs
+        against their :data:`EXPECTED_SIGNS` direction (they matter with others, as the
+        peak of the match against its mean) are not named: "the mask is stable" is no
+        reason to doubt a mask."""
+        contributions = {
+            name: value
+            for (name, value), weight in zip(
+                self.contributions(signals).items(), self.weights, strict=True
+            )
+            if weight * EXPECTED_SIGNS.get(name, 0) >= 0
+        }
+        name = min(contributions, key=lambda k: contributions[k], default=None)
+        if name is None or contributions[name] >= 0:
             return "nothing lowers the estimate"
         weight = self.weights[self.features.index(name)]
         low, high = SIGNAL_PHRASES.get(name, (f"{name} is low", f"{name} is high"))
@@ -185,11 +215,13 @@ def fit_quality_model(
     features: Sequence[str],
     *,
     l2: float = 1.0,
+    signs: Mapping[str, int] | None = None,
     info: Mapping[str, Any] | None = None,
 ) -> QualityModel:
     """Fit a :class:`QualityModel` of ``features`` on masks' ``signals`` and true ``ious``
     (each in [0, 1]); ``l2`` is the ridge penalty on the standardised weights (per mask,
-    not on the bias)."""
+    not on the bias). ``signs`` (e.g. :data:`EXPECTED_SIGNS`) constrains a feature's weight
+    to be >= 0 (+1) or <= 0 (-1), so the estimate moves the way the signal means."""
     if len(signals) != len(ious) or len(signals) < 2:
         raise InputError("fit_quality_model needs two or more masks, one IoU each")
     y = np.asarray(ious, dtype=np.float64)
@@ -218,7 +250,12 @@ def fit_quality_model(
     start = np.zeros(k + 1)
     mean_y = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
     start[0] = math.log(mean_y / (1 - mean_y))
-    result = minimize(loss, start, jac=True, method="L-BFGS-B")
+    signs = signs or {}
+    bounds = [(None, None)] + [
+        (0.0, None) if signs.get(f, 0) > 0 else (None, 0.0) if signs.get(f, 0) < 0 else (None, None)
+        for f in features
+    ]
+    result = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds)
     theta = result.x
     return QualityModel(
         tuple(features),
