@@ -12,7 +12,10 @@ or triple ``(image, annotation, class_name)`` where the image is a path or an ``
 uint8`` array and the annotation is a mask (bool / 0-1 / 0-255 array, or a mask file) or a
 dict with one of ``"mask"``, ``"box": [x0, y0, x1, y1]``, ``"points": [[x, y], ...]`` or
 ``"scribble"`` (an array or an image file, non-zero = drawn). References of one class fit
-one method; each class gets its own.
+one method; each class gets its own, except with a method that fits several classes at
+once (``cpc``): one method, calibrated on every class's references together
+(:mod:`prosam.label.joint`). Where two classes claim a pixel it goes to the one of highest
+logit (``overlaps="resolve"``, the default), so each pixel has at most one class.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from prosam.label.defaults import (
     default_score_threshold,
 )
 from prosam.label.job import LabelJob, LabelSummary, load_target_image
-from prosam.label.prediction import ClassPrediction, predict_classes
+from prosam.label.joint import JointClasses
+from prosam.label.prediction import ClassPrediction, check_overlaps, predict_classes
 from prosam.label.targets import TargetEntry, plan_targets
 from prosam.label.writers import (
     CocoWriter,
@@ -48,6 +52,7 @@ from prosam.label.writers import (
     YoloWriter,
 )
 from prosam.methods.base import Reference, ReferenceMethod
+from prosam.methods.capabilities import MULTI_ENTITY
 from prosam.quality import QualityModelLike, resolve_quality_model
 from prosam.sam.model import FrozenSam
 from prosam.sam.predictor import Predictor
@@ -246,6 +251,7 @@ class Segmenter:
         min_area_fraction: float = DEFAULT_MIN_AREA_FRACTION,
         method_options: Mapping[str, Any] | None = None,
         quality_model: QualityModelLike = "auto",
+        overlaps: str = "resolve",
     ) -> None:
         self.model = model
         self.method = method
@@ -258,6 +264,7 @@ class Segmenter:
         self.min_area_fraction = min_area_fraction
         self.method_options = dict(method_options or {})
         self.quality_model = resolve_quality_model(quality_model, method)
+        self.overlaps = check_overlaps(overlaps)
         self.methods: dict[str, ReferenceMethod] = {}
         self.references: dict[str, list[Reference]] = {}
 
@@ -285,7 +292,7 @@ class Segmenter:
         self, references: Iterable[ReferenceLike], *, class_name: str = DEFAULT_CLASS
     ) -> Segmenter:
         """Fit one method per class (``class_name`` for references that name none)."""
-        from prosam.methods.registry import build_method
+        from prosam.methods.registry import build_method, get_method
 
         grouped: dict[str, list[Reference]] = {}
         for item in references:
@@ -294,13 +301,20 @@ class Segmenter:
         if not grouped:
             raise InputError("fit needs at least one reference")
         check_class_names(list(grouped))
-        methods = {}
-        for name, refs in grouped.items():
+        methods: dict[str, ReferenceMethod] = {}
+        if MULTI_ENTITY in get_method(self.method).capabilities:
+            # One method for all classes, calibrated once (lazily: a job loads or saves it).
             method = build_method(
                 self.method, self.model, checkpoint=self.checkpoint, **self.method_options
             )
-            method.fit(refs)
-            methods[name] = method
+            methods = dict(JointClasses(method, grouped).views())
+        else:
+            for name, refs in grouped.items():
+                method = build_method(
+                    self.method, self.model, checkpoint=self.checkpoint, **self.method_options
+                )
+                method.fit(refs)
+                methods[name] = method
         self.methods, self.references = methods, grouped
         return self
 
@@ -329,6 +343,7 @@ class Segmenter:
                 score_threshold=self.score_threshold,
                 min_area_fraction=self.min_area_fraction,
                 quality=self.quality_model,
+                overlaps=self.overlaps,
             )
             results.append(_result(key, image, preds, source, file_name))
         seen: set[str] = set()
@@ -373,6 +388,7 @@ class Segmenter:
             score_threshold=self.score_threshold,
             min_area_fraction=self.min_area_fraction,
             quality=self.quality_model,
+            overlaps=self.overlaps,
             max_pixels=max_pixels,
             shard=shard,
             workers=workers,
@@ -445,6 +461,7 @@ def load(
     score_threshold: float | None = None,
     min_area_fraction: float = DEFAULT_MIN_AREA_FRACTION,
     quality_model: QualityModelLike = "auto",
+    overlaps: str = "resolve",
     **method_options: Any,
 ) -> Segmenter:
     """A :class:`Segmenter`: the method on a frozen SAM (a weights name, file or model).
@@ -455,6 +472,9 @@ def load(
     method's calibrated presence threshold, 0 for methods without one).
     ``quality_model``: what estimates each mask's IoU (default ``"auto"``: the model shipped
     for the method, none for a method without one; ``"none"``, a model or a model file).
+    ``overlaps``: ``"resolve"`` gives each pixel to at most one class, ``"keep"`` leaves
+    each class's mask as its method gave it. A method that fits several classes together
+    (``cpc``) is fitted once on all of them, when first needed.
     """
     from prosam.sam import EmbeddingCache, load_sam
 
@@ -472,6 +492,7 @@ def load(
         min_area_fraction=min_area_fraction,
         method_options=method_options,
         quality_model=quality_model,
+        overlaps=overlaps,
     )
 
 

@@ -11,6 +11,10 @@
   everything the outputs need (mask RLE, score, uncertainty) and the sha256, size and mtime
   of the file labelled, so a target with a record is done and ``coco.json`` is rebuilt
   from records;
+- ``calibration.safetensors`` + ``calibration.json``: for a method fitted on every class
+  at once (``cpc``), its fitted calibration, made once per job and reloaded by reruns and
+  other shards (:mod:`prosam.label.joint`; ``calibration.lock`` lets one process fit it
+  while the others wait); its sha256 is in ``job.json``;
 - ``failures/<key>.json`` per failed target and ``failures.json``, the list of them;
 - ``review.csv``: every written mask, worst quality estimate first
   (:mod:`prosam.label.review`), rebuilt from the records like ``coco.json``;
@@ -39,6 +43,7 @@ threshold can be chosen afterwards from them.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -54,6 +59,7 @@ from filelock import FileLock, Timeout
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from prosam.core.checkpoint import checkpoint_files
 from prosam.errors import InputError, failure_reason
 from prosam.io import quiet_pillow, read_image, remove_stale_temporaries
 from prosam.label.defaults import (
@@ -62,7 +68,13 @@ from prosam.label.defaults import (
     DEFAULT_MIN_AREA_FRACTION,
     DEFAULT_SCORE_THRESHOLD,
 )
-from prosam.label.prediction import ClassPrediction, label_masks, predict_classes
+from prosam.label.joint import CALIBRATION_STEM, joint_of
+from prosam.label.prediction import (
+    ClassPrediction,
+    check_overlaps,
+    label_masks,
+    predict_classes,
+)
 from prosam.label.progress import progress_bar
 from prosam.label.records import (
     RECORD_VERSION,
@@ -185,6 +197,8 @@ class LabelJob:
             (fed per target, finalized at the end of each run).
         score_threshold, min_area_fraction: when a class's mask counts as empty (module doc).
         quality: the model estimating each kept mask's IoU (``None``: no estimate).
+        overlaps: ``"resolve"`` (each pixel to at most one class) or ``"keep"``
+            (:data:`prosam.label.prediction.OVERLAP_RULES`).
         max_pixels: larger targets are failures, checked before decoding.
         shard: ``(i, n)`` labels ``targets[i::n]`` of the sorted list; default ``RANK`` and
             ``WORLD_SIZE`` from the environment (torchrun), else ``(0, 1)``.
@@ -204,6 +218,7 @@ class LabelJob:
         score_threshold: float = DEFAULT_SCORE_THRESHOLD,
         min_area_fraction: float = DEFAULT_MIN_AREA_FRACTION,
         quality: QualityModel | None = None,
+        overlaps: str = "resolve",
         max_pixels: int = DEFAULT_MAX_PIXELS,
         shard: tuple[int, int] | None = None,
         workers: int = 2,
@@ -230,6 +245,7 @@ class LabelJob:
         self.score_threshold = float(score_threshold)
         self.min_area_fraction = float(min_area_fraction)
         self.quality = quality
+        self.overlaps = check_overlaps(overlaps)
         self.max_pixels = int(max_pixels)
         if shard is None:
             from prosam.data.episodes import rank_and_world_from_env
@@ -250,6 +266,7 @@ class LabelJob:
             "score_threshold": self.score_threshold,
             "min_area_fraction": self.min_area_fraction,
             "quality_model": None if quality is None else quality.digest(),
+            "overlaps": self.overlaps,
             **dict(fingerprint or {}),
         }
 
@@ -266,6 +283,23 @@ class LabelJob:
                 f"{', '.join(diff)}); use another output folder or restart the job"
             )
         write_json(path, self.config)
+
+    def _prepare_joint(self) -> None:
+        """Load or fit (and save) the calibration of jointly fitted classes
+        (:mod:`prosam.label.joint`); its sha256 joins the configuration."""
+        joint = joint_of(self.methods)
+        if not joint:
+            return
+        if self.restart:
+            for path in checkpoint_files(self.out / CALIBRATION_STEM):
+                self._unlink(path)
+        base = {k: v for k, v in self.config.items() if k != "calibration"}
+        key = hashlib.sha256(json.dumps(base, sort_keys=True, default=str).encode()).hexdigest()
+        # One process fits, the others of the same job (shards) wait and load its result.
+        # (The lock file stays: removing it while another process waits on it would let a
+        # third one take a second lock.)
+        with FileLock(self.out / f"{CALIBRATION_STEM}.lock"):
+            self.config["calibration"] = [j.prepare(self.out, key) for j in joint]
 
     def _write_targets(self, entries: Sequence[TargetEntry]) -> None:
         write_json(
@@ -398,6 +432,7 @@ class LabelJob:
         if not entries:
             raise InputError("no targets to label")
         self.out.mkdir(parents=True, exist_ok=True)
+        self._prepare_joint()
         self._check_config()
         remove_stale_temporaries(self.out)
         self._write_targets(entries)
@@ -449,16 +484,17 @@ class LabelJob:
         folder that holds its lock is labelling it. Killed, a process's locks are released."""
         path = self.out / "locks" / f"{entry.key}.lock"
         lock = FileLock(path, timeout=0)
-        for attempt in range(5):
-            # Another process removes the lock folder when it empties: make it again.
-            path.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(10):
+            # Another process removes the lock folder when it empties, at any moment: make
+            # it again (mkdir itself may see it vanish) and retry.
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 lock.acquire()
             except Timeout:
                 claimed = False
                 break
-            except FileNotFoundError:
-                if attempt == 4:
+            except (FileExistsError, FileNotFoundError):
+                if attempt == 9:
                     raise
                 continue
             claimed = True
@@ -502,6 +538,7 @@ class LabelJob:
                     score_threshold=self.score_threshold,
                     min_area_fraction=self.min_area_fraction,
                     quality=self.quality,
+                    overlaps=self.overlaps,
                 )
                 self._finish(entry, image.shape[:2], preds, image, stamp)
             except Exception as err:  # any one target's problem: the job goes on

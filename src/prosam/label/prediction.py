@@ -10,9 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from prosam.errors import InputError
 from prosam.label.defaults import DEFAULT_MIN_AREA_FRACTION, DEFAULT_SCORE_THRESHOLD
 from prosam.label.writers import LabelMask
 from prosam.methods.base import ReferenceMethod, Target
+from prosam.methods.overlaps import resolve_overlaps
 from prosam.quality import QualityModel, mask_signals
 from prosam.sam.predictor import ImageEmbedding, Predictor
 from prosam.sam.transforms import original_size_mask, postprocess_logits
@@ -61,6 +63,18 @@ def uncertainty_in_mask(
     return float(values.mean())
 
 
+OVERLAP_RULES = ("resolve", "keep")
+"""``resolve`` (default): a pixel two classes claim goes to the one of highest logit, so
+each pixel belongs to at most one class; ``keep``: each class's mask as its method gave it."""
+
+
+def check_overlaps(rule: str) -> str:
+    """``rule`` if it is one of :data:`OVERLAP_RULES` (else a one-line error)."""
+    if rule not in OVERLAP_RULES:
+        raise InputError(f"overlaps must be one of {', '.join(OVERLAP_RULES)}, got {rule!r}")
+    return rule
+
+
 @torch.inference_mode()
 def predict_classes(
     methods: Mapping[str, ReferenceMethod],
@@ -71,32 +85,58 @@ def predict_classes(
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     min_area_fraction: float = DEFAULT_MIN_AREA_FRACTION,
     quality: QualityModel | None = None,
+    overlaps: str = "resolve",
 ) -> list[ClassPrediction]:
     """Embed ``image`` once and predict every class's mask at the image's size (with
-    ``quality``, each kept mask's expected IoU)."""
+    ``quality``, each kept mask's expected IoU).
+
+    A class is kept when its score and mask area pass the thresholds; with
+    ``overlaps="resolve"`` the kept classes' logits at the image's size then share the
+    pixels (:func:`~prosam.methods.overlaps.resolve_overlaps`: each pixel to the class of
+    highest logit above the mask threshold), a class left under the area threshold is
+    dropped, and its instances are cut to its mask."""
+    check_overlaps(overlaps)
     embedded = predictor.embed(image) if embedded is None else embedded
     target = Target(image, embedded)
     h, w = image.shape[:2]
-    out = []
-    for name, method in methods.items():
-        result = method.predict(target)
-        low_res = result.low_res_logits
-        mask = original_size_mask(low_res, embedded.geometry, predictor.mask_threshold)
+    names = list(methods)
+    results = [methods[name].predict(target) for name in names]
+    logits = [
+        postprocess_logits(
+            r.low_res_logits.float().reshape(1, 1, *r.low_res_logits.shape[-2:]), embedded.geometry
+        )[0, 0]
+        for r in results
+    ]
+    threshold = predictor.mask_threshold
+
+    def passes(mask: np.ndarray, score: float) -> bool:
         area = int(mask.sum())
-        kept = area > 0 and area >= min_area_fraction * h * w and result.score >= score_threshold
-        if not kept:
+        return area > 0 and area >= min_area_fraction * h * w and score >= score_threshold
+
+    masks = [(x > threshold).cpu().numpy() for x in logits]
+    kept = [passes(m, float(r.score)) for m, r in zip(masks, results, strict=True)]
+    chosen = [i for i, k in enumerate(kept) if k]
+    if overlaps == "resolve" and len(chosen) > 1:
+        stacked = torch.stack([logits[i] for i in chosen])
+        labels, _ = resolve_overlaps(stacked, float(torch.sigmoid(torch.tensor(threshold))))
+        labels_np = labels.cpu().numpy()
+        for j, i in enumerate(chosen):
+            masks[i] = labels_np == j
+            kept[i] = passes(masks[i], float(results[i].score))
+    out = []
+    for name, result, mask, keep in zip(names, results, masks, kept, strict=True):
+        low_res = result.low_res_logits
+        if not keep:
             mask = np.zeros_like(mask)
         unc = uncertainty_in_mask(result.extras, mask, embedded, tuple(low_res.shape[-2:]))
         instances = []
-        if kept:
+        if keep:
             for inst in result.instances:
-                m = original_size_mask(
-                    inst.low_res_logits, embedded.geometry, predictor.mask_threshold
-                )
+                m = original_size_mask(inst.low_res_logits, embedded.geometry, threshold) & mask
                 if m.any():
-                    instances.append((m & mask, float(inst.score)))
-        prediction = ClassPrediction(name, mask, float(result.score), kept, unc, instances)
-        if kept:
+                    instances.append((m, float(inst.score)))
+        prediction = ClassPrediction(name, mask, float(result.score), keep, unc, instances)
+        if keep:
             prediction.signals = mask_signals(result, mask, uncertainty=unc)
             if quality is not None:
                 prediction.quality = quality.estimate(prediction.signals)

@@ -20,7 +20,7 @@ calibrates them jointly (task-level weights pooled across all of them);
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,8 +214,17 @@ class CPCMethod:
         """Calibrate on the k references of one entity."""
         self.fit_entities([references])
 
-    def fit_entities(self, entities: Sequence[Sequence[Reference]]) -> None:
-        """Calibrate jointly on several entities, each with its own references."""
+    def fit_entities(
+        self,
+        entities: Sequence[Sequence[Reference]],
+        *,
+        calibration: Mapping[str, Tensor] | None = None,
+    ) -> None:
+        """Calibrate jointly on several entities, each with its own references.
+
+        ``calibration``: a :meth:`calibration_state` of an earlier fit on the same
+        references and options, loaded instead of running the calibration again.
+        """
         if not entities or any(len(refs) == 0 for refs in entities):
             raise InputError("fit needs at least one entity with at least one reference")
         rng = np.random.default_rng([self.seed, 0])
@@ -234,22 +243,63 @@ class CPCMethod:
         tokens_a, valid_a = stack_prompt_sets(half_a, pad)
         tokens_b, valid_b = stack_prompt_sets(half_b, pad)
         self.capl, self.adapter, self.best_set, self.history = None, None, None, []
-        if self.mode == "cpc":
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                self.capl = CausalPromptLearner(self.sam.embed_dim, **self.capl_options)  # type: ignore[arg-type]
-            self.capl.to(self.sam.device)
-            self.adapter = build_adapter(
-                self.adapter_kind, self.sam, lora_rank=self.lora_rank, seed=self.seed
-            )
-            if self.adapter is not None:
-                self.adapter.to(self.sam.device)
+        if calibration is not None:
+            self._load_calibration(calibration, len(entities))
+        elif self.mode == "cpc":
+            self._new_learners()
+            assert self.capl is not None
             calibrator = BilevelCalibrator(
                 self.sam, self.capl, self.adapter, self.config, combine=self.combine, pad_token=pad
             )
             self.history = calibrator.run(items, (tokens_a, valid_a), (tokens_b, valid_b))
         elif self.mode == "best_single":
             self.best_set = self._best_sets(items, [tokens_a, tokens_b], len(entities))
+
+    def _new_learners(self) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.capl = CausalPromptLearner(self.sam.embed_dim, **self.capl_options)  # type: ignore[arg-type]
+        self.capl.to(self.sam.device)
+        self.adapter = build_adapter(
+            self.adapter_kind, self.sam, lora_rank=self.lora_rank, seed=self.seed
+        )
+        if self.adapter is not None:
+            self.adapter.to(self.sam.device)
+
+    def calibration_state(self) -> dict[str, Tensor]:
+        """What the calibration fitted, as tensors (CaPL's and the adapter's parameters,
+        prefixed ``capl.`` / ``adapter.``; ``best_set`` for ``best_single``): all that
+        :meth:`fit_entities` needs to skip it."""
+        if not self.entities:
+            raise RuntimeError("call fit(references) first")
+        state: dict[str, Tensor] = {}
+        if self.capl is not None:
+            state.update({f"capl.{k}": v for k, v in self.capl.state_dict().items()})
+        if self.adapter is not None:
+            state.update({f"adapter.{k}": v for k, v in self.adapter.state_dict().items()})
+        if self.best_set is not None:
+            state["best_set"] = self.best_set
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+    def _load_calibration(self, state: Mapping[str, Tensor], entities: int) -> None:
+        def part(prefix: str) -> dict[str, Tensor]:
+            return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+        try:
+            if self.mode == "cpc":
+                self._new_learners()
+                assert self.capl is not None
+                self.capl.load_state_dict(part("capl."))
+                self.capl.eval()
+                if self.adapter is not None:
+                    self.adapter.load_state_dict(part("adapter."))
+            elif self.mode == "best_single":
+                best = state["best_set"]
+                if best.shape != (entities,):
+                    raise ValueError(f"best_set of shape {tuple(best.shape)}")
+                self.best_set = best.long()
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise InputError(f"the saved calibration does not fit this method: {err}") from None
 
     @torch.no_grad()
     def _best_sets(self, items: list[SupportItem], halves: list[Tensor], entities: int) -> Tensor:
