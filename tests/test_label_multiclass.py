@@ -190,3 +190,63 @@ def test_a_class_without_a_usable_reference_is_refused(tiny_sam, predictor):
     seg.fit([(image, light, "light")])
     with pytest.raises(InputError, match="at least one reference"):
         JointClasses(seg.methods["light"].joint.method, {"light": []})
+
+
+def test_the_cli_labels_two_classes_and_keeps_overlaps_when_asked(tmp_path, capsys):
+    from prosam.cli import main
+
+    image, light, grey = _scene(48, 64, 0)
+    Image.fromarray(image).save(tmp_path / "ref.png")
+    Image.fromarray((light * 255).astype(np.uint8)).save(tmp_path / "light.png")
+    Image.fromarray((grey * 255).astype(np.uint8)).save(tmp_path / "grey.png")
+    targets = _targets(tmp_path / "t", 2)
+    args = [
+        "label", "--ref", str(tmp_path / "ref.png"), "--ref-mask", str(tmp_path / "light.png"),
+        "--class", "light", "--ref", str(tmp_path / "ref.png"), "--ref-mask",
+        str(tmp_path / "grey.png"), "--class", "grey", *map(str, targets), "--model", "tiny",
+        "--method", "persam", "--no-progress", "--workers", "0", "--no-embedding-cache",
+    ]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--overlaps", "keep"]) == 0
+    for folder, rule in (("a", "resolve"), ("b", "keep")):
+        assert json.loads((tmp_path / folder / "job.json").read_text())["overlaps"] == rule
+        for t in targets:
+            light = np.asarray(Image.open(tmp_path / folder / "png" / "light" / f"{t.stem}.png"))
+            grey = np.asarray(Image.open(tmp_path / folder / "png" / "grey" / f"{t.stem}.png"))
+            if rule == "resolve":
+                assert not ((light > 0) & (grey > 0)).any()
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "c"), "--overlaps", "merge"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_segment_takes_several_classes(tmp_path, capsys):
+    from prosam.cli import main
+
+    image, light, _ = _scene(48, 64, 0)
+    Image.fromarray(image).save(tmp_path / "ref.png")
+    Image.fromarray((light * 255).astype(np.uint8)).save(tmp_path / "light.png")
+    targets = _targets(tmp_path / "t", 2)
+    out = tmp_path / "masks"
+    code = main(
+        [
+            "segment", "--ref", str(tmp_path / "ref.png"), "--ref-mask",
+            str(tmp_path / "light.png"), "--class", "light", "--ref", str(tmp_path / "ref.png"),
+            "--ref-box", "34,2,60,20", "--class", "grey", str(tmp_path / "t"), "--out", str(out),
+            "--model", "tiny", "--method", "persam", "--no-progress", "--no-embedding-cache",
+            "--instances",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    for t in targets:
+        a = np.asarray(Image.open(out / "light" / f"{t.stem}.png")) > 0
+        b = np.asarray(Image.open(out / "grey" / f"{t.stem}.png")) > 0
+        assert a.shape == b.shape == np.asarray(Image.open(t)).shape[:2] and not (a & b).any()
+        assert (out / "light" / f"{t.stem}-instances.png").is_file()
+    rows = (out / "review.csv").read_text().splitlines()
+    assert rows[0].startswith("rank,file_name,class") and {r.split(",")[2] for r in rows[1:]} <= {
+        "light",
+        "grey",
+    }
+    assert main(["segment", str(tmp_path / "t"), "--out", str(out), "--model", "tiny"]) == 2
+    assert "give at least one --ref" in capsys.readouterr().err

@@ -2,7 +2,9 @@
 
 Each ``--ref IMAGE`` is followed by one annotation (``--ref-mask``, ``--ref-box``,
 ``--ref-points`` or ``--ref-scribble``) and optionally ``--class NAME`` (default
-``object``); references naming the same class fit one method together.
+``object``); references naming the same class fit one method together. With several
+classes every pixel goes to at most one of them (``--overlaps``); ``--method cpc`` fits one
+method on all classes at once, calibrated once per job (saved in ``OUT/calibration.*``).
 """
 
 from __future__ import annotations
@@ -10,11 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prosam.cli.options import (
-    POINTS_HELP,
     add_checkpoint_option,
     add_method_choice,
     add_model_args,
@@ -22,56 +22,21 @@ from prosam.cli.options import (
     add_stable_option,
     attach_stable_from_args,
     load_model,
-    parse_box,
-    parse_points,
 )
 from prosam.cli.outputs import check_output_dir
-from prosam.errors import InputError, ProsamWarning
-from prosam.label.classes import check_class_name, check_class_names
-from prosam.label.defaults import DEFAULT_CLASS
+from prosam.cli.references import (
+    add_reference_args,
+    check_reference,
+    reference_annotation,
+    references_from_args,
+)
+from prosam.errors import InputError
 from prosam.label.targets import expand_label_targets, target_root
 from prosam.methods.capabilities import UNCERTAINTY
 from prosam.methods.registry import list_methods
 
 if TYPE_CHECKING:
     pass
-
-
-_ANNOTATIONS = ("ref_mask", "ref_box", "ref_points", "ref_scribble")
-
-
-class _ReferenceAction(argparse.Action):
-    """Collect ``--ref`` and the options after it, in order, into ``args.references``."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        refs = list(getattr(namespace, "references", None) or [])
-        if self.dest == "ref":
-            refs.append({"image": values, "class": None, "annotation": None})
-        elif not refs:
-            parser.error(f"{option_string} must follow a --ref")
-        elif self.dest == "class_name":
-            if refs[-1]["class"] is not None:
-                parser.error(f"--ref {refs[-1]['image']}: --class given twice")
-            try:
-                refs[-1]["class"] = check_class_name(values)
-            except InputError as err:
-                parser.error(f"--class: {err}")
-        elif refs[-1]["annotation"] is not None and self.dest != "ref_points":
-            parser.error(f"--ref {refs[-1]['image']}: give one annotation per --ref")
-        elif self.dest == "ref_points":
-            kind, old = refs[-1]["annotation"] or ("ref_points", [])
-            if kind != "ref_points":
-                parser.error(f"--ref {refs[-1]['image']}: give one annotation per --ref")
-            refs[-1]["annotation"] = ("ref_points", [*old, values])
-        else:
-            refs[-1]["annotation"] = (self.dest, values)
-        namespace.references = refs
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -113,29 +78,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.set_defaults(references=None, func=cmd_label)
-    p.add_argument("--ref", action=_ReferenceAction, metavar="IMAGE", help="a reference image")
-    p.add_argument(
-        "--ref-mask", action=_ReferenceAction, metavar="PNG", help="its mask (0/255 or palette)"
-    )
-    p.add_argument("--ref-box", action=_ReferenceAction, type=parse_box, metavar="X0,Y0,X1,Y1")
-    p.add_argument(
-        "--ref-points",
-        action=_ReferenceAction,
-        type=parse_points,
-        metavar="X,Y[,L][;X,Y[,L]...]",
-        help=POINTS_HELP,
-    )
-    p.add_argument(
-        "--ref-scribble", action=_ReferenceAction, metavar="PNG", help="non-zero = drawn"
-    )
-    p.add_argument(
-        "--class",
-        dest="class_name",
-        action=_ReferenceAction,
-        metavar="NAME",
-        help="class of the preceding --ref (default: object)",
-    )
+    p.set_defaults(func=cmd_label)
+    add_reference_args(p)
     p.add_argument(
         "targets",
         nargs="*",
@@ -156,6 +100,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_checkpoint_option(p)
     add_stable_option(p)
     add_quality_option(p)
+    p.add_argument(
+        "--overlaps",
+        choices=("resolve", "keep"),
+        default="resolve",
+        help="where two classes claim a pixel: resolve (default) gives it to the class of "
+        "highest logit, so each pixel has at most one class; keep leaves each class's mask "
+        "as its method gave it",
+    )
     p.add_argument(
         "--uncertainty",
         action="store_true",
@@ -213,37 +165,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
 
 
-def _annotation(ref: dict[str, Any]) -> Any:
-    """The reference's annotation in the form :func:`prosam.label.api.annotation_to_mask` takes."""
-    kind, value = ref["annotation"]
-    if kind == "ref_mask":
-        return value
-    if kind == "ref_scribble":
-        return {"scribble": value}
-    if kind == "ref_box":
-        return {"box": list(value)}
-    clicks = [p for group in value for p in group]
-    return {"points": [[x, y] for x, y, _ in clicks], "labels": [label for *_, label in clicks]}
-
-
-def _check_reference(ref: dict[str, Any]) -> None:
-    """Refuse a reference that cannot be used before the model loads (its warnings, such as
-    a clipped box, come once, when it is fitted)."""
-    from prosam.io import read_image
-    from prosam.label.api import annotation_to_mask
-
-    image = read_image(ref["image"])
-    annotation = _annotation(ref)
-    if isinstance(annotation, dict) and 0 in annotation.get("labels", ()):
-        return  # SAM draws this one: checked when fitted
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ProsamWarning)
-        try:
-            annotation_to_mask(annotation, image.shape[:2])
-        except InputError as err:
-            raise InputError(f"--ref {ref['image']}: {err}") from None
-
-
 def cmd_label(args: argparse.Namespace) -> int:
     """Run (or finalize) a labelling job; status 1 when a target failed."""
     from prosam.label.job import finalize_outputs
@@ -257,14 +178,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         return 1 if result.failures or result.missing else 0
 
     check_output_dir(args.out)
-    references = args.references or []
-    if not references:
-        raise InputError("give at least one --ref IMAGE with --ref-mask/--ref-box/...")
-    for ref in references:
-        if ref["annotation"] is None:
-            raise InputError(f"--ref {ref['image']}: give its --ref-mask, --ref-box, ...")
-    classes = [DEFAULT_CLASS if r["class"] is None else r["class"] for r in references]
-    check_class_names(list(dict.fromkeys(classes)))
+    references, classes = references_from_args(args)
     if not args.targets:
         raise InputError("give target images, folders or @list.txt")
     targets = expand_label_targets(args.targets, recursive=args.recursive, out=args.out)
@@ -277,7 +191,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     from prosam.sam import Predictor
 
     for ref in references:
-        _check_reference(ref)
+        check_reference(ref)
     model, cache = load_model(args)
     attach_stable_from_args(args, model)
     options = {"uncertainty": True} if args.uncertainty else {}
@@ -291,8 +205,11 @@ def cmd_label(args: argparse.Namespace) -> int:
         min_area_fraction=args.min_area_fraction,
         method_options=options,
         quality_model=args.quality_model,
+        overlaps=args.overlaps,
     )
-    seg.fit([(r["image"], _annotation(r), c) for r, c in zip(references, classes, strict=True)])
+    seg.fit(
+        [(r["image"], reference_annotation(r), c) for r, c in zip(references, classes, strict=True)]
+    )
     summary = seg.label(
         targets,
         args.out,

@@ -173,6 +173,12 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         "contiguous (PASCAL-5i) otherwise",
     )
     p.add_argument("--classes", choices=["novel", "base", "all"], default="novel")
+    p.add_argument(
+        "--class-names",
+        default=None,
+        metavar="NAME[,NAME...]",
+        help="keep only these classes of the --classes set (e.g. msrc-v2's thing classes)",
+    )
 
 
 def add_object_data_args(p: argparse.ArgumentParser) -> None:
@@ -223,8 +229,18 @@ def dataset_and_classes(args: argparse.Namespace) -> tuple[Dataset, list[int], s
     scheme = args.scheme or ("interleaved" if args.data.startswith("coco") else "contiguous")
     order = sorted(dataset.class_names)
     base, novel = fold_split(order, args.fold, num_folds=args.folds, scheme=scheme)
-    classes = {"novel": novel, "base": base, "all": order}[args.classes]
-    return dataset, list(classes), scheme
+    classes = list({"novel": novel, "base": base, "all": order}[args.classes])
+    if getattr(args, "class_names", None):
+        wanted = [n.strip() for n in args.class_names.split(",") if n.strip()]
+        by_name = {dataset.class_names[c]: c for c in classes}
+        unknown = [n for n in wanted if n not in by_name]
+        if unknown:
+            raise InputError(
+                f"--class-names: {', '.join(unknown)} not among the {args.classes} classes "
+                f"({', '.join(sorted(by_name))})"
+            )
+        classes = [by_name[n] for n in wanted]
+    return dataset, classes, scheme
 
 
 def parse_method_options(items: list[str]) -> dict[str, Any]:

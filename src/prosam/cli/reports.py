@@ -85,6 +85,14 @@ def timing(
         "inputs_seconds": result.seconds_inputs,
         "method_seconds": result.seconds_method,
         "method_ms_per_episode": 1000 * result.seconds_method / max(result.episodes, 1),
+        **(
+            {
+                "fit_ms_per_episode": 1000 * result.seconds_fit / max(result.episodes, 1),
+                "predict_ms_per_target": 1000 * result.seconds_predict / max(result.episodes, 1),
+            }
+            if hasattr(result, "seconds_predict")
+            else {}
+        ),
         "embedding_cache_hits": cache.hits if cache else None,
         "embedding_cache_misses": cache.misses if cache else None,
     }

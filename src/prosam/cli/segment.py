@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prosam.cli.options import (
-    POINTS_HELP,
     add_checkpoint_option,
     add_method_choice,
     add_model_args,
@@ -18,10 +17,14 @@ from prosam.cli.options import (
     add_stable_option,
     attach_stable_from_args,
     load_model,
-    parse_box,
-    parse_points,
 )
 from prosam.cli.outputs import check_output_dir
+from prosam.cli.references import (
+    add_reference_args,
+    check_reference,
+    reference_annotation,
+    references_from_args,
+)
 from prosam.errors import InputError, failure_reason
 from prosam.label.defaults import DEFAULT_METHOD, default_score_threshold
 from prosam.label.targets import TargetEntry, expand_label_targets, plan_targets, target_root
@@ -35,25 +38,18 @@ if TYPE_CHECKING:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
 
-    p = sub.add_parser("segment", help="segment targets like an annotated reference image")
-    p.add_argument("--ref", required=True, help="reference image")
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--ref-mask", help="reference mask (0/255 or palette PNG)")
-    group.add_argument("--ref-box", type=parse_box, metavar="X0,Y0,X1,Y1")
-    group.add_argument(
-        "--ref-points",
-        type=parse_points,
-        action="append",
-        metavar="X,Y[,L][;X,Y[,L]...]",
-        help=POINTS_HELP,
+    p = sub.add_parser(
+        "segment",
+        help="segment targets like annotated reference images (one or several classes)",
     )
-    group.add_argument("--ref-scribble", help="image of the scribble (non-zero = drawn)")
+    add_reference_args(p)
     p.add_argument("targets", nargs="+", help="target images or folders")
     p.add_argument(
         "--out",
         required=True,
         help="output folder: OUT/<target path>.png, the path relative to the folder common "
-        "to the targets (a/x.jpg and b/x.jpg give OUT/a/x.png and OUT/b/x.png)",
+        "to the targets (a/x.jpg and b/x.jpg give OUT/a/x.png and OUT/b/x.png); with "
+        "several classes OUT/<class>/<target path>.png, each pixel in at most one class",
     )
     add_method_choice(p, default=DEFAULT_METHOD)
     p.add_argument(
@@ -77,36 +73,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_segment)
 
 
-def reference_annotation_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The reference annotation the options give, as ``prosam.label.api`` takes it."""
-    if args.ref_mask:
-        return {"mask": args.ref_mask}
-    if args.ref_scribble:
-        return {"scribble": args.ref_scribble}
-    if args.ref_box is not None:
-        return {"box": list(args.ref_box)}
-    clicks = [p for group in args.ref_points for p in group]
-    return {"points": [[x, y] for x, y, _ in clicks], "labels": [label for *_, label in clicks]}
-
-
 def cmd_segment(args: argparse.Namespace) -> int:
-    """Segment every target like the reference; status 1 when a target failed."""
+    """Segment every target like the references; status 1 when a target failed."""
     from prosam.io import read_image
     from prosam.label.api import annotation_to_mask, reference_from_annotation
-    from prosam.label.progress import progress_bar
-    from prosam.label.review import review_order, write_review_csv
     from prosam.methods import Reference, build_method
     from prosam.quality import resolve_quality_model
     from prosam.sam import Predictor
 
     check_output_dir(args.out)
-    ref_image = read_image(args.ref)
-    annotation = reference_annotation_from_args(args)
+    references, classes = references_from_args(args)
+    out = Path(args.out)
+    names = list(dict.fromkeys(classes))
+    entries = plan_outputs(
+        args.targets, out, instances=args.instances, classes=names if len(names) > 1 else None
+    )
+    if len(references) > 1:
+        return _segment_several(args, references, classes, entries, out)
+    ref_image = read_image(references[0]["image"])
+    annotation = reference_annotation(references[0])
+    if isinstance(annotation, str):
+        annotation = {"mask": annotation}
     drawn = None  # rasterised now, so that a bad annotation is refused before the model loads
     if 0 not in annotation.get("labels", ()):
         drawn = annotation_to_mask(annotation, ref_image.shape[:2])
-    out = Path(args.out)
-    entries = plan_outputs(args.targets, out, instances=args.instances)
     quality = resolve_quality_model(args.quality_model, args.method)
     model, cache = load_model(args)
     attach_stable_from_args(args, model)
@@ -118,25 +108,44 @@ def cmd_segment(args: argparse.Namespace) -> int:
         else:
             reference = Reference(ref_image, drawn[0], predictor.embed(ref_image), drawn[1])
     except InputError as err:
-        raise InputError(f"{args.ref}: {err}") from None
+        raise InputError(f"{references[0]['image']}: {err}") from None
     method.fit([reference])
     threshold = (
         default_score_threshold(args.method)
         if args.score_threshold is None
         else args.score_threshold
     )
+
+    def one(entry: TargetEntry) -> list[ReviewRow]:
+        row = _segment_one(method, predictor, entry, out, args.instances, threshold, quality)
+        return [] if row is None else [row]
+
+    return _run_targets(entries, one, out, args.no_progress, threshold, quality is not None)
+
+
+def _run_targets(
+    entries: Sequence[TargetEntry],
+    segment_one: Callable[[TargetEntry], list[ReviewRow]],
+    out: Path,
+    no_progress: bool,
+    threshold: float,
+    estimated: bool,
+) -> int:
+    """Segment every target with ``segment_one`` (its review rows; none: nothing found),
+    write ``review.csv``, print the summary; status 1 when a target failed."""
+    from prosam.label.progress import progress_bar
+    from prosam.label.review import review_order, write_review_csv
+
     failed = absent = 0
     rows: list[ReviewRow] = []
     t0 = time.perf_counter()
-    bar = progress_bar(len(entries), 0, not args.no_progress, "segment")
+    bar = progress_bar(len(entries), 0, not no_progress, "segment")
     try:
         for entry in entries:
             try:
-                row = _segment_one(
-                    method, predictor, entry, out, args.instances, threshold, quality
-                )
-                absent += row is None
-                rows += [] if row is None else [row]
+                found = segment_one(entry)
+                absent += not found
+                rows += found
             except Exception as err:  # one target's problem: the others are still segmented
                 reason = failure_reason(err)
                 if str(entry.path) not in reason:
@@ -155,22 +164,90 @@ def cmd_segment(args: argparse.Namespace) -> int:
         + (f", {done / seconds:.2f} img/s" if seconds > 0 and done else "")
     )
     if rows:
-        print(f"masks to check{'' if quality is None else ', worst first'}: {review}")
+        print(f"masks to check{', worst first' if estimated else ''}: {review}")
     return 1 if failed else 0
 
 
-def plan_outputs(items: Sequence[str], out: Path, *, instances: bool) -> list[TargetEntry]:
+def _segment_several(
+    args: argparse.Namespace,
+    references: Sequence[dict[str, Any]],
+    classes: Sequence[str],
+    entries: Sequence[TargetEntry],
+    out: Path,
+) -> int:
+    """Several references (of one class or several): a :class:`~prosam.label.api.Segmenter`
+    (each pixel to at most one class; ``cpc`` fitted on all classes at once), one mask per
+    class and target: ``OUT/<key>.png`` for one class, ``OUT/<class>/<key>.png`` for more."""
+    from prosam.io import write_mask_png
+    from prosam.label.api import Segmenter
+    from prosam.label.review import ReviewRow
+    from prosam.label.writers import write_instance_png
+    from prosam.sam import Predictor
+
+    for ref in references:
+        check_reference(ref)
+    model, cache = load_model(args)
+    attach_stable_from_args(args, model)
+    seg = Segmenter(
+        model,
+        args.method,
+        checkpoint=args.checkpoint,
+        predictor=Predictor(model, cache=cache),
+        score_threshold=args.score_threshold,
+        quality_model=args.quality_model,
+    )
+    pairs = zip(references, classes, strict=True)
+    seg.fit([(r["image"], reference_annotation(r), c) for r, c in pairs])
+    names = seg.classes
+
+    def one(entry: TargetEntry) -> list[ReviewRow]:
+        (result,) = seg.predict([entry.path])
+        rows = []
+        for c in names:
+            base = out / c / entry.key if len(names) > 1 else out / entry.key
+            mask = result.masks[c]
+            write_mask_png(base.with_name(f"{base.name}.png"), mask)
+            objects = result.instances.get(c) or [(mask, result.scores[c])]
+            if args.instances:
+                write_instance_png(
+                    base.with_name(f"{base.name}-instances.png"), objects, mask.shape
+                )
+            if mask.any():
+                rows.append(
+                    ReviewRow(
+                        0, entry.file_name, c, len(objects), result.quality.get(c),
+                        result.scores[c], result.reasons.get(c) or "", entry.key,
+                    )
+                )  # fmt: skip
+        return rows
+
+    threshold = seg.score_threshold
+    return _run_targets(
+        entries, one, out, args.no_progress, threshold, seg.quality_model is not None
+    )
+
+
+def plan_outputs(
+    items: Sequence[str],
+    out: Path,
+    *,
+    instances: bool,
+    classes: Sequence[str] | None = None,
+) -> list[TargetEntry]:
     """The targets ``items`` name, each keyed by its path relative to their common folder
-    (``OUT/<key>.png``); a folder's files under ``out`` are left out."""
+    (``OUT/<key>.png``, or ``OUT/<class>/<key>.png`` for each of ``classes``); a folder's
+    files under ``out`` are left out."""
     paths = expand_label_targets(items, out=out)
     if not paths:
         raise InputError("no target images found")
     entries = plan_targets(paths, root=target_root(items, paths))
     sources = {e.path.resolve() for e in entries}
+    folders = [out / c for c in classes] if classes else [out]
     for e in entries:
-        mask = out / f"{e.key}.png"
-        if mask.resolve() in sources:
-            raise InputError(f"--out {out}: the mask of {e.path} would overwrite {mask}")
+        for folder in folders:
+            mask = folder / f"{e.key}.png"
+            if mask.resolve() in sources:
+                raise InputError(f"--out {out}: the mask of {e.path} would overwrite {mask}")
     keys = {e.key.casefold() for e in entries}
     clash = [e.key for e in entries if instances and f"{e.key}-instances".casefold() in keys]
     if clash:

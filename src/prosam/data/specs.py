@@ -20,7 +20,9 @@ SPEC_KINDS = ("coco", "folder", "pascal", "coco20i")
 
 
 def coco_sources(root: Path, split: str | None = None) -> list[tuple[Path, Path]]:
-    """``(annotation file, image folder)`` pairs of a COCO-layout directory."""
+    """``(annotation file, image folder)`` pairs of a COCO-layout directory:
+    ``annotations/instances_<split>.json`` with ``<split>/``, or (one split)
+    ``annotations/instances.json`` with ``images/``."""
     files = sorted((root / "annotations").glob("instances_*.json"))
     pairs = []
     for ann in files:
@@ -29,6 +31,9 @@ def coco_sources(root: Path, split: str | None = None) -> list[tuple[Path, Path]
             continue
         if (root / name).is_dir():
             pairs.append((ann, root / name))
+    single = root / "annotations" / "instances.json"
+    if not pairs and split is None and single.is_file() and (root / "images").is_dir():
+        pairs.append((single, root / "images"))  # one split: msrc-v2's layout
     if not pairs:
         wanted = f"instances_{split}.json" if split else "instances_*.json"
         raise InputError(f"{root}: no annotations/{wanted} with a matching image folder")

@@ -38,7 +38,8 @@ class MultiEvalResult:
     ``independent`` its own ``logits > 0`` mask before resolution. One accumulator update
     is one entity, so their ``miou_per_episode`` is the mean per-entity IoU.
     ``overlap_pixels`` counts target pixels claimed (``logit > 0``) by two or more
-    entities before resolution, out of ``total_pixels``.
+    entities before resolution, out of ``total_pixels``. ``seconds_method`` is
+    ``seconds_fit`` (fitting on the references) + ``seconds_predict`` (the target).
     """
 
     resolved: FSSAccumulator = field(default_factory=FSSAccumulator)
@@ -48,6 +49,8 @@ class MultiEvalResult:
     overlap_fraction_sum: float = 0.0
     seconds_inputs: float = 0.0
     seconds_method: float = 0.0
+    seconds_fit: float = 0.0
+    seconds_predict: float = 0.0
     episodes: int = 0
     entities: int = 0
     joint: bool = True
@@ -90,23 +93,28 @@ def entity_logits(
     target: Target,
     *,
     joint: bool,
-) -> tuple[torch.Tensor, list[float]]:
-    """Per-entity low-resolution logits ``(E, 1, h, w)`` and scores of ``method`` on ``target``.
+) -> tuple[torch.Tensor, list[float], float]:
+    """Per-entity low-resolution logits ``(E, 1, h, w)`` and scores of ``method`` on
+    ``target``, and the seconds spent fitting (the rest is predicting).
 
     ``joint``: one ``fit_entities`` / ``predict_entities`` call (the raw, unresolved
     logits); otherwise ``fit`` / ``predict`` once per entity.
     """
     if joint:
+        t0 = time.perf_counter()
         method.fit_entities(entities)  # type: ignore[attr-defined]
+        fit_seconds = time.perf_counter() - t0
         out = method.predict_entities(target)  # type: ignore[attr-defined]
-        return out.logits.float(), [float(s) for s in out.scores.reshape(-1)]
-    logits, scores = [], []
+        return out.logits.float(), [float(s) for s in out.scores.reshape(-1)], fit_seconds
+    logits, scores, fit_seconds = [], [], 0.0
     for refs in entities:
+        t0 = time.perf_counter()
         method.fit(refs)
+        fit_seconds += time.perf_counter() - t0
         single = method.predict(target)
         logits.append(single.low_res_logits.float())
         scores.append(float(single.score))
-    return torch.stack(logits), scores
+    return torch.stack(logits), scores, fit_seconds
 
 
 def evaluate_multi_entity(
@@ -139,7 +147,7 @@ def evaluate_multi_entity(
         target = Target(image, predictor.embed(image))
         truths = [episode.target.mask(e.class_id) for e in episode.entities]
         t1 = time.perf_counter()
-        low_res, scores = entity_logits(method, entities, target, joint=joint)
+        low_res, scores, fit_seconds = entity_logits(method, entities, target, joint=joint)
         t2 = time.perf_counter()
         full = postprocess_logits(low_res.detach(), target.embedded.geometry)[:, 0].cpu()
         labels, _ = resolve_overlaps(full)
@@ -165,6 +173,8 @@ def evaluate_multi_entity(
         result.overlap_fraction_sum += overlap / pixels
         result.seconds_inputs += t1 - t0
         result.seconds_method += t2 - t1
+        result.seconds_fit += fit_seconds
+        result.seconds_predict += t2 - t1 - fit_seconds
         result.episodes += 1
         result.entities += len(rows)
         result.records.append(
