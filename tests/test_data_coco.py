@@ -193,3 +193,43 @@ def test_bad_inputs(tmp_path: Path) -> None:
     malformed = _write_json(tmp_path / "m.json", [{"id": 1, "file_name": "a.jpg"}], [])
     with pytest.raises(InputError, match="malformed"):
         load_coco([(malformed, tmp_path / "i")])
+
+
+def test_a_single_split_layout_loads_by_spec(tmp_path):
+    """``annotations/instances.json`` with ``images/`` (msrc-v2's layout) is a coco: root."""
+    from prosam.data.specs import coco_sources, load_dataset_spec
+
+    _write_image(tmp_path / "images" / "a.png")
+    ann = {"id": 1, "image_id": 1, "category_id": 3, "segmentation": POLYGON, "iscrowd": 0}
+    images = [{"id": 1, "file_name": "a.png", "height": H, "width": W}]
+    _write_json(tmp_path / "annotations" / "instances.json", images, [ann])
+    assert coco_sources(tmp_path) == [
+        (tmp_path / "annotations" / "instances.json", tmp_path / "images")
+    ]
+    ds = load_dataset_spec(f"coco:{tmp_path}")
+    assert [s.key for s in ds] == ["a.png"] and ds.class_names[CAT] == "cat"
+    with pytest.raises(InputError, match="instances_val2017"):
+        coco_sources(tmp_path, "val2017")  # a named split still needs its own files
+
+
+def test_class_names_keep_only_the_named_classes(tmp_path):
+    import argparse
+
+    from prosam.cli.options import dataset_and_classes
+
+    _write_image(tmp_path / "images" / "a.png")
+    anns = [
+        {"id": i + 1, "image_id": 1, "category_id": c, "segmentation": POLYGON, "iscrowd": 0}
+        for i, c in enumerate((1, 3, 7))
+    ]
+    images = [{"id": 1, "file_name": "a.png", "height": H, "width": W}]
+    _write_json(tmp_path / "annotations" / "instances.json", images, anns)
+    args = argparse.Namespace(
+        data=f"coco:{tmp_path}", split=None, min_area=0.0, fold=0, folds=1, scheme=None,
+        classes="all", class_names="dog, cat",
+    )  # fmt: skip
+    _, classes, _ = dataset_and_classes(args)
+    assert classes == [DOG, CAT]
+    args.class_names = "dog,horse"
+    with pytest.raises(InputError, match="horse"):
+        dataset_and_classes(args)
