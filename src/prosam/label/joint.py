@@ -66,7 +66,8 @@ class JointClasses:
 
     def prepare(self, out_dir: str | Path, key: str) -> str:
         """Load the calibration saved in ``out_dir`` for ``key`` (the job's configuration
-        digest), or fit and save it; the sha256 of the saved tensors."""
+        digest), or save this one's (fitting it first unless done); the sha256 of the saved
+        tensors."""
         stem = Path(out_dir) / CALIBRATION_STEM
         tensors, _ = checkpoint_files(stem)
         saved = None
@@ -78,7 +79,8 @@ class JointClasses:
         if saved is not None and saved.config.get("key") == key:
             self.method.fit_entities(self._entities(), calibration=saved.model)
         else:
-            self.method.fit_entities(self._entities())
+            if not self.fitted:
+                self.method.fit_entities(self._entities())
             state = self.method.calibration_state()
             config = {"key": key, "method": self.name, "classes": self.classes}
             save_checkpoint(stem, Checkpoint(model=state, config=config))
