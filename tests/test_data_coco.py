@@ -233,3 +233,23 @@ def test_class_names_keep_only_the_named_classes(tmp_path):
     args.class_names = "dog,horse"
     with pytest.raises(InputError, match="horse"):
         dataset_and_classes(args)
+
+
+def test_instances_are_the_separate_non_crowd_annotations(tmp_path):
+    _write_image(tmp_path / "images" / "a.png")
+    left, right = _box(2, 8, 2, 8), _box(10, 16, 15, 25)
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 3, "segmentation": _compressed(left), "iscrowd": 0},
+        {"id": 2, "image_id": 1, "category_id": 3, "segmentation": _uncompressed(right),
+         "iscrowd": 0},
+        {"id": 3, "image_id": 1, "category_id": 3, "segmentation": _compressed(DOG_REGION),
+         "iscrowd": 1},
+    ]  # fmt: skip
+    images = [{"id": 1, "file_name": "a.png", "height": H, "width": W}]
+    ann_file = _write_json(tmp_path / "annotations" / "instances.json", images, anns)
+    (sample,) = load_coco([(ann_file, tmp_path / "images")])
+    objects = sample.instances(CAT)
+    assert len(objects) == 2 and (objects[0] == left).all() and (objects[1] == right).all()
+    fg, _ = sample.mask(CAT)
+    assert (fg == (left | right)).all()
+    assert sample.instances(PERSON) == []

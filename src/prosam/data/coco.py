@@ -45,6 +45,13 @@ class _CocoMasks:
         ignore = _decode(_merge(crowd, h, w, sample.key), h, w) & ~fg
         return fg, ignore
 
+    def instances(self, sample: Sample, class_id: int) -> list[np.ndarray]:
+        """One mask per non-crowd annotation of ``class_id`` (empty ones left out)."""
+        h, w, per_class = self.entries[sample.key]
+        crowd_free, _ = per_class.get(class_id, ([], []))
+        rles = [_to_rle(s, h, w, sample.key) for s in crowd_free]
+        return [m for m in (_decode(r, h, w) for r in rles if r is not None) if m.any()]
+
 
 def _to_rle(segm: Any, h: int, w: int, where: str) -> dict[str, Any] | None:
     """One annotation's segmentation as a compressed RLE (``None`` if it is empty)."""

@@ -91,6 +91,16 @@ class Sample:
             raise InputError(f"{self.key}: sample has no masks")
         return self.loader(self, int(class_id))
 
+    def instances(self, class_id: int) -> list[np.ndarray]:
+        """The separate objects of ``class_id`` in this image, one bool ``(H, W)`` mask each
+        (from a loader that knows them, e.g. COCO's annotations; otherwise the class mask
+        as one object, or none when it is empty)."""
+        per_object = getattr(self.loader, "instances", None)
+        if callable(per_object):
+            return list(per_object(self, int(class_id)))
+        fg, _ = self.mask(class_id)
+        return [fg] if fg.any() else []
+
 
 @dataclass(frozen=True)
 class Episode:
