@@ -234,6 +234,9 @@ def fit(args: argparse.Namespace) -> None:
     train = usable(read_rows(args.rows), kept_only=False)
     val = usable(read_rows(args.val), kept_only=False)
     signals, ious = [r["signals"] for r in train], [r["iou"] for r in train]
+    # A method gives the signals it has (persam: no matching scores): each set keeps those.
+    have = set.intersection(*(set(s) for s in signals))
+    feature_sets = {n: tuple(f for f in fs if f in have) for n, fs in FEATURE_SETS.items()}
     losses = {
         (name, signed, l2): held_out_loss(
             fit_quality_model(
@@ -241,7 +244,8 @@ def fit(args: argparse.Namespace) -> None:
             ),
             val,
         )
-        for name, features in FEATURE_SETS.items()
+        for name, features in feature_sets.items()
+        if features
         for signed in (True, False)
         for l2 in L2_GRID
     }
@@ -268,7 +272,7 @@ def fit(args: argparse.Namespace) -> None:
         "command": "python benchmarks/mask_quality.py " + " ".join(sys.argv[1:]),
     }
     signs = EXPECTED_SIGNS if signed else None
-    model = fit_quality_model(signals, ious, FEATURE_SETS[name], l2=l2, signs=signs, info=info)
+    model = fit_quality_model(signals, ious, feature_sets[name], l2=l2, signs=signs, info=info)
     model.save(args.model_path)
     print(
         f"features {name}, signs {'constrained' if signed else 'free'}, l2 {l2}, "
@@ -321,8 +325,8 @@ def measure(model: QualityModel, rows: Sequence[dict[str, Any]]) -> dict[str, An
             "review": budget_shares(est, bad),
         },
     }
-    for name in BASELINES:
-        s = np.array([r["signals"].get(name, math.nan) for r in rows])
+    for name in (b for b in BASELINES if all(b in r["signals"] for r in rows)):
+        s = np.array([r["signals"][name] for r in rows])
         result[name] = {
             "auroc_bad": presence_auc(list(-s[bad]), list(-s[~bad])),
             "spearman": float(spearmanr(s, ious).statistic),
@@ -343,7 +347,7 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|",
     ]
     for name, m in report["sets"].items():
-        for i, signal in enumerate(("estimate", *BASELINES)):
+        for i, signal in enumerate(("estimate", *(b for b in BASELINES if b in m))):
             s = m[signal]
             head = (
                 f"| {name} | {m['masks']} | {m['bad']} | {m['mean_iou']:.3f} | "
@@ -375,7 +379,9 @@ def picture(model: QualityModel, sets: dict[str, list[dict[str, Any]]], path: st
         ious = np.array([r["iou"] for r in rows])
         bad = ious < BAD_IOU
         est = np.array([model.estimate(r["signals"]) for r in rows])
-        sam = np.array([r["signals"].get("sam_iou", math.nan) for r in rows])
+        # matcher's sam_iou; for the PerSAMs the score is SAM's predicted IoU
+        key = "sam_iou" if all("sam_iou" in r["signals"] for r in rows) else "score"
+        sam = np.array([r["signals"][key] for r in rows])
         for scores, label, style in ((est, "quality estimate", "-"), (sam, "SAM's IoU", "--")):
             x, y = review_curve(scores, bad)
             ax.plot(100 * np.r_[0, x], 100 * np.r_[0, y], style, label=label)

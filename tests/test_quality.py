@@ -185,3 +185,15 @@ def test_sign_constraints_keep_each_weight_on_its_side():
         signals, ious, ["stability", "sam_iou"], l2=0.1, signs={"stability": 1, "sam_iou": 1}
     )
     assert both.weights[0] >= 0 and both.weights[1] > 0.3  # the allowed one takes the signal
+
+
+def test_every_shipped_model_loads_and_names_its_method():
+    from importlib import resources
+
+    folder = resources.files("prosam").joinpath("assets", "quality")
+    names = [p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json")]
+    assert names
+    for name in names:
+        model = shipped_quality_model(name)
+        assert model is not None and model.info["method"] == name
+        assert all(s > 0 for s in model.scale) and 0.0 < model.estimate({}) < 1.0
