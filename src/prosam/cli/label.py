@@ -20,14 +20,11 @@ from prosam.cli.options import (
     add_model_args,
     add_quality_option,
     add_stable_option,
-    attach_stable_from_args,
-    load_model,
 )
 from prosam.cli.outputs import check_output_dir
 from prosam.cli.references import (
     add_reference_args,
-    check_reference,
-    reference_annotation,
+    fit_segmenter,
     references_from_args,
 )
 from prosam.errors import InputError
@@ -187,28 +184,15 @@ def cmd_label(args: argparse.Namespace) -> int:
     able = [m.name for m in list_methods() if UNCERTAINTY in m.capabilities]
     if args.uncertainty and args.method not in able:
         raise InputError(f"--uncertainty needs a method with an uncertainty map: {', '.join(able)}")
-    from prosam.label.api import Segmenter
-    from prosam.sam import Predictor
-
-    for ref in references:
-        check_reference(ref)
-    model, cache = load_model(args)
-    attach_stable_from_args(args, model)
     options = {"uncertainty": True} if args.uncertainty else {}
-    seg = Segmenter(
-        model,
-        args.method,
-        checkpoint=args.checkpoint,
-        predictor=Predictor(model, cache=cache),
+    seg = fit_segmenter(
+        args,
+        references,
+        classes,
         cache_targets=args.cache_target_embeddings,
-        score_threshold=args.score_threshold,
         min_area_fraction=args.min_area_fraction,
         method_options=options,
-        quality_model=args.quality_model,
         overlaps=args.overlaps,
-    )
-    seg.fit(
-        [(r["image"], reference_annotation(r), c) for r, c in zip(references, classes, strict=True)]
     )
     summary = seg.label(
         targets,

@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prosam.cli.options import POINTS_HELP, parse_box, parse_points
+from prosam.cli.options import (
+    POINTS_HELP,
+    attach_stable_from_args,
+    load_model,
+    parse_box,
+    parse_points,
+)
 from prosam.errors import InputError, ProsamWarning
 from prosam.label.classes import check_class_name, check_class_names
 from prosam.label.defaults import DEFAULT_CLASS
+
+if TYPE_CHECKING:
+    from prosam.label.api import Segmenter
 
 _ANNOTATIONS = ("ref_mask", "ref_box", "ref_points", "ref_scribble")
 
@@ -118,3 +127,32 @@ def references_from_args(args: argparse.Namespace) -> tuple[list[dict[str, Any]]
     classes = [DEFAULT_CLASS if r["class"] is None else r["class"] for r in references]
     check_class_names(list(dict.fromkeys(classes)))
     return references, classes
+
+
+def fit_segmenter(
+    args: argparse.Namespace,
+    references: list[dict[str, Any]],
+    classes: list[str],
+    **options: Any,
+) -> Segmenter:
+    """Check the references, load the model (``--model``, ``--stable``), and fit a
+    :class:`~prosam.label.api.Segmenter` of ``--method`` on them (``options`` go to it
+    besides the checkpoint, score threshold and quality model the arguments give)."""
+    from prosam.label.api import Segmenter
+    from prosam.sam import Predictor
+
+    for ref in references:
+        check_reference(ref)
+    model, cache = load_model(args)
+    attach_stable_from_args(args, model)
+    seg = Segmenter(
+        model,
+        args.method,
+        checkpoint=args.checkpoint,
+        predictor=Predictor(model, cache=cache),
+        score_threshold=args.score_threshold,
+        quality_model=args.quality_model,
+        **options,
+    )
+    pairs = zip(references, classes, strict=True)
+    return seg.fit([(r["image"], reference_annotation(r), c) for r, c in pairs])

@@ -21,7 +21,7 @@ from prosam.cli.options import (
 from prosam.cli.outputs import check_output_dir
 from prosam.cli.references import (
     add_reference_args,
-    check_reference,
+    fit_segmenter,
     reference_annotation,
     references_from_args,
 )
@@ -179,25 +179,10 @@ def _segment_several(
     (each pixel to at most one class; ``cpc`` fitted on all classes at once), one mask per
     class and target: ``OUT/<key>.png`` for one class, ``OUT/<class>/<key>.png`` for more."""
     from prosam.io import write_mask_png
-    from prosam.label.api import Segmenter
     from prosam.label.review import ReviewRow
     from prosam.label.writers import write_instance_png
-    from prosam.sam import Predictor
 
-    for ref in references:
-        check_reference(ref)
-    model, cache = load_model(args)
-    attach_stable_from_args(args, model)
-    seg = Segmenter(
-        model,
-        args.method,
-        checkpoint=args.checkpoint,
-        predictor=Predictor(model, cache=cache),
-        score_threshold=args.score_threshold,
-        quality_model=args.quality_model,
-    )
-    pairs = zip(references, classes, strict=True)
-    seg.fit([(r["image"], reference_annotation(r), c) for r, c in pairs])
+    seg = fit_segmenter(args, list(references), list(classes))
     names = seg.classes
 
     def one(entry: TargetEntry) -> list[ReviewRow]:
