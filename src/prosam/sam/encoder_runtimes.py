@@ -1,0 +1,155 @@
+"""Runtimes that execute SAM's image encoder: PyTorch, ONNX Runtime, OpenVINO.
+
+Each runtime maps SAM's preprocessed ``(1, 3, S, S)`` float32 input to the ``(1, C, h, w)``
+embedding, on the CPU for the ONNX-based ones. They know nothing of where their graph came
+from; :mod:`prosam.sam.encoder_export` exports, checks and caches the graph they run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from prosam.errors import InputError
+
+#: Every backend name, in the order ``auto`` prefers them (fastest first on this project's
+#: CPU measurements: benchmarks/reports/encoder_backends.md).
+BACKENDS = ("openvino", "onnxruntime", "torch")
+#: Numerical precisions; reduced ones exist only where a runtime offers them.
+PRECISIONS = ("fp32", "bf16")
+
+_MODULE_OF = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch": "torch"}
+_EXTRA_OF = {"onnxruntime": "prosam[onnx]", "openvino": "prosam[openvino]"}
+
+
+class ImageEncoderRuntime(Protocol):
+    """What runs SAM's image encoder: ``runtime(x)`` for a ``(1, 3, S, S)`` float32 input."""
+
+    backend: str
+    precision: str
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Threads for a runtime (None: PyTorch's own thread count, which follows
+    ``OMP_NUM_THREADS``)."""
+
+    threads: int | None = None
+
+    def resolved_threads(self) -> int:
+        return int(self.threads or torch.get_num_threads())
+
+
+def backend_installed(backend: str) -> bool:
+    """Whether the Python package a backend needs can be imported."""
+    check_backend(backend)
+    return importlib.util.find_spec(_MODULE_OF[backend]) is not None
+
+
+def installed_backends() -> list[str]:
+    """The installed backends, fastest first; ``torch`` is always among them."""
+    return [b for b in BACKENDS if backend_installed(b)]
+
+
+def check_backend(backend: str, precision: str = "fp32") -> None:
+    """Reject unknown backends and precisions a backend does not offer, in one line."""
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision != "fp32" and backend != "openvino":
+        raise InputError(f"precision {precision} is offered by the openvino backend only")
+
+
+def require_backend(backend: str) -> None:
+    """An :class:`InputError` naming the extra to install when ``backend`` is missing."""
+    if not backend_installed(backend):
+        raise InputError(
+            f"backend {backend} needs the {_MODULE_OF[backend]} package: "
+            f"pip install '{_EXTRA_OF[backend]}'"
+        )
+
+
+class TorchImageEncoder:
+    """The encoder module itself, run by PyTorch on whatever device it lives on."""
+
+    backend = "torch"
+    precision = "fp32"
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+class OnnxRuntimeImageEncoder:
+    """An exported encoder graph run by ONNX Runtime's CPU execution provider."""
+
+    backend = "onnxruntime"
+    precision = "fp32"
+
+    def __init__(self, path: str | os.PathLike[str], settings: RuntimeSettings) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = settings.resolved_threads()
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        feed = {self.input_name: _as_numpy(x)}
+        return torch.from_numpy(self.session.run(None, feed)[0])
+
+
+class OpenVinoImageEncoder:
+    """An exported encoder graph compiled by OpenVINO for the CPU.
+
+    ``precision`` is OpenVINO's inference precision hint: ``fp32``, or ``bf16`` (OpenVINO's
+    own default on CPUs with bf16 instructions; faster, and checked before use).
+    Compiled blobs are kept in ``compile_cache`` so later starts skip compilation.
+    """
+
+    backend = "openvino"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        settings: RuntimeSettings,
+        *,
+        precision: str = "fp32",
+        compile_cache: str | os.PathLike[str] | None = None,
+    ) -> None:
+        import openvino as ov
+
+        check_backend("openvino", precision)
+        self.precision = precision
+        core = ov.Core()
+        config = {
+            "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else precision,
+            "INFERENCE_NUM_THREADS": settings.resolved_threads(),
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        if compile_cache is not None:
+            Path(compile_cache).mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(compile_cache)
+        self.compiled = core.compile_model(str(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.request.infer({0: _as_numpy(x)})
+        return torch.from_numpy(np.array(out[0], dtype=np.float32, copy=True))
+
+
+def _as_numpy(x: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
