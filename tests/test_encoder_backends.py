@@ -60,6 +60,9 @@ def test_backend_reproduces_pytorch_and_caches_its_checked_export(tmp_path, back
     load_sam("tiny", backend=backend, cache_root=tmp_path)  # a second load reuses the export
     assert graph.stat().st_mtime_ns == stamp
     assert not [p for p in directory.parent.iterdir() if p.name.startswith(".")]
+    graph.unlink()  # a damaged export is made again, not run
+    again = load_sam("tiny", backend=backend, cache_root=tmp_path)
+    assert graph.is_file() and again.encoder_check is not None
 
 
 def test_an_export_that_disagrees_with_pytorch_is_not_cached(tmp_path, monkeypatch):

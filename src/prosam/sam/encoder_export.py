@@ -171,6 +171,10 @@ def _write_record(directory: Path, record: dict[str, Any]) -> None:
     write_bytes_atomic(directory / "export.json", json.dumps(record, indent=1).encode())
 
 
+def _complete(directory: Path) -> bool:
+    return (directory / "export.json").is_file() and (directory / "image_encoder.onnx").is_file()
+
+
 def ensure_export(
     sam: Sam,
     weights_sha256: str | None,
@@ -182,15 +186,16 @@ def ensure_export(
     if needed; a graph that fails the check is a :class:`WeightsError` and is not kept."""
     digest = encoder_digest(sam, weights_sha256)
     directory = export_dir(digest, root)
-    if (directory / "export.json").is_file():
+    if _complete(directory):
         return directory / "image_encoder.onnx"
     checker = next((b for b in ("onnxruntime", "openvino") if backend_installed(b)), None)
     if checker is None:
         require_backend("onnxruntime")
     directory.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(directory) + ".lock"):
-        if (directory / "export.json").is_file():
+        if _complete(directory):
             return directory / "image_encoder.onnx"
+        shutil.rmtree(directory, ignore_errors=True)  # an export damaged since it was made
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
             graph = staging / "image_encoder.onnx"
