@@ -68,6 +68,7 @@ def run_fields(
         "model": model.name,
         "sam_variant": model.variant,
         "weights_sha256": model.weights_sha256,
+        "encoder_backend": f"{model.backend} {model.precision}",
         "episodes_file": args.episodes,
         "episodes_hash": file_hash,
         "episodes_limit": args.limit,
