@@ -178,3 +178,13 @@ def test_predict_runs_on_the_onnxruntime_backend(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 2 and "openvino backend only" in err and "Traceback" not in err
+
+
+def test_backends_command_lists_backends_and_the_recorded_checks(tmp_path, capsys):
+    cache = str(tmp_path / "c")
+    assert main(["backends", "--model", "tiny", "--cache-dir", cache]) == 0
+    out = capsys.readouterr().out
+    assert "torch        installed" in out and "no exported graph yet" in out
+    assert main(["backends", "--model", "tiny", "--cache-dir", cache, "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "exported graph" in out and "onnxruntime-fp32@" in out and "mask IoU" in out

@@ -13,6 +13,7 @@ from typing import Any
 
 from prosam import __version__
 from prosam.cli import (
+    backends,
     cache,
     demo,
     episodes,
@@ -32,6 +33,7 @@ from prosam.errors import ProsamError, ProsamWarning
 COMMANDS = (
     predict,
     weights,
+    backends,
     cache,
     demo,
     episodes,
