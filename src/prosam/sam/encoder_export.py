@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -159,8 +160,9 @@ def _export_graph(sam: Sam, path: Path) -> None:
 
 
 def _runtime_key(backend: str, precision: str) -> str:
-    module = __import__(backend)
-    return f"{backend}-{precision}@{getattr(module, '__version__', '?')}"
+    # the module's own version: a runtime may come from another distribution (onnxruntime-gpu)
+    version = getattr(importlib.import_module(backend), "__version__", "?")
+    return f"{backend}-{precision}@{version}"
 
 
 def _read_record(directory: Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from prosam.core.files import sha256_file
 from prosam.core.state_dict import read_weights_file
 from prosam.sam.build import build_sam
 from prosam.sam.encoder_export import EncoderCheck, open_encoder
-from prosam.sam.encoder_runtimes import ImageEncoderRuntime, TorchImageEncoder
+from prosam.sam.encoder_runtimes import ImageEncoderRuntime
 from prosam.sam.weights import DEFAULT_MODEL, infer_variant, resolve_weights
 
 
@@ -51,8 +51,9 @@ class FrozenSam:
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The image embedding of SAM's preprocessed ``(1, 3, S, S)`` input."""
-        runtime = self.encoder or TorchImageEncoder(self.sam.image_encoder)
-        return runtime(x).to(self.device)
+        if self.encoder is None:
+            return self.sam.image_encoder(x)
+        return self.encoder(x).to(self.device)
 
     def use_backend(
         self,
