@@ -153,6 +153,14 @@ class _TargetImages(Dataset):
         return i, torch.from_numpy(image), stamp, None
 
 
+def _worker_context() -> str | None:
+    """How to start the image-reading workers: forked (the default), except in a process
+    that has loaded OpenVINO, whose runtime threads do not survive a fork (the parent
+    crashed in about one run in three on this project's CPU); such workers start from a
+    fresh fork server instead."""
+    return "forkserver" if "openvino" in sys.modules else None
+
+
 def _identity(item: Any) -> Any:
     return item
 
@@ -409,6 +417,7 @@ class LabelJob:
             shuffle=False,
             num_workers=min(self.workers, len(entries)),
             collate_fn=_identity,
+            multiprocessing_context=_worker_context(),
         )
         return iter(loader)
 
