@@ -15,13 +15,8 @@ entries; any other gets its own (:func:`embedding_tag`).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib
-import json
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -31,12 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from filelock import FileLock
 from segment_anything.modeling import Sam
 
 from prosam.core.files import weights_cache_dir
 from prosam.errors import InputError, WeightsError
-from prosam.io import read_image, write_bytes_atomic
+from prosam.io import read_image
 from prosam.sam.encoder_runtimes import (
     BACKENDS,
     ImageEncoderRuntime,
@@ -48,9 +42,11 @@ from prosam.sam.encoder_runtimes import (
     check_backend,
     require_backend,
 )
+from prosam.sam.onnx_cache import ensure_cached, is_complete, recorded_check, runtime_key
 from prosam.sam.transforms import preprocess_image, transform_coords
 
 EXPORT_VERSION = "encoder-onnx-v1"
+GRAPH_NAME = "image_encoder.onnx"
 ONNX_OPSET = 17
 #: An export is cached only if its embedding is this close to PyTorch's (max abs) ...
 EXPORT_MAX_ABS = 1e-3
@@ -159,24 +155,6 @@ def _export_graph(sam: Sam, path: Path) -> None:
         )
 
 
-def _runtime_key(backend: str, precision: str) -> str:
-    # the module's own version: a runtime may come from another distribution (onnxruntime-gpu)
-    version = getattr(importlib.import_module(backend), "__version__", "?")
-    return f"{backend}-{precision}@{version}"
-
-
-def _read_record(directory: Path) -> dict[str, Any]:
-    return json.loads((directory / "export.json").read_text())
-
-
-def _write_record(directory: Path, record: dict[str, Any]) -> None:
-    write_bytes_atomic(directory / "export.json", json.dumps(record, indent=1).encode())
-
-
-def _complete(directory: Path) -> bool:
-    return (directory / "export.json").is_file() and (directory / "image_encoder.onnx").is_file()
-
-
 def ensure_export(
     sam: Sam,
     weights_sha256: str | None,
@@ -188,48 +166,35 @@ def ensure_export(
     if needed; a graph that fails the check is a :class:`WeightsError` and is not kept."""
     digest = encoder_digest(sam, weights_sha256)
     directory = export_dir(digest, root)
-    if _complete(directory):
-        return directory / "image_encoder.onnx"
+    if is_complete(directory, GRAPH_NAME):
+        return directory / GRAPH_NAME
     checker = next((b for b in ("onnxruntime", "openvino") if backend_installed(b)), None)
     if checker is None:
         require_backend("onnxruntime")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(directory) + ".lock"):
-        if _complete(directory):
-            return directory / "image_encoder.onnx"
-        shutil.rmtree(directory, ignore_errors=True)  # an export damaged since it was made
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
-            graph = staging / "image_encoder.onnx"
-            _export_graph(sam, graph)
-            runtime = open_graph(graph, checker, "fp32", RuntimeSettings(), staging)
-            check = check_runtime(sam, runtime, check_image())
-            if check.max_abs > EXPORT_MAX_ABS or check.mask_iou < EXPORT_MIN_IOU:
-                raise WeightsError(
-                    f"ONNX export of {name or digest[:16]}'s image encoder disagrees with "
-                    f"PyTorch (max abs {check.max_abs:.2e} > {EXPORT_MAX_ABS:g} or mask IoU "
-                    f"{check.mask_iou:.3f} < {EXPORT_MIN_IOU}); not cached"
-                )
-            record = {
-                "export_version": EXPORT_VERSION,
-                "weights": name,
-                "weights_sha256": digest,
-                "image_size": int(sam.image_encoder.img_size),
-                "torch": torch.__version__,
-                "opset": ONNX_OPSET,
-                "check_image": CHECK_IMAGE,
-                "checks": {_runtime_key(checker, "fp32"): asdict(check)},
-            }
-            _write_record(staging, record)
-            shutil.rmtree(staging / "compiled", ignore_errors=True)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it private
-            os.replace(staging, directory)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-    return directory / "image_encoder.onnx"
+
+    def build(staging: Path) -> dict[str, Any]:
+        graph = staging / GRAPH_NAME
+        _export_graph(sam, graph)
+        runtime = open_graph(graph, checker, "fp32", RuntimeSettings(), staging)
+        check = check_runtime(sam, runtime, check_image())
+        if check.max_abs > EXPORT_MAX_ABS or check.mask_iou < EXPORT_MIN_IOU:
+            raise WeightsError(
+                f"ONNX export of {name or digest[:16]}'s image encoder disagrees with "
+                f"PyTorch (max abs {check.max_abs:.2e} > {EXPORT_MAX_ABS:g} or mask IoU "
+                f"{check.mask_iou:.3f} < {EXPORT_MIN_IOU}); not cached"
+            )
+        return {
+            "export_version": EXPORT_VERSION,
+            "weights": name,
+            "weights_sha256": digest,
+            "image_size": int(sam.image_encoder.img_size),
+            "torch": torch.__version__,
+            "opset": ONNX_OPSET,
+            "check_image": CHECK_IMAGE,
+            "checks": {runtime_key(checker, "fp32"): asdict(check)},
+        }
+
+    return ensure_cached(directory, GRAPH_NAME, build)
 
 
 def open_graph(
@@ -247,18 +212,12 @@ def open_graph(
 
 def runtime_check(sam: Sam, graph: Path, runtime: ImageEncoderRuntime) -> EncoderCheck:
     """The check of ``runtime`` on this export, from ``export.json`` or run now and kept."""
-    directory = graph.parent
-    key = _runtime_key(runtime.backend, runtime.precision)
-    with FileLock(str(directory) + ".lock"):
-        record = _read_record(directory)
-        found = record.get("checks", {}).get(key)
-        if found is not None:
-            return EncoderCheck(**found)
-        check = check_runtime(sam, runtime, check_image())
-        record.setdefault("checks", {})[key] = asdict(check)
-        with contextlib.suppress(OSError):  # a read-only cache still serves the export
-            _write_record(directory, record)
-    return check
+    found = recorded_check(
+        graph.parent,
+        runtime_key(runtime.backend, runtime.precision),
+        lambda: asdict(check_runtime(sam, runtime, check_image())),
+    )
+    return EncoderCheck(**found)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -92,6 +92,39 @@ class TorchImageEncoder:
         return self.module(x)
 
 
+def onnxruntime_session(path: str | os.PathLike[str], settings: RuntimeSettings) -> Any:
+    """An ONNX Runtime CPU session for the graph at ``path``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.resolved_threads()
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def openvino_compiled(
+    path: str | os.PathLike[str],
+    settings: RuntimeSettings,
+    *,
+    precision: str = "fp32",
+    compile_cache: str | os.PathLike[str] | None = None,
+) -> Any:
+    """The graph at ``path`` compiled by OpenVINO for the CPU at ``precision`` (OpenVINO's
+    inference precision hint), its blobs kept in ``compile_cache`` for later starts."""
+    import openvino as ov
+
+    check_backend("openvino", precision)
+    config = {
+        "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else precision,
+        "INFERENCE_NUM_THREADS": settings.resolved_threads(),
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    if compile_cache is not None:
+        Path(compile_cache).mkdir(parents=True, exist_ok=True)
+        config["CACHE_DIR"] = str(compile_cache)
+    return ov.Core().compile_model(str(path), "CPU", config)
+
+
 class OnnxRuntimeImageEncoder:
     """An exported encoder graph run by ONNX Runtime's CPU execution provider."""
 
@@ -99,16 +132,11 @@ class OnnxRuntimeImageEncoder:
     precision = "fp32"
 
     def __init__(self, path: str | os.PathLike[str], settings: RuntimeSettings) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = settings.resolved_threads()
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime_session(path, settings)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        feed = {self.input_name: _as_numpy(x)}
+        feed = {self.input_name: as_numpy(x)}
         return torch.from_numpy(self.session.run(None, feed)[0])
 
 
@@ -130,26 +158,17 @@ class OpenVinoImageEncoder:
         precision: str = "fp32",
         compile_cache: str | os.PathLike[str] | None = None,
     ) -> None:
-        import openvino as ov
-
-        check_backend("openvino", precision)
         self.precision = precision
-        core = ov.Core()
-        config = {
-            "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else precision,
-            "INFERENCE_NUM_THREADS": settings.resolved_threads(),
-            "PERFORMANCE_HINT": "LATENCY",
-        }
-        if compile_cache is not None:
-            Path(compile_cache).mkdir(parents=True, exist_ok=True)
-            config["CACHE_DIR"] = str(compile_cache)
-        self.compiled = core.compile_model(str(path), "CPU", config)
+        self.compiled = openvino_compiled(
+            path, settings, precision=precision, compile_cache=compile_cache
+        )
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.request.infer({0: _as_numpy(x)})
+        out = self.request.infer({0: as_numpy(x)})
         return torch.from_numpy(np.array(out[0], dtype=np.float32, copy=True))
 
 
-def _as_numpy(x: torch.Tensor) -> np.ndarray:
+def as_numpy(x: torch.Tensor) -> np.ndarray:
+    """``x`` as a contiguous float32 array on the CPU (what the runtimes take)."""
     return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
