@@ -27,6 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("prosam.methods", "prosam.stable"),
     ("prosam.evaluation", "prosam.quality"),
     ("prosam.label",),
+    ("prosam.app",),
     ("prosam.cli",),
 )
 

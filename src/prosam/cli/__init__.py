@@ -13,6 +13,7 @@ from typing import Any
 
 from prosam import __version__
 from prosam.cli import (
+    app,
     backends,
     cache,
     demo,
@@ -43,6 +44,7 @@ COMMANDS = (
     stable,
     label,
     review,
+    app,
     study,
 )
 
