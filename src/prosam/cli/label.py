@@ -214,7 +214,8 @@ def cmd_label(args: argparse.Namespace) -> int:
         + (f", outputs of {summary.removed} gone targets removed" if summary.removed else "")
         + (f", {summary.elsewhere} by another process" if summary.elsewhere else "")
         + (f" [shard {i}/{n}: {summary.shard_targets} of {summary.total}]" if n > 1 else "")
-        + f", {rate:.2f} img/s (SAM encoder: {seg.model.backend} {seg.model.precision})"
+        + f", {rate:.2f} img/s (SAM encoder: {seg.model.backend} {seg.model.precision}, "
+        f"decoder: {seg.model.decoder_backend})"
     )
     if summary.finalized:
         estimated = "" if seg.quality_model is None else ", worst quality estimate first"

@@ -69,6 +69,7 @@ def run_fields(
         "sam_variant": model.variant,
         "weights_sha256": model.weights_sha256,
         "encoder_backend": f"{model.backend} {model.precision}",
+        "decoder_backend": model.decoder_backend,
         "episodes_file": args.episodes,
         "episodes_hash": file_hash,
         "episodes_limit": args.limit,

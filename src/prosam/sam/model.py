@@ -11,6 +11,8 @@ from segment_anything.modeling import Sam
 from prosam.core.files import sha256_file
 from prosam.core.state_dict import read_weights_file
 from prosam.sam.build import build_sam
+from prosam.sam.decoder_export import DecoderCheck, open_decoder
+from prosam.sam.decoder_runtimes import PromptDecoderRuntime
 from prosam.sam.encoder_export import EncoderCheck, open_encoder
 from prosam.sam.encoder_runtimes import ImageEncoderRuntime
 from prosam.sam.weights import DEFAULT_MODEL, infer_variant, resolve_weights
@@ -33,6 +35,12 @@ class FrozenSam:
     encoder_check: EncoderCheck | None = field(default=None, repr=False)
     #: Non-empty when the encoder's embeddings differ from PyTorch's beyond tolerance.
     embedding_tag: str = ""
+    #: What runs the prompt encoder + mask decoder for :class:`~prosam.sam.Predictor`
+    #: (PyTorch unless :meth:`use_decoder_backend` chose another), and its check.
+    decoder: PromptDecoderRuntime | None = field(default=None, repr=False)
+    decoder_check: DecoderCheck | None = field(default=None, repr=False)
+    #: The decoder's modules when the runtime was chosen: a change (a plugin) means PyTorch.
+    decoder_layout: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @property
     def backend(self) -> str:
@@ -42,6 +50,55 @@ class FrozenSam:
     @property
     def precision(self) -> str:
         return "fp32" if self.encoder is None else self.encoder.precision
+
+    @property
+    def decoder_backend(self) -> str:
+        """What runs the prompt encoder + decoder when nothing modifies the decoder."""
+        return "torch" if self.decoder is None else self.decoder.backend
+
+    def _decoder_layout(self) -> tuple[tuple[str, str], ...]:
+        modules = [
+            ("prompt_encoder", self.sam.prompt_encoder),
+            ("mask_decoder", self.sam.mask_decoder),
+        ]
+        return tuple(
+            (f"{part}.{name}", type(module).__qualname__)
+            for part, root in modules
+            for name, module in root.named_modules()
+        )
+
+    def decoder_runtime(self) -> PromptDecoderRuntime | None:
+        """The decoder runtime, or ``None`` when PyTorch must decode: no runtime chosen, or
+        the decoder changed since (a Stable-SAM plugin swapped a module, PerSAM's guidance
+        or anything else hooked one), since the exported graph would not see the change."""
+        if self.decoder is None or self._decoder_layout() != self.decoder_layout:
+            return None
+        for root in (self.sam.prompt_encoder, self.sam.mask_decoder):
+            for module in root.modules():
+                # torch keeps a module's hooks in these dicts; any hook changes the output
+                if module._forward_hooks or module._forward_pre_hooks:
+                    return None
+        return self.decoder
+
+    def use_decoder_backend(
+        self,
+        backend: str = "auto",
+        *,
+        threads: int | None = None,
+        cache_root: str | os.PathLike[str] | None = None,
+    ) -> FrozenSam:
+        """Run the prompt encoder + mask decoder with ``backend`` (see
+        :func:`prosam.sam.decoder_export.open_decoder`); returns ``self``."""
+        self.decoder, self.decoder_check = open_decoder(
+            self.sam,
+            self.weights_sha256,
+            backend=backend,
+            threads=threads,
+            cache_root=cache_root,
+            name=self.name,
+        )
+        self.decoder_layout = self._decoder_layout()
+        return self
 
     @property
     def cache_identity(self) -> str:
@@ -64,7 +121,10 @@ class FrozenSam:
         cache_root: str | os.PathLike[str] | None = None,
     ) -> FrozenSam:
         """Run the image encoder with ``backend`` (see
-        :func:`prosam.sam.encoder_export.open_encoder`); returns ``self``."""
+        :func:`prosam.sam.encoder_export.open_encoder`); with any backend but ``torch``
+        the prompt encoder + decoder run on the fastest runtime that passes its check (at
+        fp32, whatever ``precision`` says; :func:`prosam.sam.decoder_export.open_decoder`).
+        Returns ``self``."""
         choice = open_encoder(
             self.sam,
             self.weights_sha256,
@@ -77,7 +137,8 @@ class FrozenSam:
         self.encoder = None if choice.runtime.backend == "torch" else choice.runtime
         self.encoder_check = choice.check
         self.embedding_tag = choice.embedding_tag
-        return self
+        decoder = "torch" if backend == "torch" else "auto"
+        return self.use_decoder_backend(decoder, threads=threads, cache_root=cache_root)
 
     @property
     def image_encoder(self) -> torch.nn.Module:

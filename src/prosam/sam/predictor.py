@@ -10,6 +10,7 @@ import torch
 from prosam.errors import InputError
 from prosam.sam.embedding_cache import EmbeddingCache
 from prosam.sam.model import FrozenSam
+from prosam.sam.prompt_graph import graph_prompts
 from prosam.sam.transforms import (
     ImageGeometry,
     check_image,
@@ -122,6 +123,18 @@ class Predictor:
             mask_arg = mask_arg.reshape(1, 1, *mask_arg.shape[-2:])
         if point_arg is None and box_arg is None and mask_arg is None:
             raise InputError("give at least one prompt: points, a box or a mask input")
+        runtime = self.model.decoder_runtime()
+        if runtime is not None and (point_arg is not None or box_arg is not None):
+            inputs = graph_prompts(
+                None if point_arg is None else point_arg[0].cpu(),
+                None if point_arg is None else point_arg[1].cpu(),
+                None if box_arg is None else box_arg.cpu(),
+                None if mask_arg is None else mask_arg.cpu(),
+                tuple(self.model.sam.prompt_encoder.mask_input_size),
+            )
+            low_res, iou = runtime(embedded.embedding, *inputs)
+            keep = slice(1, None) if multimask_output else slice(0, 1)
+            return low_res[0, keep].to(device), iou[0, keep].to(device)
         sam = self.model.sam
         sparse, dense = sam.prompt_encoder(points=point_arg, boxes=box_arg, masks=mask_arg)
         low_res, iou = sam.mask_decoder(

@@ -63,3 +63,32 @@ class PromptDecoderGraph(nn.Module):
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
         )
+
+
+def graph_prompts(
+    coords: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    box: torch.Tensor | None,
+    mask_input: torch.Tensor | None,
+    mask_size: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One prompt set as the graph's ``coords, labels, mask_input, has_mask`` (batch 1).
+
+    ``coords (N, 2)`` and ``box (4,)`` are in the encoder's input frame; as SAM's prompt
+    encoder does, points without a box get one "not a point" pad, a box becomes its two
+    corners (labels 2 and 3)."""
+    parts, kinds = [], []
+    if coords is not None and labels is not None:
+        parts.append(coords.reshape(-1, 2).float())
+        kinds.append(labels.reshape(-1).float())
+    if box is not None:
+        parts.append(box.reshape(2, 2).float())
+        kinds.append(torch.tensor([2.0, 3.0]))
+    elif parts:
+        parts.append(torch.zeros(1, 2))
+        kinds.append(torch.tensor([-1.0]))
+    if not parts:
+        raise ValueError("the graph needs at least one point or a box")
+    has_mask = torch.tensor([0.0 if mask_input is None else 1.0])
+    mask = torch.zeros(1, 1, *mask_size) if mask_input is None else mask_input.float()
+    return torch.cat(parts)[None], torch.cat(kinds)[None], mask.reshape(1, 1, *mask_size), has_mask
