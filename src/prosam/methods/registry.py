@@ -158,6 +158,14 @@ for _spec in (
         presence_threshold=0.3564,
     ),
     MethodSpec(
+        "gfsam",
+        "prosam.methods.matching.gfsam:build_gfsam",
+        "GF-SAM style, training-free: many clicks, a point-mask graph, mask growth",
+        capabilities=frozenset({INSTANCES}),
+        # matcher's presence score (the same signals), so matcher's calibrated threshold
+        presence_threshold=0.3564,
+    ),
+    MethodSpec(
         "geometric",
         "prosam.methods.geometric:build_geometric",
         "GP-SAM, training-free: a prior mask prompted as a box and points",
