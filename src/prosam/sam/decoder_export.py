@@ -32,7 +32,12 @@ from prosam.sam.decoder_runtimes import (
     PromptDecoderRuntime,
 )
 from prosam.sam.encoder_export import ONNX_OPSET, check_image
-from prosam.sam.encoder_runtimes import RuntimeSettings, backend_installed, require_backend
+from prosam.sam.encoder_runtimes import (
+    RuntimeSettings,
+    backend_installed,
+    checking_backend,
+    require_backend,
+)
 from prosam.sam.onnx_cache import ensure_cached, is_complete, recorded_check, runtime_key
 from prosam.sam.prompt_graph import INPUT_NAMES, OUTPUT_NAMES, PromptDecoderGraph, graph_prompts
 from prosam.sam.transforms import geometry_for, preprocess_image, transform_coords
@@ -167,9 +172,7 @@ def ensure_decoder_export(
     directory = decoder_export_dir(digest, root)
     if is_complete(directory, GRAPH_NAME):
         return directory / GRAPH_NAME
-    checker = next((b for b in ("onnxruntime", "openvino") if backend_installed(b)), None)
-    if checker is None:
-        require_backend("onnxruntime")
+    checker = checking_backend()
 
     def build(staging: Path) -> dict[str, Any]:
         graph = staging / GRAPH_NAME

@@ -40,6 +40,7 @@ from prosam.sam.encoder_runtimes import (
     TorchImageEncoder,
     backend_installed,
     check_backend,
+    checking_backend,
     require_backend,
 )
 from prosam.sam.onnx_cache import ensure_cached, is_complete, recorded_check, runtime_key
@@ -168,9 +169,7 @@ def ensure_export(
     directory = export_dir(digest, root)
     if is_complete(directory, GRAPH_NAME):
         return directory / GRAPH_NAME
-    checker = next((b for b in ("onnxruntime", "openvino") if backend_installed(b)), None)
-    if checker is None:
-        require_backend("onnxruntime")
+    checker = checking_backend()
 
     def build(staging: Path) -> dict[str, Any]:
         graph = staging / GRAPH_NAME

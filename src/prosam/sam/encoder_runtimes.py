@@ -92,6 +92,16 @@ class TorchImageEncoder:
         return self.module(x)
 
 
+def checking_backend() -> str:
+    """The runtime that checks a new export against PyTorch: ONNX Runtime, else OpenVINO
+    (an :class:`InputError` naming the extra to install when neither is)."""
+    for backend in ("onnxruntime", "openvino"):
+        if backend_installed(backend):
+            return backend
+    require_backend("onnxruntime")  # neither is installed: this raises
+    return "onnxruntime"
+
+
 def onnxruntime_session(path: str | os.PathLike[str], settings: RuntimeSettings) -> Any:
     """An ONNX Runtime CPU session for the graph at ``path``."""
     import onnxruntime as ort
