@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from prosam.sam.encoder_runtimes import (
+    OpenVinoGraph,
     RuntimeSettings,
     as_numpy,
     onnxruntime_session,
-    openvino_compiled,
 )
 from prosam.sam.prompt_graph import INPUT_NAMES
 
@@ -57,24 +57,8 @@ class OnnxRuntimePromptDecoder:
         return torch.from_numpy(low_res), torch.from_numpy(iou)
 
 
-class OpenVinoPromptDecoder:
+class OpenVinoPromptDecoder(OpenVinoGraph):
     """An exported prompt-decoder graph compiled by OpenVINO for the CPU (dynamic shapes)."""
-
-    backend = "openvino"
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        settings: RuntimeSettings,
-        *,
-        precision: str = "fp32",
-        compile_cache: str | os.PathLike[str] | None = None,
-    ) -> None:
-        self.precision = precision
-        self.compiled = openvino_compiled(
-            path, settings, precision=precision, compile_cache=compile_cache
-        )
-        self.request = self.compiled.create_infer_request()
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.request.infer(_feed(*inputs))

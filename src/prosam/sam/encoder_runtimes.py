@@ -150,8 +150,8 @@ class OnnxRuntimeImageEncoder:
         return torch.from_numpy(self.session.run(None, feed)[0])
 
 
-class OpenVinoImageEncoder:
-    """An exported encoder graph compiled by OpenVINO for the CPU.
+class OpenVinoGraph:
+    """An exported graph compiled by OpenVINO for the CPU, with one inference request.
 
     ``precision`` is OpenVINO's inference precision hint: ``fp32``, or ``bf16`` (OpenVINO's
     own default on CPUs with bf16 instructions; faster, and checked before use).
@@ -173,6 +173,10 @@ class OpenVinoImageEncoder:
             path, settings, precision=precision, compile_cache=compile_cache
         )
         self.request = self.compiled.create_infer_request()
+
+
+class OpenVinoImageEncoder(OpenVinoGraph):
+    """An exported encoder graph compiled by OpenVINO for the CPU (see :class:`OpenVinoGraph`)."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = self.request.infer({0: as_numpy(x)})

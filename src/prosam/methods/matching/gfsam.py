@@ -34,8 +34,6 @@ from prosam.errors import InputError
 from prosam.methods.base import InstanceMask, MethodOutput, Target
 from prosam.methods.matching.correspondence import (
     cell_centres,
-    similarity_matrix,
-    similarity_priors,
 )
 from prosam.methods.matching.method import MatcherMethod, low_res_to_grid, presence_score
 from prosam.methods.similarity import minmax_normalise
@@ -128,13 +126,9 @@ class GFSamMethod(MatcherMethod):
     @torch.inference_mode()
     def predict(self, target: Target) -> MethodOutput:
         """Segment every instance of the referenced kind in ``target``."""
-        if self._bank is None or self._weights is None:
-            raise RuntimeError("call fit(references) before predict")
         embedded = target.embedded
-        feats = self.features(target.image, embedded)
-        grid = (int(feats.shape[-2]), int(feats.shape[-1]))
-        sim = similarity_matrix(self._bank, feats)
-        priors = similarity_priors(sim, self._weights, grid)
+        found = self.target_similarity(target)
+        grid, priors = found.grid, found.priors
         cross = minmax_normalise(priors.positive_mean * priors.positive_max)
         negative = minmax_normalise(priors.negative_mean)
         filtered = cross * (negative <= cross).float()
@@ -182,7 +176,7 @@ class GFSamMethod(MatcherMethod):
                 continue
             chosen = member_t[torch.as_tensor(kept)]
             union = stacked[chosen].amax(0)[None]
-            scored = self._score(
+            scored = self.score_candidates(
                 union, torch.ones(1), embedded, positive, priors.positive_max.clamp(0, 1)
             )
             score = scored[0].purity * scored[0].match if scored else 0.0
@@ -204,8 +198,8 @@ class GFSamMethod(MatcherMethod):
             "points": torch.as_tensor(xy, dtype=torch.float32),
             "prior": filtered.cpu(),
             "components": torch.tensor(float(len(np.unique(labels)))),
-            **self._presence_signals(priors.positive_max, matched_positive),
-            **self._mask_signals(
+            **self.presence_signals(priors.positive_max, matched_positive),
+            **self.mask_signals(
                 class_logits, instances, embedded, matched_positive, priors.positive_max
             ),
         }

@@ -47,6 +47,7 @@ from prosam.methods.base import InstanceMask, MethodOutput, Reference, Target
 from prosam.methods.capabilities import INSTANCES
 from prosam.methods.matching.correspondence import (
     Assignment,
+    Priors,
     bidirectional_matches,
     cell_centres,
     similarity_matrix,
@@ -67,6 +68,17 @@ InstanceMaskRule = Literal["union", "best"]
 #: parts are disjoint when they overlap by less than this share of the smaller.
 CONTAINED = 0.8
 DISJOINT = 0.2
+
+
+@dataclass
+class TargetSimilarity:
+    """A target's feature grid ``(C, h, w)``, its size, the cosine similarity of every
+    reference cell to every target cell, and GF-SAM's priors from it."""
+
+    features: torch.Tensor
+    grid: tuple[int, int]
+    similarity: torch.Tensor
+    priors: Priors
 
 
 @dataclass
@@ -234,19 +246,25 @@ class MatcherMethod:
         fg = self._weights >= 0.5
         return fg if bool(fg.any()) else self._weights > 0
 
+    def target_similarity(self, target: Target) -> TargetSimilarity:
+        """The target's features and their similarity to the fitted reference cells."""
+        if self._bank is None or self._weights is None:
+            raise RuntimeError("call fit(references) before predict")
+        feats = self.features(target.image, target.embedded)
+        grid = (int(feats.shape[-2]), int(feats.shape[-1]))
+        sim = similarity_matrix(self._bank, feats)
+        return TargetSimilarity(feats, grid, sim, similarity_priors(sim, self._weights, grid))
+
     @torch.inference_mode()
     def predict(self, target: Target) -> MethodOutput:
         """Segment every instance of the referenced kind in ``target``."""
-        if self._bank is None or self._weights is None:
-            raise RuntimeError("call fit(references) before predict")
         embedded = target.embedded
-        feats = self.features(target.image, embedded)
-        grid = (int(feats.shape[-2]), int(feats.shape[-1]))
-        sim = similarity_matrix(self._bank, feats)
+        found = self.target_similarity(target)
+        feats, grid, sim, priors = found.features, found.grid, found.similarity, found.priors
+        assert self._bank is not None  # target_similarity checked the fit
         matches = bidirectional_matches(
             self._bank, self._foreground(), feats, assignment=self.assignment, similarity=sim
         )
-        priors = similarity_priors(sim, self._weights, grid)
         prior = minmax_normalise(priors.positive_mean) * minmax_normalise(priors.positive_max)
         positive = (priors.positive_mean > priors.negative_mean).float()
         matched = matches.target_cells
@@ -271,13 +289,13 @@ class MatcherMethod:
             "prior": prior.cpu(),
             "kept_matches": torch.tensor(float(matches.kept_fraction)),
             "best_proposal": torch.tensor(float(best_proposal)),
-            **self._presence_signals(priors.positive_max, positive),
-            **self._mask_signals(logits, instances, embedded, positive, priors.positive_max),
+            **self.presence_signals(priors.positive_max, positive),
+            **self.mask_signals(logits, instances, embedded, positive, priors.positive_max),
         }
         presence = presence_score(extras["presence_peak"], extras["presence_match"])
         return MethodOutput(logits, presence, extras, instances)
 
-    def _presence_signals(
+    def presence_signals(
         self, positive_max: torch.Tensor, positive: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """Scalars that rank how present the referenced object is: the best similarity of a
@@ -293,7 +311,7 @@ class MatcherMethod:
             "presence_positive": positive.float().mean().cpu(),
         }
 
-    def _mask_signals(
+    def mask_signals(
         self,
         logits: torch.Tensor,
         instances: Sequence[InstanceMask],
@@ -305,7 +323,9 @@ class MatcherMethod:
         the purity and match of the union as for a candidate (``mask_purity``,
         ``mask_match``) and SAM's predicted IoU of its instances, weighted by their area
         (``sam_iou``)."""
-        scored = self._score(logits, torch.ones(1), embedded, positive, positive_max.clamp(0, 1))
+        scored = self.score_candidates(
+            logits, torch.ones(1), embedded, positive, positive_max.clamp(0, 1)
+        )
         purity, match = (scored[0].purity, scored[0].match) if scored else (0.0, 0.0)
         areas = [float((i.low_res_logits > 0).sum()) for i in instances]
         ious = [i.predicted_iou for i in instances]
@@ -343,7 +363,7 @@ class MatcherMethod:
         cells = torch.stack(chosen)
         return cells[torch.argsort(flat_prior[cells], descending=True)]
 
-    def _score(
+    def score_candidates(
         self,
         logits: torch.Tensor,
         iou: torch.Tensor,
@@ -378,13 +398,13 @@ class MatcherMethod:
             logits, iou = self.predictor.predict_low_res(
                 embedded, points=point[None], multimask_output=True
             )
-            candidates += self._score(logits, iou, embedded, positive, best_match)
+            candidates += self.score_candidates(logits, iou, embedded, positive, best_match)
         n = min(self.global_points, len(xy))
         if n >= 2:
             logits, iou = self.predictor.predict_low_res(
                 embedded, points=xy[:n], multimask_output=False
             )
-            candidates += self._score(logits, iou, embedded, positive, best_match)
+            candidates += self.score_candidates(logits, iou, embedded, positive, best_match)
         return candidates
 
     def group_instances(self, candidates: list[Candidate]) -> list[InstanceMask]:
