@@ -115,3 +115,32 @@ def test_method_options_reach_the_method(coco_root, tmp_path, capsys):
         coco_root, episodes, *common, "--method", "persam", "--method-option", "nonsense=1"
     )
     assert code == 2 and "nonsense" in capsys.readouterr().err
+
+
+def test_eval_fss_with_and_without_a_stable_plugin(coco_root, tmp_path, tiny_sam):
+    import torch
+
+    from prosam.stable import StableSamPlugin, save_stable_plugin
+
+    torch.manual_seed(0)
+    plugin = StableSamPlugin.for_sam(tiny_sam, blocks=(0, 1))
+    with torch.no_grad():
+        for p in plugin.parameters():
+            p.normal_(0.0, 0.5)  # non-zero offsets: the plugin is not the identity
+    save_stable_plugin(tmp_path / "plugin", plugin, tiny_sam)
+    episodes = tmp_path / "ep.json"
+    assert _make(coco_root, episodes) == 0
+    reports = {}
+    for name, extra in (("plain", []), ("stable", ["--stable", str(tmp_path / "plugin")])):
+        out = tmp_path / f"{name}.json"
+        common = ["--method", "persam", "--json", str(out), "--no-progress"]
+        assert _eval(coco_root, episodes, *common, *extra) == 0
+        reports[name] = json.loads(out.read_text())
+    assert reports["plain"]["stable_plugin"] is None
+    assert reports["stable"]["stable_plugin"] == str(tmp_path / "plugin")
+    assert reports["stable"]["decoder_backend"] == "torch"
+    assert (
+        reports["plain"]["evaluated_episodes_hash"] == reports["stable"]["evaluated_episodes_hash"]
+    )
+    ious = {k: [e["iou"] for e in r["episodes"]] for k, r in reports.items()}
+    assert ious["plain"] != ious["stable"]

@@ -17,6 +17,8 @@ from prosam.cli.options import (
     add_method_choice,
     add_model_args,
     add_object_data_args,
+    add_stable_option,
+    attach_stable_from_args,
     check_limit,
     dataset_and_classes,
     load_model,
@@ -52,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--json", required=True, help="write results here")
     f.add_argument("--no-progress", action="store_true")
     add_model_args(f)
+    add_stable_option(f)
     f.set_defaults(func=cmd_eval_fss)
 
     _add_robustness(vsub)
@@ -95,6 +98,16 @@ def _add_robustness(eval_sub: argparse._SubParsersAction) -> None:
     r.add_argument("--plugin", default=None, help="a `prosam stable train` checkpoint")
     r.add_argument("--json", required=True)
     r.add_argument("--md", default=None, help="also write a markdown table here")
+    r.add_argument(
+        "--list-images",
+        default=None,
+        metavar="FILE",
+        help="write the evaluated objects' image keys here (for `prosam stable train "
+        "--exclude-images`)",
+    )
+    r.add_argument(
+        "--dry-run", action="store_true", help="choose the objects (and --list-images), no more"
+    )
     r.add_argument("--no-progress", action="store_true")
     add_model_args(r)
     r.set_defaults(func=cmd_eval_robustness)
@@ -188,6 +201,7 @@ def cmd_eval_fss(args: argparse.Namespace) -> int:
     episodes, digest = _load_or_make_episodes(args, dataset, classes)
     episodes = episodes[: args.limit]
     model, cache = load_model(args)
+    attach_stable_from_args(args, model)
     method = build_method(
         args.method, model, checkpoint=args.checkpoint, **parse_method_options(args.method_option)
     )
@@ -216,6 +230,7 @@ def cmd_eval_fss(args: argparse.Namespace) -> int:
         },
         "method": args.method,
         "method_options": parse_method_options(args.method_option),
+        "stable_plugin": args.stable,
         **run_fields(
             args,
             model,
@@ -382,6 +397,14 @@ def cmd_eval_robustness(args: argparse.Namespace) -> int:
             dataset, split_components=args.split_components, max_objects=args.max_objects
         )
     )
+    image_keys = sorted({item.key.split("#")[0] for item in items})
+    if args.list_images:
+        write_bytes_atomic(Path(args.list_images), "".join(k + "\n" for k in image_keys).encode())
+    if args.dry_run:
+        if handle is not None:
+            handle.detach()
+        print(f"{len(items)} objects in {len(image_keys)} images")
+        return 0
     report = evaluate_robustness(
         Predictor(model, cache=cache),
         items,
@@ -399,6 +422,7 @@ def cmd_eval_robustness(args: argparse.Namespace) -> int:
             "weights_sha256": model.weights_sha256,
             "plugin": args.plugin,
             "objects": len(items),
+            "object_keys": [item.key for item in items],
             "wall_seconds": time.perf_counter() - t0,
         }
     )

@@ -1,7 +1,8 @@
 """Stable-SAM's robust training strategy (RTS): train the plugin on prompts of mixed quality.
 
-Each object (a class mask, or a connected component of it, see :mod:`prosam.stable.objects`)
-gets one prompt per epoch, its family drawn uniformly from ``prompt_kinds``:
+Each object (an instance, a class mask or a connected component, see
+:mod:`prosam.stable.training_objects`) gets one prompt per epoch, its family drawn uniformly
+from ``prompt_kinds``:
 
 - ``gt_box``: the tight box;
 - ``noisy_box``: HQ-SAM box noise (``cxcywh``, scale 0.4), clipped to the image and redrawn
@@ -24,11 +25,12 @@ are optimised (AdamW; the paper uses Adam, lr 1e-3, no weight decay).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from prosam.core.checkpoint import load_checkpoint
 from prosam.core.losses import bce_dice_loss
 from prosam.data.types import Dataset
 from prosam.errors import InputError
@@ -49,10 +52,9 @@ from prosam.sam.transforms import (
     transform_coords,
 )
 from prosam.stable.checkpoint import save_stable_plugin
-from prosam.stable.objects import ObjectItem, object_masks
+from prosam.stable.objects import ObjectItem
 from prosam.stable.plugin import (
     PluggedCrossAttention,
-    StablePluginHandle,
     StableSamPlugin,
     attach_stable_plugin,
     count_parameters,
@@ -60,6 +62,7 @@ from prosam.stable.plugin import (
 )
 from prosam.stable.prompts import Prompt, check_kind, sample_prompt
 from prosam.stable.robustness import evaluate_robustness
+from prosam.stable.training_objects import TrainingObjects
 
 __all__ = [
     "StableTrainSettings",
@@ -84,7 +87,6 @@ class StableTrainSettings:
     noisy_box_min_iou: float = 0.5
     occlusion: bool = False
     occlusion_prob: float = 0.5
-    split_components: bool = False
     min_object_pixels: int = 16
     max_objects_per_epoch: int | None = None
     grad_clip: float | None = None
@@ -158,21 +160,6 @@ def object_loss(
     return bce_dice_loss(logits[:, :, :h, :w], target.to(logits.device), ign)
 
 
-def _draw_object(
-    dataset: Dataset, slot: tuple[int, int], settings: StableTrainSettings, rng: np.random.Generator
-) -> ObjectItem | None:
-    sample_index, class_id = slot
-    sample = dataset.samples[sample_index]
-    fg, ignore = sample.mask(class_id)
-    masks = object_masks(
-        fg, split_components=settings.split_components, min_pixels=settings.min_object_pixels
-    )
-    if not masks:
-        return None
-    mask = masks[int(rng.integers(len(masks)))]
-    return ObjectItem(sample.image(), mask, ignore, f"{sample.key}#{class_id}")
-
-
 def _embed(
     predictor: Predictor,
     plain: Predictor,
@@ -201,69 +188,208 @@ def _check_own_attachment(sam: FrozenSam, plugin: StableSamPlugin) -> None:
             raise InputError("another Stable-SAM plugin is attached to this SAM")
 
 
+def _objects_of(
+    data: Sequence[ObjectItem] | Dataset, settings: StableTrainSettings
+) -> Sequence[ObjectItem]:
+    if isinstance(data, Dataset):
+        return TrainingObjects([data], mode="classes", min_pixels=settings.min_object_pixels)
+    return data
+
+
+@dataclass
+class _Position:
+    """Where a run stands: the next batch to train and what it has done so far."""
+
+    epoch: int = 0
+    batch: int = 0
+    objects_seen: int = 0
+    seconds: float = 0.0
+    best: float = -math.inf
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _resume(
+    out: Path,
+    plugin: StableSamPlugin,
+    opt: torch.optim.Optimizer,
+    settings: StableTrainSettings,
+    n_objects: int,
+    log: Callable[[str], None],
+) -> _Position:
+    ckpt = load_checkpoint(out / "last")
+    saved = dict(ckpt.config.get("settings", {}))
+    mine = asdict(settings)
+    differ = sorted(
+        k
+        for k in mine
+        if k != "epochs" and k in saved and _jsonable(saved[k]) != _jsonable(mine[k])
+    )
+    if differ:
+        raise InputError(
+            f"{out / 'last'}: cannot resume with other settings ({', '.join(differ)} differ)"
+        )
+    if int(ckpt.extra.get("objects", n_objects)) != n_objects:
+        raise InputError(
+            f"{out / 'last'}: trained on {ckpt.extra['objects']} objects, now {n_objects}; "
+            "resume needs the same data"
+        )
+    plugin.load_state_dict(ckpt.model, strict=True)
+    if ckpt.optimizer is not None:
+        opt.load_state_dict(ckpt.optimizer)
+    pos = ckpt.extra["position"]
+    position = _Position(
+        epoch=int(pos["epoch"]),
+        batch=int(pos["batch"]),
+        objects_seen=int(ckpt.extra["objects_seen"]),
+        seconds=float(ckpt.extra["seconds"]),
+        best=float(ckpt.extra.get("best", -math.inf)),
+        history=list(ckpt.extra.get("history", [])),
+    )
+    log(
+        f"resumed from {out / 'last'}: epoch {position.epoch}, batch {position.batch}, "
+        f"{position.objects_seen} objects seen"
+    )
+    return position
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _epoch_batches(n_objects: int, settings: StableTrainSettings, epoch: int) -> list[np.ndarray]:
+    order = np.random.default_rng([settings.seed, epoch]).permutation(n_objects)
+    if settings.max_objects_per_epoch is not None:
+        order = order[: settings.max_objects_per_epoch]
+    return [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
+
+
 def train_stable(
     plugin: StableSamPlugin,
     predictor: Predictor,
-    dataset: Dataset,
+    objects: Sequence[ObjectItem] | Dataset,
     settings: StableTrainSettings | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     *,
     val_items: Sequence[ObjectItem] | None = None,
-    val_kinds: Sequence[str] = ("noisy_box", "points_1"),
+    val_kinds: Sequence[str] = ("gt_box", "noisy_box", "points_1"),
     val_b: int = 5,
+    val_every: int | None = None,
+    resume: bool = False,
     config: dict[str, Any] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train ``plugin`` on ``dataset``'s objects with RTS prompts; return a summary.
+    """Train ``plugin`` on ``objects`` with RTS prompts; return a summary.
 
-    ``predictor`` (with its embedding cache) supplies the frozen SAM and image embeddings.
-    The plugin is attached for training (and detached afterwards if this call attached it).
-    With ``out_dir``, ``last`` (with optimizer state) is written after every epoch and
-    ``best`` (highest mean validation mIoU over ``val_kinds``, or the last epoch without
-    ``val_items``); ``config`` entries are added to the checkpoints' JSON.
+    ``objects`` is a sequence of :class:`ObjectItem` (e.g. :class:`TrainingObjects`, loaded
+    when drawn) or a dataset (its class masks). ``predictor`` (with its embedding cache)
+    supplies the frozen SAM and image embeddings. The plugin is attached for training (and
+    detached afterwards if this call attached it).
+
+    Every batch draws its prompts from a generator seeded by ``(seed, epoch, batch)``, so a
+    run stopped anywhere and resumed from ``out_dir/last`` (``resume=True``) continues
+    exactly as the uninterrupted run would. Validation on ``val_items`` (mean mIoU over
+    ``val_kinds``) runs every ``val_every`` objects and at the end of each epoch; each
+    validation appends a point to the learning curve (``history``: objects seen, loss since
+    the previous point, validation mIoU per kind; the first point, before any step, is plain
+    SAM's) and writes ``last`` (with optimizer
+    state and position) and, when it improves, ``best``. Without ``val_items`` a point is
+    written at the same times and ``best`` is the latest.
     """
     settings = settings or StableTrainSettings()
+    objects = _objects_of(objects, settings)
+    if len(objects) == 0:
+        raise InputError("no training objects")
+    if val_every is not None and val_every < 1:
+        raise InputError("val_every must be a positive number of objects")
     sam = predictor.model
-    slots = [(i, c) for i, s in enumerate(dataset.samples) for c in sorted(s.classes)]
-    if not slots:
-        raise InputError("the training dataset has no (image, class) pair")
     torch.manual_seed(settings.seed)
-    handle: StablePluginHandle | None = None
     if is_attached(sam):
         _check_own_attachment(sam, plugin)
-    else:
-        handle = attach_stable_plugin(sam, plugin)
-    plain = Predictor(sam, cache=None, mask_threshold=predictor.mask_threshold)
     trainable = [p for p in plugin.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
     out = None if out_dir is None else Path(out_dir)
-    history: list[dict[str, Any]] = []
-    best = -math.inf
-    t_start = time.perf_counter()
-    objects_done = 0
-    try:
-        for epoch in range(settings.epochs):
-            rng = np.random.default_rng([settings.seed, epoch])
-            order = rng.permutation(len(slots))
-            if settings.max_objects_per_epoch is not None:
-                order = order[: settings.max_objects_per_epoch]
-            batches = [
-                order[i : i + settings.batch_size]
-                for i in range(0, len(order), settings.batch_size)
-            ]
+    if resume and out is not None and (out / "last.json").is_file():
+        position = _resume(out, plugin, opt, settings, len(objects), log)
+    else:
+        position = _Position()
+    handle = None if is_attached(sam) else attach_stable_plugin(sam, plugin)
+    plain = Predictor(sam, cache=None, mask_threshold=predictor.mask_threshold)
+    cfg = {**(config or {}), "settings": asdict(settings)}
+    t_start = time.perf_counter() - position.seconds
+    interval = {"loss": 0.0, "used": 0, "skipped": 0, "kinds": {}}
+    next_val = None if val_every is None else (position.objects_seen // val_every + 1) * val_every
+
+    def checkpoint(epoch: int, batch: int, n_batches: int) -> None:
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "batch": batch,
+            "objects_seen": position.objects_seen,
+            "loss": interval["loss"] / interval["used"] if interval["used"] else math.nan,
+            "objects": interval["used"],
+            "skipped": interval["skipped"],
+            "kinds": dict(sorted(interval["kinds"].items())),
+        }
+        if val_items:
+            plugin.eval()
+            report = evaluate_robustness(
+                predictor, val_items, val_kinds, b=val_b, seed=settings.seed
+            )
             plugin.train()
-            t0 = time.perf_counter()
-            total, used, skipped = 0.0, 0, 0
-            kinds: dict[str, int] = {}
-            bar = tqdm(batches, desc=f"stable epoch {epoch}", unit="batch", disable=not progress)
-            for batch in bar:
+            record["val"] = {k: v["miou"] for k, v in report["kinds"].items()}
+            record["val_miou"] = float(np.nanmean(list(record["val"].values())))
+        position.seconds = time.perf_counter() - t_start
+        record["seconds"] = position.seconds
+        position.history.append(record)
+        interval.update(loss=0.0, used=0, skipped=0, kinds={})
+        position.epoch, position.batch = (epoch + 1, 0) if batch >= n_batches else (epoch, batch)
+        score = record.get("val_miou", float(len(position.history)))
+        improved = score > position.best
+        position.best = max(position.best, score)
+        if out is not None:
+            extra = {
+                "position": {"epoch": position.epoch, "batch": position.batch},
+                "objects_seen": position.objects_seen,
+                "objects": len(objects),
+                "seconds": position.seconds,
+                "history": position.history,
+                "best": position.best,
+            }
+            if improved:
+                save_stable_plugin(out / "best", plugin, sam, extra=extra, config=cfg)
+            save_stable_plugin(
+                out / "last", plugin, sam, optimizer=opt.state_dict(), extra=extra, config=cfg
+            )
+        log(
+            f"epoch {epoch} batch {batch}: objects_seen={position.objects_seen} "
+            f"loss={record['loss']:.4g} seconds={position.seconds:.0f}"
+            + (f" val_miou={record['val_miou']:.4g}" if "val_miou" in record else "")
+            + (
+                " " + " ".join(f"{k}={v:.4g}" for k, v in record["val"].items())
+                if "val" in record
+                else ""
+            )
+        )
+
+    try:
+        if not position.history and settings.epochs > 0:
+            # the curve's first point: the zero-offset plugin, i.e. plain SAM
+            checkpoint(0, 0, len(_epoch_batches(len(objects), settings, 0)))
+        for epoch in range(position.epoch, settings.epochs):
+            batches = _epoch_batches(len(objects), settings, epoch)
+            first = position.batch if epoch == position.epoch else 0
+            plugin.train()
+            bar = tqdm(
+                range(first, len(batches)),
+                desc=f"stable epoch {epoch}",
+                unit="batch",
+                disable=not progress,
+            )
+            for b in bar:
+                rng = np.random.default_rng([settings.seed, epoch, b])
                 losses = []
-                for slot_index in batch:
-                    item = _draw_object(dataset, slots[int(slot_index)], settings, rng)
-                    if item is None:
-                        skipped += 1
-                        continue
+                for index in batches[b]:
+                    item = objects[int(index)]
                     embedding, geometry, item = _embed(predictor, plain, item, settings, rng)
                     kind = choose_kind(settings, rng)
                     try:
@@ -271,66 +397,44 @@ def train_stable(
                             kind, item.mask, rng, min_iou=settings.noisy_box_min_iou
                         )
                     except InputError:  # e.g. no box in a box_iou_* range for this object
-                        skipped += 1
+                        interval["skipped"] += 1
                         continue
-                    kinds[kind] = kinds.get(kind, 0) + 1
+                    interval["kinds"][kind] = interval["kinds"].get(kind, 0) + 1
                     losses.append(
                         object_loss(sam, embedding, geometry, prompt, item.mask, item.ignore)
                     )
-                if not losses:
-                    continue
-                loss = torch.stack(losses).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if settings.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
-                opt.step()
-                total += float(loss.detach()) * len(losses)
-                used += len(losses)
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-            plugin.eval()
-            objects_done += used
-            record: dict[str, Any] = {
-                "epoch": epoch,
-                "loss": total / used if used else math.nan,
-                "objects": used,
-                "skipped": skipped,
-                "seconds": time.perf_counter() - t0,
-                "kinds": dict(sorted(kinds.items())),
-            }
-            if val_items:
-                report = evaluate_robustness(
-                    predictor, val_items, val_kinds, b=val_b, seed=settings.seed
-                )
-                record["val"] = {k: v["miou"] for k, v in report["kinds"].items()}
-                record["val_miou"] = float(np.nanmean(list(record["val"].values())))
-            history.append(record)
-            log(
-                f"epoch {epoch}: loss={record['loss']:.4g} objects={used} "
-                f"seconds={record['seconds']:.1f}"
-                + (f" val_miou={record['val_miou']:.4g}" if "val_miou" in record else "")
-            )
-            if out is not None:
-                score = record.get("val_miou", float(epoch))
-                extra = {"epoch": epoch, "history": history, "best": max(best, score)}
-                cfg = {**(config or {}), "settings": asdict(settings)}
-                if score > best:
-                    save_stable_plugin(out / "best", plugin, sam, extra=extra, config=cfg)
-                save_stable_plugin(
-                    out / "last", plugin, sam, optimizer=opt.state_dict(), extra=extra, config=cfg
-                )
-            best = max(best, record.get("val_miou", float(epoch)))
+                if losses:
+                    loss = torch.stack(losses).mean()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if settings.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
+                    opt.step()
+                    interval["loss"] += float(loss.detach()) * len(losses)
+                    interval["used"] += len(losses)
+                    position.objects_seen += len(losses)
+                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                if (
+                    next_val is not None
+                    and position.objects_seen >= next_val
+                    and b + 1 < len(batches)
+                ):
+                    checkpoint(epoch, b + 1, len(batches))
+                    while next_val <= position.objects_seen:
+                        next_val += val_every  # type: ignore[operator]
+            checkpoint(epoch, len(batches), len(batches))
     finally:
         plugin.eval()
         if handle is not None:
             handle.detach()
-    seconds = time.perf_counter() - t_start
+    curve = [r for r in position.history if "val_miou" in r]
     return {
-        "history": history,
-        "best": best if val_items else None,
-        "objects": objects_done,
-        "seconds": seconds,
-        "seconds_per_object": seconds / max(objects_done, 1),
+        "history": position.history,
+        "best": max((r["val_miou"] for r in curve), default=None),
+        "objects": len(objects),
+        "objects_seen": position.objects_seen,
+        "seconds": position.seconds,
+        "seconds_per_object": position.seconds / max(position.objects_seen, 1),
         "parameters": count_parameters(plugin),
         "checkpoint": None if out is None else str(out / "best"),
         "settings": asdict(settings),
