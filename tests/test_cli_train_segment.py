@@ -70,6 +70,13 @@ def test_train_writes_a_loadable_checkpoint_with_its_config(run):
     assert config["fold"] == 0 and config["train_classes"] == [2, 4]
     summary = json.loads((tmp / "prosam" / "summary.json").read_text())
     assert len(summary["history"]) == 1 and "val_miou" in summary["history"][0]
+    record = summary["history"][0]
+    assert record["reference_gain"] == pytest.approx(
+        record["val_miou"] - record["val_miou_wrong_reference"]
+    )
+    assert 0.0 <= record["prediction_overlap"] <= 1.0
+    best = json.loads((tmp / "prosam" / "best.json").read_text())
+    assert "reference_gain" in best["extra"]["history"][0]
 
 
 def test_eval_and_segment_with_the_trained_checkpoint(run, tmp_path):
@@ -89,11 +96,19 @@ def test_eval_and_segment_with_the_trained_checkpoint(run, tmp_path):
                 str(val),
                 "--json",
                 str(tmp_path / "r.json"),
+                "--wrong-reference",
                 "--no-progress",
             ]
         )
         == 0
     )
+    dep = json.loads((tmp_path / "r.json").read_text())["reference_dependence"]
+    assert set(dep) == {
+        "miou_fss",
+        "miou_fss_wrong_reference",
+        "reference_gain",
+        "prediction_overlap",
+    }
     ref = root / "train" / "img000.png"
     mask = np.zeros((48, 64), np.uint8)
     mask[10:30, 10:40] = 255

@@ -90,3 +90,72 @@ def test_reference_annotations_are_reproducible_and_per_reference(dataset):
     assert (a1 <= mask).all()
     full, mask = reference_annotation(sample, 1, "mask", seed=5)
     assert np.array_equal(full, mask)
+
+
+class RowsFromReference:
+    """Predicts the top rows of the low-res grid, as many as the reference's annotated
+    fraction says: the prediction depends on the reference and nothing else."""
+
+    name = "rows"
+
+    def fit(self, references):
+        self.rows = 1 + int(31 * references[0].annotation.mean())
+
+    def predict(self, target):
+        logits = torch.full((1, 32, 32), -10.0)
+        logits[:, : self.rows] = 10.0
+        return MethodOutput(logits, 1.0)
+
+
+def test_wrong_reference_episodes_take_the_next_other_class(dataset):
+    from prosam.errors import InputError
+    from prosam.evaluation.evaluate import wrong_reference_episodes
+
+    episodes = make_episodes(dataset, [1, 2, 3], n=9, seed=4)
+    wrong = wrong_reference_episodes(episodes)
+    for i, (ep, other) in enumerate(zip(episodes, wrong, strict=True)):
+        assert other.class_id != ep.class_id
+        later = [episodes[(i + k) % 9] for k in range(1, 9)]
+        assert other is next(e for e in later if e.class_id != ep.class_id)
+    with pytest.raises(InputError, match="two classes"):
+        wrong_reference_episodes(make_episodes(dataset, [1], n=3, seed=0))
+
+
+def test_reference_dependence_of_blind_and_reading_methods(dataset, tiny_sam):
+    from prosam.evaluation.evaluate import wrong_reference_episodes
+    from prosam.evaluation.references import episode_inputs
+    from prosam.metrics import mask_iou
+    from prosam.sam.transforms import original_size_mask
+
+    predictor = Predictor(tiny_sam)
+    episodes = make_episodes(dataset, [1, 2, 3], n=8, seed=3)
+    blind = evaluate_episodes(
+        Everything(), predictor, episodes, progress=False, wrong_reference=True
+    )
+    dep = blind.reference_dependence()
+    assert dep["reference_gain"] == pytest.approx(0.0) and dep["prediction_overlap"] == 1.0
+    assert dep["miou_fss_wrong_reference"] == pytest.approx(dep["miou_fss"])
+    assert evaluate_episodes(Everything(), predictor, episodes, progress=False).wrong is None
+
+    method = RowsFromReference()
+    result = evaluate_episodes(method, predictor, episodes, progress=False, wrong_reference=True)
+    overlaps, wrong_ious = [], []
+    for ep, other in zip(episodes, wrong_reference_episodes(episodes), strict=True):
+        refs, target, truth, ignore = episode_inputs(ep, predictor)
+        masks = []
+        for references in (refs, episode_inputs(other, predictor)[0]):
+            method.fit(references)
+            logits = method.predict(target).low_res_logits
+            masks.append(original_size_mask(logits, target.embedded.geometry))
+        overlaps.append(mask_iou(masks[0], masks[1]))
+        wrong_ious.append(mask_iou(masks[1], truth, ignore))
+    assert [r["prediction_overlap"] for r in result.records] == pytest.approx(overlaps)
+    assert [r["iou_wrong_reference"] for r in result.records] == pytest.approx(wrong_ious)
+    dep = result.reference_dependence()
+    assert (
+        dep["prediction_overlap"] == pytest.approx(np.mean(overlaps))
+        and dep["prediction_overlap"] < 1
+    )
+    assert dep["reference_gain"] == pytest.approx(
+        dep["miou_fss"] - result.wrong.summary()["miou_fss"]
+    )

@@ -51,6 +51,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--limit", type=int, default=None, help="only the first N episodes")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--boundary", action="store_true", help="also compute boundary IoU")
+    f.add_argument(
+        "--wrong-reference",
+        action="store_true",
+        help="also predict each target from a reference of another class: reference gain "
+        "and prediction overlap",
+    )
     f.add_argument("--json", required=True, help="write results here")
     f.add_argument("--no-progress", action="store_true")
     add_model_args(f)
@@ -186,6 +192,13 @@ def _fss_table(report: dict[str, Any], names: dict[int, str]) -> str:
         f"{'mean per-episode IoU':<31}{100 * s['miou_per_episode']:>10.1f}"
         f"{100 * ws['miou_per_episode']:>10.1f}",
     ]
+    dep = report.get("reference_dependence")
+    if dep:
+        lines += [
+            f"{'mIoU, wrong-class reference':<31}{100 * dep['miou_fss_wrong_reference']:>10.1f}",
+            f"{'reference gain (points)':<31}{100 * dep['reference_gain']:>10.1f}",
+            f"{'prediction overlap (IoU)':<31}{dep['prediction_overlap']:>10.2f}",
+        ]
     return "\n".join(lines)
 
 
@@ -211,6 +224,7 @@ def cmd_eval_fss(args: argparse.Namespace) -> int:
         episodes,
         boundary=args.boundary,
         progress=not args.no_progress,
+        wrong_reference=args.wrong_reference,
     )
     wall = time.perf_counter() - t_start
 
@@ -245,6 +259,7 @@ def cmd_eval_fss(args: argparse.Namespace) -> int:
         ),
         "original_size": block(result.original),
         "working_resolution": block(result.working),
+        "reference_dependence": result.reference_dependence(classes) or None,
         "timing": timing(result, wall, cache),
         "episodes": result.records,
     }

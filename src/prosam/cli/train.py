@@ -50,6 +50,13 @@ def add_parser(
         default=None,
         help="episode file to choose the best checkpoint on (never the test list)",
     )
+    p.add_argument(
+        "--val-wrong-reference",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also validate with a reference of another class and report the reference gain "
+        "and prediction overlap (default on; doubles the validation time)",
+    )
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--backbone-checkpoint", default=None)
     p.add_argument("--backbone-input", type=int, default=512)
@@ -78,7 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from prosam.backbones import build_backbone
     from prosam.core.files import cache_root
     from prosam.data.episodes import load_episodes
-    from prosam.evaluation.evaluate import validation_miou
+    from prosam.evaluation.evaluate import validation_miou, validation_scores
     from prosam.io import write_bytes_atomic
     from prosam.methods.prompt_encoder.feature_store import FeatureStore
     from prosam.methods.prompt_encoder.method import PromptEncoderMethod
@@ -133,10 +140,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{args.backbone}:{args.backbone_checkpoint or 'default'}",
     )
     validate = None
+    wrong_reference = args.val_wrong_reference
+    if val_episodes and wrong_reference and len({e.class_id for e in val_episodes}) < 2:
+        print("validation episodes of one class: no wrong-reference validation", flush=True)
+        wrong_reference = False
     if val_episodes:
 
-        def validate(net: PromptNetwork) -> float:
+        def validate(net: PromptNetwork) -> float | dict[str, float]:
             method = PromptEncoderMethod(model_sam, backbone, net, features=store.features)
+            if wrong_reference:
+                return validation_scores(method, store.predictor, val_episodes, val_classes)
             return validation_miou(method, store.predictor, val_episodes, val_classes)
 
     run_config = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,15 +113,16 @@ def train(
     out_dir: str | Path,
     *,
     config: dict[str, Any],
-    validate: Callable[[PromptNetwork], float] | None = None,
+    validate: Callable[[PromptNetwork], float | Mapping[str, float]] | None = None,
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train ``model``; write ``last`` and ``best`` checkpoints to ``out_dir``; return a summary.
 
-    ``best`` is the epoch of highest ``validate(model)`` (``prosam train`` passes the FSS
-    mIoU on validation episodes, :func:`prosam.evaluation.evaluate.validation_miou`);
+    ``best`` is the epoch of highest ``validate(model)``, a number or a mapping whose
+    ``val_miou`` counts (``prosam train`` passes the FSS mIoU on validation episodes with the
+    reference dependence, :func:`prosam.evaluation.evaluate.validation_scores`);
     without it, of lowest training loss. ``validate`` runs in eval mode and no-grad; the
     model is put back in training mode after it. ``config`` goes into every checkpoint's
     JSON.
@@ -186,7 +187,11 @@ def train(
         if validate is not None and rank == 0:
             model.eval()
             with torch.no_grad():
-                record["val_miou"] = float(validate(model))
+                scores = validate(model)
+            if isinstance(scores, Mapping):
+                record.update({k: float(v) for k, v in scores.items()})
+            else:
+                record["val_miou"] = float(scores)
             model.train()
         history.append(record)
         log(
@@ -195,9 +200,9 @@ def train(
             )
         )
         if writer is not None:
-            for key in ("loss", "val_miou", "lr"):
-                if key in record:
-                    writer.add_scalar(key, record[key], epoch)
+            for key, value in record.items():
+                if key not in ("epoch", "seconds") and isinstance(value, float):
+                    writer.add_scalar(key, value, epoch)
         if rank == 0:
             score = record.get("val_miou", -record["loss"])
             extra = {
