@@ -49,3 +49,35 @@ def write_coco_fixture(root: Path, images: int = 8, seed: int = 0) -> Path:
         doc["images"].append({"id": i, "file_name": name, "height": h, "width": w})
     (root / "annotations" / "instances_train.json").write_text(json.dumps(doc))
     return root
+
+
+def write_boxes_coco(
+    root: Path, categories: list[str], images: dict[str, list[tuple[str, tuple[int, ...]]]]
+) -> Path:
+    """A single-split COCO folder (``annotations/instances.json`` + ``images/``) of 40x60
+    images, each holding the named classes as filled boxes ``(x0, y0, x1, y1)``."""
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    ids = {name: i + 1 for i, name in enumerate(categories)}
+    doc: dict = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": i, "name": n} for n, i in ids.items()],
+    }
+    for i, (file_name, objects) in enumerate(images.items()):
+        Image.fromarray(np.full((40, 60, 3), 10 * i, np.uint8)).save(root / "images" / file_name)
+        doc["images"].append({"id": i, "file_name": file_name, "height": 40, "width": 60})
+        for name, (x0, y0, x1, y1) in objects:
+            doc["annotations"].append(
+                {
+                    "id": len(doc["annotations"]) + 1,
+                    "image_id": i,
+                    "category_id": ids[name],
+                    "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]],
+                    "area": float((x1 - x0) * (y1 - y0)),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "iscrowd": 0,
+                }
+            )
+    (root / "annotations" / "instances.json").write_text(json.dumps(doc))
+    return root

@@ -153,3 +153,44 @@ def test_train_classes_all_is_honoured_and_novel_refused(run, tmp_path, capsys):
         main([*base, "--classes", "all", "--val-episodes", str(val), "--out", str(tmp_path / "v")])
         != 0
     )
+
+
+def test_train_with_extra_data_and_an_episode_mix(run, tmp_path, capsys):
+    from tests.fixtures_coco import write_boxes_coco
+
+    _, _, common, _ = run
+    extra = write_boxes_coco(
+        tmp_path / "more",
+        ["bar", "dot", "grass"],
+        {f"e{i}.jpg": [("bar", (0, 0, 30, 20)), ("dot", (35, 5, 55, 35))] for i in range(3)},
+    )
+    args = [
+        "train",
+        *common,
+        "--method",
+        "vrp",
+        "--epochs",
+        "1",
+        "--episodes-per-epoch",
+        "8",
+        "--backbone-input",
+        "64",
+        "--extra-data",
+        f"coco:{extra}",
+        "--paired",
+        "0.5",
+        "--absent",
+        "0.25",
+        "--out",
+        str(tmp_path / "mix"),
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "3 images joined" in out and "dropped: grass" in out
+    config = json.loads((tmp_path / "mix" / "best.json").read_text())["config"]
+    assert config["extra_data"] == [f"coco:{extra}"]
+    summary = json.loads((tmp_path / "mix" / "summary.json").read_text())
+    assert summary["settings"]["paired_fraction"] == 0.5
+    assert main([*args[:-3], "--paired", "0.9", "--out", str(tmp_path / "bad")]) != 0
+    assert "sum to at most 1" in capsys.readouterr().err

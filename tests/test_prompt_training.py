@@ -173,3 +173,51 @@ def test_prosam_mean_prompt_starts_as_its_vrp_prompt(backbone):
         assert not torch.allclose(other.mean_prompts(feats, ann, feats), vrp)
     with pytest.raises(ValueError, match="init_mu"):
         _model("prosam", backbone, init_mu="zeros")
+
+
+@pytest.mark.parametrize("method", ["vrp", "prosam"])
+def test_resume_reproduces_an_uninterrupted_run(method, backbone, tiny_sam, dataset, tmp_path):
+    store = FeatureStore(Predictor(tiny_sam), backbone, 64, tmp_path / "feat", "b")
+    mix = {"paired_fraction": 0.5, "absent_fraction": 0.25}
+
+    def run(out, epochs, resume=False):
+        model = _model(method, backbone)
+        settings = TrainSettings(epochs=epochs, episodes_per_epoch=4, batch_size=2, lr=1e-2, **mix)
+        train(
+            model,
+            tiny_sam,
+            store,
+            dataset,
+            [1, 2, 3],
+            settings,
+            out,
+            config={},
+            resume=resume,
+            progress=False,
+            log=lambda _: None,
+        )
+        return model
+
+    whole = run(tmp_path / "whole", 2)
+    run(tmp_path / "cut", 1)
+    resumed = run(tmp_path / "cut", 2, resume=True)
+    start = _model(method, backbone).state_dict()
+    changed = [k for k, v in whole.state_dict().items() if not torch.equal(v, start[k])]
+    assert changed
+    for k, v in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=1e-6)
+
+
+def test_epoch_units_keep_pairs_together(dataset):
+    from prosam.methods.prompt_encoder.train import epoch_units
+
+    settings = TrainSettings(episodes_per_epoch=20, paired_fraction=0.6, absent_fraction=0.2)
+    units = epoch_units(dataset, [1, 2, 3, 4], settings, 0)
+    pairs = [u for u in units if len(u) == 2]
+    assert len(pairs) == 6 and all(a.target is b.target for a, b in pairs)
+    flat = epoch_episodes(dataset, [1, 2, 3, 4], settings, 0)
+    assert flat == [e for u in units for e in u]
+    plain = TrainSettings(episodes_per_epoch=20)
+    assert all(len(u) == 1 for u in epoch_units(dataset, [1, 2, 3, 4], plain, 0))
+    with pytest.raises(Exception, match="sum to at most 1"):
+        TrainSettings(paired_fraction=0.9, absent_fraction=0.2)

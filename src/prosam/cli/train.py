@@ -43,6 +43,27 @@ def add_parser(
     p.add_argument("--restart-every", type=int, default=15)
     p.add_argument("--seed", type=int, default=321)
     p.add_argument(
+        "--extra-data",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="more training images (e.g. coco:../shared/data/msrc-v2), their classes joined "
+        "to --data's by name and following its folds; unmatched classes are dropped "
+        "(repeatable)",
+    )
+    for kind, what in (
+        ("paired", "a target with two training classes, seen with a reference of each"),
+        ("absent", "a target without the reference's class (empty ground truth)"),
+        ("distractor", "a target where another class covers more than the reference's"),
+    ):
+        p.add_argument(
+            f"--{kind}",
+            type=float,
+            default=0.0,
+            metavar="FRACTION",
+            help=f"fraction of {kind} episodes: {what} (default 0)",
+        )
+    p.add_argument(
         "--annotation", default="mask", choices=["point", "scribble", "box", "mask", "mixed"]
     )
     p.add_argument(
@@ -85,6 +106,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from prosam.backbones import build_backbone
     from prosam.core.files import cache_root
     from prosam.data.episodes import load_episodes
+    from prosam.data.merge import merge_by_class_name
+    from prosam.data.specs import load_dataset_spec
     from prosam.evaluation.evaluate import validation_miou, validation_scores
     from prosam.io import write_bytes_atomic
     from prosam.methods.prompt_encoder.feature_store import FeatureStore
@@ -99,6 +122,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             "--classes base (the protocol) or all (a model for users, nothing held out)"
         )
     dataset, classes, scheme = dataset_and_classes(args)
+    for spec in args.extra_data:
+        extra = load_dataset_spec(spec, min_area_fraction=args.min_area)
+        name = Path(spec.partition(":")[2].split(",")[0]).name or "extra"
+        dataset, dropped = merge_by_class_name(dataset, extra, prefix=f"{name}/")
+        print(
+            f"{spec}: {dataset.stats['extra_images']} images joined"
+            + (f"; classes without a counterpart dropped: {', '.join(dropped)}" if dropped else ""),
+            flush=True,
+        )
     model_sam, cache = load_model(args)
     backbone = build_backbone(args.backbone, weights=args.backbone_checkpoint)
     backbone.to(model_sam.device)
@@ -130,6 +162,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         restart_every=args.restart_every,
         seed=args.seed,
         annotation=args.annotation,
+        paired_fraction=args.paired,
+        absent_fraction=args.absent,
+        distractor_fraction=args.distractor,
     )
     feature_root = cache_root(args.cache_dir) / "features"
     store = FeatureStore(
@@ -161,6 +196,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "sam_weights_sha256": model_sam.weights_sha256,
         "sam_embed_dim": model_sam.embed_dim,
         "data": args.data,
+        "extra_data": args.extra_data,
         "fold": args.fold,
         "folds": args.folds,
         "scheme": scheme,

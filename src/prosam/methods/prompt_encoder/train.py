@@ -30,6 +30,13 @@ from prosam.data.episodes import (
     reference_annotation,
     split_for_rank,
 )
+from prosam.data.training_episodes import (
+    ClassAreas,
+    EpisodeMix,
+    batch_units,
+    episode_truth,
+    mixed_episode_units,
+)
 from prosam.data.types import ANNOTATION_KINDS, Dataset, Episode
 from prosam.errors import InputError
 from prosam.methods.prompt_encoder.feature_store import FeatureStore
@@ -54,9 +61,18 @@ class TrainSettings:
     seed: int = 321
     annotation: str = "mask"  # a kind, or "mixed"
     grad_clip: float | None = None
+    paired_fraction: float = 0.0
+    absent_fraction: float = 0.0
+    distractor_fraction: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def mix(self) -> EpisodeMix:
+        """The episode kinds of an epoch (:mod:`prosam.data.training_episodes`)."""
+        return EpisodeMix(self.paired_fraction, self.absent_fraction, self.distractor_fraction)
+
     def __post_init__(self) -> None:
+        _ = self.mix  # validates the fractions
         if self.annotation not in (*ANNOTATION_KINDS, "mixed"):
             raise InputError(f"annotation must be one of {ANNOTATION_KINDS} or 'mixed'")
         if self.scheduler not in ("cosine", "cosine_restarts"):
@@ -71,23 +87,55 @@ def _scheduler(
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(s.epochs, 1))
 
 
+def epoch_units(
+    dataset: Dataset,
+    classes: Sequence[int],
+    settings: TrainSettings,
+    epoch: int,
+    areas: ClassAreas | None = None,
+) -> list[tuple[Episode, ...]]:
+    """This epoch's training episodes as units (a paired episode's two halves form one
+    unit, see :mod:`prosam.data.training_episodes`), seeded by ``seed`` and ``epoch``.
+    Without paired, absent or distractor fractions these are :func:`make_episodes`'s."""
+    seed = settings.seed * 100_003 + epoch
+    kind = "mask" if settings.annotation == "mixed" else settings.annotation
+    mix = settings.mix
+    if mix.standard >= 1.0:
+        units = [
+            (e,)
+            for e in make_episodes(
+                dataset, classes, n=settings.episodes_per_epoch, shots=1, seed=seed, annotation=kind
+            )
+        ]
+    else:
+        units = mixed_episode_units(
+            dataset, classes, settings.episodes_per_epoch, mix, seed, kind, areas
+        )
+    if settings.annotation == "mixed":
+        rng = np.random.default_rng(seed)
+        kinds = iter(rng.choice(ANNOTATION_KINDS, size=sum(len(u) for u in units)))
+        units = [
+            tuple(
+                Episode(
+                    e.references,
+                    e.target,
+                    e.class_id,
+                    e.class_name,
+                    str(next(kinds)),
+                    e.annotation_seed,
+                )
+                for e in unit
+            )
+            for unit in units
+        ]
+    return units
+
+
 def epoch_episodes(
     dataset: Dataset, classes: Sequence[int], settings: TrainSettings, epoch: int
 ) -> list[Episode]:
-    """This epoch's training episodes (seeded by ``seed`` and ``epoch``)."""
-    seed = settings.seed * 100_003 + epoch
-    kind = "mask" if settings.annotation == "mixed" else settings.annotation
-    episodes = make_episodes(
-        dataset, classes, n=settings.episodes_per_epoch, shots=1, seed=seed, annotation=kind
-    )
-    if settings.annotation == "mixed":
-        rng = np.random.default_rng(seed)
-        kinds = rng.choice(ANNOTATION_KINDS, size=len(episodes))
-        episodes = [
-            Episode(e.references, e.target, e.class_id, e.class_name, str(k), e.annotation_seed)
-            for e, k in zip(episodes, kinds, strict=True)
-        ]
-    return episodes
+    """This epoch's training episodes, in order (:func:`epoch_units` flattened)."""
+    return [e for unit in epoch_units(dataset, classes, settings, epoch) for e in unit]
 
 
 class _TrainingPrompts(torch.nn.Module):
@@ -155,13 +203,16 @@ def train(
     writer = _tensorboard(out / "tensorboard") if rank == 0 else None
     t_train = 0.0
     episodes_done = 0
+    areas = ClassAreas(dataset)  # computed once, for distractor episodes
     for epoch in range(start, settings.epochs):
+        # seeded per epoch, so a resumed run draws what an uninterrupted one would (ProSAM's
+        # Monte-Carlo samples)
+        torch.manual_seed(settings.seed * 100_003 + epoch + 7919 * rank)
+        random.seed(settings.seed * 100_003 + epoch + 7919 * rank)
         model.train()
-        episodes = split_for_rank(epoch_episodes(dataset, classes, settings, epoch), rank, world)
-        batches = [
-            episodes[i : i + settings.batch_size]
-            for i in range(0, len(episodes), settings.batch_size)
-        ]
+        units = split_for_rank(epoch_units(dataset, classes, settings, epoch, areas), rank, world)
+        batches = batch_units(units, settings.batch_size)
+        episodes = [e for batch in batches for e in batch]
         t0 = time.perf_counter()
         total = 0.0
         bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not progress or rank)
@@ -252,7 +303,7 @@ def episode_loss(
         _, emb, feats = store.sample(ep.target)
         tgts.append(feats)
         embs.append(emb)
-        truths.append(ep.target.mask(ep.class_id))
+        truths.append(episode_truth(ep))
     prompts = prompt_fn(stack_features(refs), torch.cat(anns).to(device), stack_features(tgts))
     logits, _ = decode_prompt_logits(sam, torch.cat([e.embedding for e in embs]), prompts)
     low = logits.shape[-1]
