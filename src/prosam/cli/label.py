@@ -84,6 +84,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the list's folder)",
     )
     p.add_argument("--recursive", action="store_true", help="look into sub-folders too")
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="video targets: label this many frames per second (default: every frame)",
+    )
+    p.add_argument(
+        "--every", type=int, default=None, metavar="N", help="video targets: every N-th frame"
+    )
+    p.add_argument(
+        "--overlay-video",
+        action="store_true",
+        help="video targets: also write OUT/overlay-video/<video>.mp4 with the masks drawn",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--format",
@@ -165,6 +179,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_label(args: argparse.Namespace) -> int:
     """Run (or finalize) a labelling job; status 1 when a target failed."""
     from prosam.label.job import finalize_outputs
+    from prosam.label.video_targets import video_targets, write_overlay_videos
 
     if args.finalize:
         result = finalize_outputs(args.out, args.formats)
@@ -177,10 +192,17 @@ def cmd_label(args: argparse.Namespace) -> int:
     check_output_dir(args.out)
     references, classes = references_from_args(args)
     if not args.targets:
-        raise InputError("give target images, folders or @list.txt")
-    targets = expand_label_targets(args.targets, recursive=args.recursive, out=args.out)
+        raise InputError("give target images, folders, videos or @list.txt")
+    videos = video_targets(
+        args.targets, args.out, fps=args.fps, every=args.every, progress=not args.no_progress
+    )
+    if args.overlay_video and not videos.frames:
+        raise InputError("--overlay-video needs a video target")
+    targets = expand_label_targets(videos.others, recursive=args.recursive, out=args.out)
+    targets += videos.paths()
     if not targets:
         raise InputError("no target images found")
+    root = target_root([*videos.others, *map(str, videos.folders)], targets)
     able = [m.name for m in list_methods() if UNCERTAINTY in m.capabilities]
     if args.uncertainty and args.method not in able:
         raise InputError(f"--uncertainty needs a method with an uncertainty map: {', '.join(able)}")
@@ -203,7 +225,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         progress=not args.no_progress,
         restart=args.restart,
-        root=target_root(args.targets, targets),
+        root=root,
     )
     rate = summary.processed / summary.seconds if summary.seconds else 0.0
     i, n = summary.shard
@@ -223,6 +245,11 @@ def cmd_label(args: argparse.Namespace) -> int:
             f"masks to check{estimated}: {os.path.join(args.out, 'review.csv')} "
             f"(contact sheet: prosam review {args.out})"
         )
+    if args.overlay_video and summary.finalized:
+        for path in write_overlay_videos(
+            args.out, videos, targets, root, fps=args.fps, every=args.every
+        ):
+            print(f"overlay video: {path}")
     if summary.failed:
         where = "failures.json" if summary.finalized else "failures"
         print(f"failed targets and why: {os.path.join(args.out, where)}", file=sys.stderr)

@@ -14,6 +14,7 @@ from prosam.errors import InputError
 from prosam.io import write_bytes_atomic
 from prosam.label.prediction import ClassPrediction
 from prosam.label.targets import FileStamp, TargetEntry
+from prosam.label.video import frame_of
 from prosam.label.writers import CocoWriter, LabelMask, decode_mask, encode_mask
 
 RECORD_VERSION = 3
@@ -40,7 +41,14 @@ def make_record(
     stamp: FileStamp,
 ) -> dict[str, Any]:
     """What a finished target leaves in ``records/<key>.json``; ``stamp`` identifies the
-    file that was labelled."""
+    file that was labelled; a video frame (:func:`prosam.label.video.frame_of`) also keeps
+    its video, frame index and time."""
+    frame = frame_of(entry.path)
+    video = (
+        {}
+        if frame is None
+        else {"video": {"file": frame.video, "frame_id": frame.frame_id, "time": frame.time}}
+    )
     return {
         "version": RECORD_VERSION,
         "key": entry.key,
@@ -65,6 +73,7 @@ def make_record(
             for p in predictions
         ],
         "formats": sorted(formats),
+        **video,
     }
 
 
@@ -109,16 +118,31 @@ def write_dataset_files(
         raise InputError(f"{out}: no job.json / targets.json; run the labelling job first")
     coco = CocoWriter(out, job["classes"]) if "coco" in formats else None
     failures, missing = [], []
+    video_ids: dict[str, int] = {}
     for t in targets:
         record = valid_record(out, t["key"], t["file_name"])
         if record is not None:
             if coco is not None:
+                fields = None
+                if isinstance(record.get("video"), dict):
+                    video = record["video"]
+                    if video["file"] not in video_ids:
+                        video_ids[video["file"]] = len(video_ids) + 1
+                        coco.videos.append(
+                            {"id": video_ids[video["file"]], "file_name": Path(video["file"]).name}
+                        )
+                    fields = {
+                        "video_id": video_ids[video["file"]],
+                        "frame_id": video["frame_id"],
+                        "time": video["time"],
+                    }
                 coco.add(
                     t["key"],
                     (record["height"], record["width"]),
                     record_masks(record, decode=False),
                     file_name=t["file_name"],
                     image_id=t["image_id"],
+                    image_fields=fields,
                 )
             continue
         failure = read_json(failure_path(out, t["key"]))

@@ -316,6 +316,7 @@ class CocoWriter:
         self.info = {"description": "prosam label", "version": __version__, **(info or {})}
         self.images: list[dict[str, Any]] = []
         self.annotations: list[dict[str, Any]] = []
+        self.videos: list[dict[str, Any]] = []
 
     def add(
         self,
@@ -326,11 +327,15 @@ class CocoWriter:
         file_name: str | None = None,
         image: ImageSource = None,
         image_id: int | None = None,
+        image_fields: Mapping[str, Any] | None = None,
     ) -> None:
+        """Add an image and its masks; ``image_fields`` are added to its ``images`` entry
+        (a video frame's ``video_id``, ``frame_id``, ``time``)."""
         found = _by_class(self.classes, masks)
         h, w = (int(v) for v in image_size)
         image_id = len(self.images) + 1 if image_id is None else int(image_id)
-        self.images.append({"id": image_id, "file_name": file_name or key, "width": w, "height": h})
+        entry = {"id": image_id, "file_name": file_name or key, "width": w, "height": h}
+        self.images.append({**entry, **(image_fields or {})})
         for c in self.classes:
             if c not in found:
                 continue
@@ -363,8 +368,10 @@ class CocoWriter:
         categories = [
             {"id": i + 1, "name": c, "supercategory": "object"} for i, c in enumerate(self.classes)
         ]
+        videos = {"videos": self.videos} if self.videos else {}
         return {
             "info": self.info,
+            **videos,
             "images": self.images,
             "annotations": self.annotations,
             "categories": categories,
