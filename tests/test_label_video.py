@@ -14,7 +14,6 @@ from PIL import Image
 
 from prosam.cli import main
 from prosam.errors import InputError
-from prosam.label import video as video_module
 from prosam.label.video import extract_frames, frame_of, is_video
 
 
@@ -73,11 +72,16 @@ def test_frame_choice_and_times(clip, tmp_path, options, ids):
     assert frame_of(tmp_path / "f" / "nothing.png") is None
 
 
-def test_extraction_resumes_without_decoding(clip, tmp_path, monkeypatch):
+def test_extraction_resumes_without_decoding(clip, tmp_path):
+    def stamps(frames):
+        return [(f.path.stat().st_ino, f.path.stat().st_mtime_ns) for f in frames]
+
     first = extract_frames(clip, tmp_path / "f", every=4)
-    monkeypatch.setattr(video_module, "_decode", lambda _: pytest.fail("decoded again"))
-    assert extract_frames(clip, tmp_path / "f", every=4) == first
-    monkeypatch.undo()
+    before = stamps(first)
+    again = extract_frames(clip, tmp_path / "f", every=4)
+    assert again == first and stamps(again) == before  # not one frame written again
+    (first[1].path).unlink()
+    assert stamps(extract_frames(clip, tmp_path / "f", every=4))[0] != before[0]  # redone
     assert len(extract_frames(clip, tmp_path / "f", every=6)) == 2  # another choice: redone
 
 
