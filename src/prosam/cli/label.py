@@ -10,6 +10,7 @@ method on all classes at once, calibrated once per job (saved in ``OUT/calibrati
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -159,6 +160,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workers", type=int, default=2, help="image-decoding processes (0: inline)")
     p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="label with a pool of Ray actors (prosam[ray]): alone, on a Ray started here; "
+        "with ADDRESS (or auto), on that cluster (paths must be readable on every node)",
+    )
+    p.add_argument(
+        "--ray-actors", type=int, default=2, help="Ray actors, one model each (default 2)"
+    )
+    p.add_argument(
         "--cache-target-embeddings",
         action="store_true",
         help="also cache the targets' SAM embeddings (references' always are)",
@@ -216,17 +229,46 @@ def cmd_label(args: argparse.Namespace) -> int:
         method_options=options,
         overlaps=args.overlaps,
     )
-    summary = seg.label(
-        targets,
-        args.out,
-        formats=args.formats,
-        shard=args.shard,
-        workers=args.workers,
-        max_pixels=args.max_pixels,
-        progress=not args.no_progress,
-        restart=args.restart,
-        root=root,
-    )
+    if args.ray is not None:
+        from prosam.label.ray_job import label_paths_with_ray
+
+        if args.shard is not None:
+            raise InputError("--ray and --shard: Ray shares the work out itself")
+        make = functools.partial(
+            fit_segmenter,
+            args,
+            references,
+            classes,
+            cache_targets=args.cache_target_embeddings,
+            min_area_fraction=args.min_area_fraction,
+            method_options=options,
+            overlaps=args.overlaps,
+        )
+        summary = label_paths_with_ray(
+            make,
+            targets,
+            args.out,
+            root=root,
+            formats=args.formats,
+            actors=args.ray_actors,
+            address=None if args.ray == "local" else args.ray,
+            max_pixels=args.max_pixels,
+            restart=args.restart,
+            progress=not args.no_progress,
+            segmenter=seg,
+        )
+    else:
+        summary = seg.label(
+            targets,
+            args.out,
+            formats=args.formats,
+            shard=args.shard,
+            workers=args.workers,
+            max_pixels=args.max_pixels,
+            progress=not args.no_progress,
+            restart=args.restart,
+            root=root,
+        )
     rate = summary.processed / summary.seconds if summary.seconds else 0.0
     i, n = summary.shard
     print(

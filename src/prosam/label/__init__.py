@@ -3,6 +3,7 @@
 - :mod:`prosam.label.api`: ``load(...)`` → :class:`Segmenter` with ``fit`` / ``predict`` /
   ``label`` and ``save_png`` / ``save_coco`` / ``save_yolo`` / ``save_overlay``;
 - :mod:`prosam.label.job`: the resumable, shardable :class:`LabelJob`;
+- :mod:`prosam.label.ray_job`: the same job on a pool of Ray actors;
 - :mod:`prosam.label.writers`: the output formats;
 - :mod:`prosam.label.targets`: which files a job targets.
 
@@ -20,6 +21,7 @@ _LAZY = {
             "LabelResult",
             "Segmenter",
             "annotation_to_mask",
+            "fitted",
             "load",
             "save_coco",
             "save_overlay",
@@ -31,6 +33,7 @@ _LAZY = {
     **dict.fromkeys(
         ("LabelJob", "LabelSummary", "finalize_outputs", "plan_targets"), "prosam.label.job"
     ),
+    **dict.fromkeys(("label_paths_with_ray", "label_ray_dataset"), "prosam.label.ray_job"),
     **dict.fromkeys(
         (
             "FORMATS",

@@ -382,8 +382,31 @@ class Segmenter:
     ) -> LabelSummary:
         """Run the resumable labelling job (:class:`~prosam.label.job.LabelJob`) on files;
         ``root`` is the target root (:mod:`prosam.label.targets`)."""
+        job = self.job(
+            out_dir,
+            formats=formats,
+            shard=shard,
+            workers=workers,
+            max_pixels=max_pixels,
+            progress=progress,
+            restart=restart,
+        )
+        return job.run(targets, root=root)
+
+    def job(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        formats: Sequence[str | Writer] = ("png", "coco"),
+        shard: tuple[int, int] | None = None,
+        workers: int = 2,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        progress: bool = True,
+        restart: bool = False,
+    ) -> LabelJob:
+        """The labelling job of this fit writing into ``out_dir`` (see :meth:`label`)."""
         self._check_fitted()
-        job = LabelJob(
+        return LabelJob(
             self.methods,
             self.target_predictor,
             out_dir,
@@ -399,7 +422,6 @@ class Segmenter:
             fingerprint=self.fingerprint(),
             restart=restart,
         )
-        return job.run(targets, root=root)
 
     def save_png(
         self,
@@ -450,6 +472,15 @@ def _result(
         file_name=file_name,
         image=image if source is None else None,
     )
+
+
+def fitted(
+    references: Sequence[ReferenceLike], method: str = DEFAULT_METHOD, **load_options: Any
+) -> Segmenter:
+    """``load(method, **load_options).fit(references)``. Wrapped in ``functools.partial``
+    it is a recipe other processes can run (the actors of
+    :func:`prosam.label.ray_job.label_ray_dataset` each build their own segmenter)."""
+    return load(method, **load_options).fit(references)
 
 
 def load(
@@ -575,6 +606,7 @@ __all__ = [
     "LabelResult",
     "Segmenter",
     "annotation_to_mask",
+    "fitted",
     "load",
     "reference_from_annotation",
     "save_coco",

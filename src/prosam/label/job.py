@@ -193,6 +193,15 @@ class LabelSummary:
         return asdict(self)
 
 
+@dataclass
+class JobPlan:
+    """The targets of a job (sorted, keyed), and this shard's still to label."""
+
+    entries: list[TargetEntry]
+    pending: list[TargetEntry]
+    summary: LabelSummary
+
+
 class LabelJob:
     """Label targets with fitted methods (one per class), resumably, into standard formats.
 
@@ -292,9 +301,10 @@ class LabelJob:
             )
         write_json(path, self.config)
 
-    def _prepare_joint(self) -> None:
+    def prepare_methods(self) -> None:
         """Load or fit (and save) the calibration of jointly fitted classes
-        (:mod:`prosam.label.joint`); its sha256 joins the configuration."""
+        (:mod:`prosam.label.joint`); its sha256 joins the configuration. Every process of
+        a job calls it before labelling: the first fits, the others load."""
         joint = joint_of(self.methods)
         if not joint:
             return
@@ -432,16 +442,30 @@ class LabelJob:
         """Label the shard's targets not labelled yet; finalize when every target is done.
 
         ``root``: the target root keys are relative to (default: the folder common to the
-        targets' folders; see :mod:`prosam.label.targets`).
+        targets' folders; see :mod:`prosam.label.targets`). The three steps are
+        :meth:`plan`, :meth:`label_entries` and :meth:`complete`; a distributed runner
+        (:mod:`prosam.label.ray_job`) plans and completes here and labels elsewhere.
         """
         t0 = time.perf_counter()
+        plan = self.plan(targets, root=root)
+        self.label_entries(plan.pending, plan.summary)
+        return self.complete(plan, started=t0)
+
+    def plan(
+        self,
+        targets: Sequence[str | os.PathLike[str]],
+        *,
+        root: str | os.PathLike[str] | None = None,
+    ) -> JobPlan:
+        """Check and write the job's files (``job.json``, ``targets.json``), remove the
+        outputs of targets gone, and list the shard's targets still to label."""
         if root is None:
             root = target_root([], targets)
         entries = plan_targets(without_output(targets, self.out, root), root=root)
         if not entries:
             raise InputError("no targets to label")
         self.out.mkdir(parents=True, exist_ok=True)
-        self._prepare_joint()
+        self.prepare_methods()
         self._check_config()
         remove_stale_temporaries(self.out)
         self._write_targets(entries)
@@ -464,11 +488,17 @@ class LabelJob:
                 summary.backfilled += self._backfill(e, record)
             except Exception as err:
                 summary.failures.append(self._fail(e, f"{e.path}: {failure_reason(err)}"))
+        return JobPlan(entries, pending, summary)
+
+    def label_entries(self, entries: Sequence[TargetEntry], summary: LabelSummary) -> None:
+        """Label ``entries`` (planned targets), counting into ``summary``; a target another
+        process holds or finished meanwhile is left to it."""
+        i, n = self.shard
         desc = f"label {i}/{n}" if n > 1 else "label"
-        bar = progress_bar(len(mine), summary.skipped, self.progress, desc)
+        bar = progress_bar(summary.shard_targets, summary.skipped, self.progress, desc)
         try:
-            for pos, tensor, stamp, error in self._loader(pending):
-                entry = pending[pos]
+            for pos, tensor, stamp, error in self._loader(entries):
+                entry = entries[pos]
                 with self._claim(entry) as claimed:
                     if claimed:
                         self._label_one(entry, tensor, stamp, error, summary, bar)
@@ -478,13 +508,19 @@ class LabelJob:
                 bar.set_postfix(failed=len(summary.failures), empty=summary.empty, refresh=False)
         finally:
             bar.close()
+
+    def complete(self, plan: JobPlan, *, started: float | None = None) -> LabelSummary:
+        """Finish the writers, and finalize (``coco.json``, ``failures.json``, review) when
+        every target of the job is done; return the summary."""
+        summary = plan.summary
         summary.failed = len(summary.failures)
         for writer in self.writers:
             writer.finalize()
-        if self._all_done(entries):
+        if self._all_done(plan.entries):
             self.finalize()
             summary.finalized = True
-        summary.seconds = time.perf_counter() - t0
+        if started is not None:
+            summary.seconds = time.perf_counter() - started
         return summary
 
     @contextlib.contextmanager
