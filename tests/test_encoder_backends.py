@@ -188,3 +188,16 @@ def test_backends_command_lists_backends_and_the_recorded_checks(tmp_path, capsy
     assert main(["backends", "--model", "tiny", "--cache-dir", cache, "--check"]) == 0
     out = capsys.readouterr().out
     assert "exported graph" in out and "onnxruntime-fp32@" in out and "mask IoU" in out
+
+
+def test_int8_weights_are_checked_and_cached_apart(tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    fp32 = load_sam("tiny", backend="openvino", cache_root=tmp_path)
+    int8 = load_sam("tiny", backend="openvino", precision="int8", cache_root=tmp_path)
+    assert (int8.backend, int8.precision) == ("openvino", "int8")
+    assert int8.embedding_tag == "openvino-int8" and fp32.embedding_tag == ""
+    a = Predictor(fp32).embed(_image()).embedding
+    b = Predictor(int8).embed(_image()).embedding
+    assert a.shape == b.shape and not torch.equal(a, b)  # compressed weights, close output
+    assert float((a - b).abs().max()) < 0.5 * float(a.abs().max())

@@ -28,7 +28,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
     from prosam.sam import load_sam
     from prosam.sam.encoder_export import encoder_digest, export_dir
-    from prosam.sam.encoder_runtimes import BACKENDS, backend_installed
+    from prosam.sam.encoder_runtimes import BACKENDS, backend_installed, precision_installed
 
     model = load_sam(
         args.model,
@@ -44,7 +44,8 @@ def cmd_backends(args: argparse.Namespace) -> int:
         for backend in BACKENDS:
             if backend == "torch" or not backend_installed(backend):
                 continue
-            precisions = ("fp32", "bf16") if backend == "openvino" else ("fp32",)
+            offered = ("fp32", "bf16", "int8") if backend == "openvino" else ("fp32",)
+            precisions = [p for p in offered if precision_installed(p)]
             for precision in precisions:
                 try:
                     model.use_backend(backend, precision=precision, cache_root=args.cache_dir)

@@ -90,9 +90,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
         default="fp32",
-        choices=("fp32", "bf16"),
-        help="image-encoder precision; bf16 only with --backend openvino (faster, checked "
-        "against fp32 before use)",
+        choices=("fp32", "bf16", "int8"),
+        help="image-encoder precision; bf16 and int8 (weights compressed by NNCF, "
+        "prosam[int8]) only with --backend openvino; checked against fp32 before use",
     )
     p.add_argument(
         "--no-embedding-cache", action="store_true", help="do not read or write cached embeddings"

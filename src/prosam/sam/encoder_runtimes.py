@@ -7,7 +7,10 @@ from; :mod:`prosam.sam.encoder_export` exports, checks and caches the graph they
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ from prosam.errors import InputError
 #: CPU measurements: benchmarks/reports/encoder_backends.md).
 BACKENDS = ("openvino", "onnxruntime", "torch")
 #: Numerical precisions; reduced ones exist only where a runtime offers them.
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 
 _MODULE_OF = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch": "torch"}
 _EXTRA_OF = {"onnxruntime": "prosam[onnx]", "openvino": "prosam[openvino]"}
@@ -52,6 +55,11 @@ def backend_installed(backend: str) -> bool:
     """Whether the Python package a backend needs can be imported."""
     check_backend(backend)
     return importlib.util.find_spec(_MODULE_OF[backend]) is not None
+
+
+def precision_installed(precision: str) -> bool:
+    """Whether what ``precision`` needs beyond its backend is installed (NNCF for int8)."""
+    return precision != "int8" or importlib.util.find_spec("nncf") is not None
 
 
 def installed_backends() -> list[str]:
@@ -124,15 +132,32 @@ def openvino_compiled(
     import openvino as ov
 
     check_backend("openvino", precision)
+    core = ov.Core()
+    model: Any = str(path)
+    if precision == "int8":
+        model = int8_weights(core.read_model(str(path)))
     config = {
-        "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else precision,
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         "INFERENCE_NUM_THREADS": settings.resolved_threads(),
         "PERFORMANCE_HINT": "LATENCY",
     }
     if compile_cache is not None:
         Path(compile_cache).mkdir(parents=True, exist_ok=True)
         config["CACHE_DIR"] = str(compile_cache)
-    return ov.Core().compile_model(str(path), "CPU", config)
+    return core.compile_model(model, "CPU", config)
+
+
+def int8_weights(model: Any) -> Any:
+    """``model`` (an OpenVINO model) with its weights compressed to int8 by NNCF
+    (asymmetric, per output channel, data-free); activations stay float32."""
+    try:
+        import nncf
+    except ImportError:
+        raise InputError("--precision int8 needs NNCF: pip install 'prosam[int8]'") from None
+    nncf.set_log_level(logging.ERROR)  # no statistics table at every start
+    quiet = io.StringIO()  # nor NNCF's progress bar
+    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
 
 
 class OnnxRuntimeImageEncoder:
@@ -153,8 +178,9 @@ class OnnxRuntimeImageEncoder:
 class OpenVinoGraph:
     """An exported graph compiled by OpenVINO for the CPU, with one inference request.
 
-    ``precision`` is OpenVINO's inference precision hint: ``fp32``, or ``bf16`` (OpenVINO's
-    own default on CPUs with bf16 instructions; faster, and checked before use).
+    ``precision`` is ``fp32``; ``bf16``, OpenVINO's inference precision hint (its own default
+    on CPUs with bf16 instructions; faster, and checked before use); or ``int8``, the weights
+    compressed to int8 by NNCF (:func:`int8_weights`) and computed in float32 (checked too).
     Compiled blobs are kept in ``compile_cache`` so later starts skip compilation.
     """
 
