@@ -23,3 +23,4 @@ run() {  # backend precision
 }
 run torch fp32 & run openvino bf16 & wait
 run openvino fp32 & run onnxruntime fp32 & wait
+run openvino int8  # NNCF weights (prosam[int8]): reported apart, never a default

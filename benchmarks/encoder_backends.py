@@ -3,7 +3,7 @@
     python benchmarks/encoder_backends.py --n 30 --method matcher --repeats 5
 
 In one run, on the same inputs:
-- the encoder per backend (torch, onnxruntime, openvino fp32 / bf16, those installed):
+- the encoder per backend (torch, onnxruntime, openvino fp32 / bf16 / int8, those installed):
   the raw runtime on a preprocessed input, prosam's ``FrozenSam.encode`` around it, and
   ``Predictor.embed`` (resize + normalise + encode), median of interleaved repeats;
 - what the PyTorch path itself can gain: one thread vs all, channels-last, bf16 autocast,
@@ -36,10 +36,16 @@ import prosam.label
 from prosam.data.specs import load_dataset_spec
 from prosam.io import read_image, write_bytes_atomic
 from prosam.sam import Predictor, load_sam
-from prosam.sam.encoder_runtimes import installed_backends
+from prosam.sam.encoder_runtimes import installed_backends, precision_installed
 from prosam.sam.transforms import preprocess_image
 
-CONFIGS = [("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
+CONFIGS = [
+    ("torch", "fp32"),
+    ("onnxruntime", "fp32"),
+    ("openvino", "fp32"),
+    ("openvino", "bf16"),
+    ("openvino", "int8"),
+]
 #: (encoder backend, precision, decoder backend) beyond each encoder's own decoder choice.
 DECODER_CONFIGS = [("openvino", "fp32", "torch"), ("openvino", "fp32", "openvino")]
 
@@ -295,7 +301,7 @@ def main() -> None:
     models = {
         f"{b}-{p}": load_sam(args.model, backend=b, precision=p)
         for b, p in CONFIGS
-        if b in installed
+        if b in installed and precision_installed(p)
     }
     for b, p, d in DECODER_CONFIGS:
         if b in installed and d in installed and models[f"{b}-{p}"].decoder_backend != d:
