@@ -206,3 +206,16 @@ def test_two_jobs_on_one_output_folder_share_the_work(tmp_path, predictor):
     fresh = tmp_path / "fresh"
     _run(predictor, fresh, src)
     assert _hashes(out) == _hashes(fresh)
+
+
+def test_record_scores_keep_six_decimals():
+    from prosam.label.records import rounded
+
+    a = {"score": 0.3177986400729159, "signals": {"x": [1e-9, 2.5]}, "n": 3, "s": "t"}
+    b = {"score": 0.31779860953114225, "signals": {"x": [-1e-9, 2.5000000001]}, "n": 3, "s": "t"}
+    assert rounded(a) == rounded(b) == {
+        "score": 0.317799,
+        "signals": {"x": [0.0, 2.5]},
+        "n": 3,
+        "s": "t",
+    }

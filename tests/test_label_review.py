@@ -105,7 +105,7 @@ def test_the_job_writes_estimates_to_records_coco_and_a_sorted_review_queue(
     for r in rows:
         record = json.loads((out / "records" / f"{r['key']}.json").read_text())
         entry = record["classes"][0]
-        assert entry["quality"] == pytest.approx(AREA_MODEL.estimate(entry["signals"]))
+        assert entry["quality"] == pytest.approx(AREA_MODEL.estimate(entry["signals"]), abs=2e-6)
         assert float(r["estimate"]) == pytest.approx(entry["quality"], abs=1e-4)
         assert r["reason"] == entry["reason"] == AREA_MODEL.reason(entry["signals"])
         ann = next(a for a in coco["annotations"] if a["image_id"] == by_name[r["file_name"]])

@@ -18,6 +18,20 @@ from prosam.label.video import frame_of
 from prosam.label.writers import CocoWriter, LabelMask, decode_mask, encode_mask
 
 RECORD_VERSION = 3
+#: Decimals kept of a record's scores: beyond them, floating-point summation order (the
+#: number of threads, another CPU) would make runs that agree on every mask differ in bytes.
+SCORE_DECIMALS = 6
+
+
+def rounded(value: Any) -> Any:
+    """Floats (also inside lists and dicts) rounded to :data:`SCORE_DECIMALS`."""
+    if isinstance(value, float):
+        return round(value, SCORE_DECIMALS)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v) for v in value]
+    return value
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -60,15 +74,17 @@ def make_record(
         "classes": [
             {
                 "class": p.class_name,
-                "score": p.score,
+                "score": rounded(p.score),
                 "kept": p.kept,
                 "area": int(p.mask.sum()),
-                "uncertainty": p.uncertainty,
-                "quality": p.quality,
+                "uncertainty": rounded(p.uncertainty),
+                "quality": rounded(p.quality),
                 "reason": p.reason,
-                "signals": p.signals,
+                "signals": rounded(p.signals),
                 "rle": encode_mask(p.mask) if p.kept else None,
-                "instances": [{"score": s, "rle": encode_mask(m)} for m, s in p.instances],
+                "instances": [
+                    {"score": rounded(float(s)), "rle": encode_mask(m)} for m, s in p.instances
+                ],
             }
             for p in predictions
         ],
