@@ -219,3 +219,4 @@ def test_record_scores_keep_six_decimals():
         "n": 3,
         "s": "t",
     }
+    assert json.dumps(rounded(b)) == json.dumps(rounded(a))  # not "-0.0"

@@ -26,7 +26,7 @@ SCORE_DECIMALS = 6
 def rounded(value: Any) -> Any:
     """Floats (also inside lists and dicts) rounded to :data:`SCORE_DECIMALS`."""
     if isinstance(value, float):
-        return round(value, SCORE_DECIMALS)
+        return round(value, SCORE_DECIMALS) + 0.0  # + 0.0: no "-0.0" in the file
     if isinstance(value, dict):
         return {k: rounded(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
