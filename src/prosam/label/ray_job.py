@@ -48,8 +48,15 @@ class _LabelActor:
     """One model, references fitted once; labels batches of planned targets."""
 
     def __init__(
-        self, make_segmenter: Callable[[], Any], out_dir: str, options: dict[str, Any]
+        self,
+        make_segmenter: Callable[[], Any],
+        out_dir: str,
+        options: dict[str, Any],
+        threads: int,
     ) -> None:
+        import torch
+
+        torch.set_num_threads(threads)  # Ray gives an actor one; see label_paths_with_ray
         segmenter = make_segmenter()
         self.job: LabelJob = segmenter.job(out_dir, workers=0, progress=False, **options)
         self.job.prepare_methods()
@@ -82,11 +89,19 @@ def label_paths_with_ray(
     restart: bool = False,
     progress: bool = True,
     segmenter: Any = None,
+    threads: int | None = None,
 ) -> LabelSummary:
     """Label ``targets`` into ``out_dir`` with ``actors`` Ray actors (see the module
     docstring); Ray is started locally, or joins the cluster at ``address`` ("auto": the
     one this machine belongs to), unless it is already initialised. ``segmenter``: the
-    driver's own fitted one, if at hand (else ``make_segmenter()`` is called here too)."""
+    driver's own fitted one, if at hand (else ``make_segmenter()`` is called here too).
+    ``threads``: PyTorch threads per actor; by default as many as this process uses, so
+    each actor sums floating-point numbers in the order a local run does and the files
+    are the same bytes as a local run's on the same kind of CPU (fewer threads per actor
+    share a machine's cores better but change scores in their last digits)."""
+    import torch
+
+    threads = threads or torch.get_num_threads()
     if actors < 1 or batch_size < 1:
         raise InputError("need at least one actor and a batch size of at least 1")
     ray = _ray()
@@ -110,7 +125,7 @@ def label_paths_with_ray(
         ray.data.DataContext.get_current().enable_progress_bars = progress
         done = data.map_batches(
             _LabelActor,
-            fn_constructor_args=(make_segmenter, str(out_dir), options),
+            fn_constructor_args=(make_segmenter, str(out_dir), options, threads),
             batch_size=batch_size,
             concurrency=actors,
             num_cpus=cpus_per_actor,
