@@ -213,10 +213,14 @@ def test_record_scores_keep_six_decimals():
 
     a = {"score": 0.3177986400729159, "signals": {"x": [1e-9, 2.5]}, "n": 3, "s": "t"}
     b = {"score": 0.31779860953114225, "signals": {"x": [-1e-9, 2.5000000001]}, "n": 3, "s": "t"}
-    assert rounded(a) == rounded(b) == {
-        "score": 0.317799,
-        "signals": {"x": [0.0, 2.5]},
-        "n": 3,
-        "s": "t",
-    }
+    assert (
+        rounded(a)
+        == rounded(b)
+        == {
+            "score": 0.317799,
+            "signals": {"x": [0.0, 2.5]},
+            "n": 3,
+            "s": "t",
+        }
+    )
     assert json.dumps(rounded(b)) == json.dumps(rounded(a))  # not "-0.0"
