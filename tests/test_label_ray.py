@@ -4,7 +4,6 @@ after a loss, and from a Ray Dataset of paths."""
 from __future__ import annotations
 
 import functools
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from PIL import Image
 
 from prosam.cli import main
+from tests.fixtures_files import file_hashes
 from tests.test_label_job import bright_image
 
 ray = pytest.importorskip("ray")
@@ -33,14 +33,6 @@ def photos(tmp_path_factory) -> tuple[Path, Path]:
     ref = tmp_path_factory.mktemp("ref") / "ref.png"
     Image.fromarray(bright_image(48, 64, 99)).save(ref)
     return root, ref
-
-
-def _hashes(root: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def _label(photos, out: Path, *extra: str) -> int:
@@ -73,7 +65,7 @@ def test_ray_job_writes_what_a_local_job_writes(local_ray, photos, tmp_path, cap
     assert _label(photos, tmp_path / "local") == 0
     assert _label(photos, tmp_path / "ray", "--ray", "--ray-actors", "2") == 0
     assert "7 labelled" in capsys.readouterr().out
-    local, distributed = _hashes(tmp_path / "local"), _hashes(tmp_path / "ray")
+    local, distributed = file_hashes(tmp_path / "local"), file_hashes(tmp_path / "ray")
     assert local == distributed and "coco.json" in local and len(local) > 20
     # a lost part of the work: only the targets without a record are labelled again
     for key in ("p2", "p5"):
@@ -82,7 +74,7 @@ def test_ray_job_writes_what_a_local_job_writes(local_ray, photos, tmp_path, cap
     (tmp_path / "ray" / "coco.json").unlink()
     assert _label(photos, tmp_path / "ray", "--ray") == 0
     assert "2 labelled" in capsys.readouterr().out
-    again = _hashes(tmp_path / "ray")
+    again = file_hashes(tmp_path / "ray")
     assert {k: v for k, v in again.items() if not k.startswith("png/")} == {
         k: v for k, v in local.items() if not k.startswith("png/")
     }
@@ -104,4 +96,4 @@ def test_label_a_ray_dataset_of_paths(local_ray, photos, tmp_path):
     )
     assert summary.processed == 7 and summary.finalized and not summary.failures
     make().label(paths, tmp_path / "local", formats=["png", "coco"], progress=False)
-    assert _hashes(tmp_path / "ray") == _hashes(tmp_path / "local")
+    assert file_hashes(tmp_path / "ray") == file_hashes(tmp_path / "local")

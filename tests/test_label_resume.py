@@ -17,6 +17,7 @@ from prosam.cli import main
 from prosam.io import remove_stale_temporaries
 from prosam.label.job import LabelJob
 from prosam.sam import Predictor
+from tests.fixtures_files import file_hashes
 from tests.test_label_job import BrightMethod, bright_image
 
 FORMATS = ["png", "png-indexed", "coco", "yolo", "overlay"]
@@ -25,15 +26,6 @@ FORMATS = ["png", "png-indexed", "coco", "yolo", "overlay"]
 @pytest.fixture(scope="module")
 def predictor(tiny_sam) -> Predictor:
     return Predictor(tiny_sam)
-
-
-def _hashes(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root``, by relative path."""
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def _save(path: Path, h: int, w: int, seed: int) -> Path:
@@ -74,7 +66,7 @@ def test_adding_replacing_and_deleting_targets_ends_like_a_fresh_run(tmp_path, p
     assert summary.replaced == 1 and summary.removed == 1 and summary.skipped == 1
     fresh = tmp_path / "fresh"
     _run(predictor, fresh, src)
-    assert _hashes(out) == _hashes(fresh)
+    assert file_hashes(out) == file_hashes(fresh)
     coco = json.loads((out / "coco.json").read_text())
     sizes = {i["file_name"]: (i["width"], i["height"]) for i in coco["images"]}
     assert sizes == {"a/x.png": (56, 40), "a/y.png": (30, 56), "b/x.png": (52, 36)}
@@ -100,7 +92,7 @@ def test_adding_replacing_and_deleting_targets_through_the_cli(tmp_path, capsys)
     assert "2 labelled" in capsys.readouterr().out
     fresh = tmp_path / "fresh"
     assert _label_cli(tmp_path, src, fresh) == 0
-    assert _hashes(out) == _hashes(fresh)
+    assert file_hashes(out) == file_hashes(fresh)
 
 
 def test_an_out_folder_inside_the_targets_is_never_labelled(tmp_path, capsys):
@@ -108,11 +100,11 @@ def test_an_out_folder_inside_the_targets_is_never_labelled(tmp_path, capsys):
     _tree(src)
     out = src / "labels"
     assert _label_cli(tmp_path, src, out) == 0
-    first = _hashes(out)
+    first = file_hashes(out)
     assert _label_cli(tmp_path, src, out) == 0
     assert "0 labelled (0 with nothing found), 3 already done" in capsys.readouterr().out
     names = [t["file_name"] for t in json.loads((out / "targets.json").read_text())]
-    assert names == ["a/x.png", "a/y.png", "b/z.png"] and _hashes(out) == first
+    assert names == ["a/x.png", "a/y.png", "b/z.png"] and file_hashes(out) == first
 
 
 def test_missing_outputs_are_rewritten_from_the_record(tmp_path, predictor):
@@ -120,12 +112,12 @@ def test_missing_outputs_are_rewritten_from_the_record(tmp_path, predictor):
     _tree(src)
     out = tmp_path / "out"
     _run(predictor, out, src)
-    before = _hashes(out)
+    before = file_hashes(out)
     for lost in ("png/thing/a/x.png", "overlay/a/x.jpg", "yolo/b/z.txt", "png/a/y.png"):
         (out / lost).unlink()
     summary, method = _run(predictor, out, src)
     assert method.calls == 0 and summary.backfilled == 3 and summary.processed == 0
-    assert _hashes(out) == before
+    assert file_hashes(out) == before
 
 
 def test_temporary_files_of_a_killed_run_are_removed(tmp_path, predictor):
@@ -205,7 +197,7 @@ def test_two_jobs_on_one_output_folder_share_the_work(tmp_path, predictor):
     assert all(s.ok for s in summaries.values()) and not (out / "locks").exists()
     fresh = tmp_path / "fresh"
     _run(predictor, fresh, src)
-    assert _hashes(out) == _hashes(fresh)
+    assert file_hashes(out) == file_hashes(fresh)
 
 
 def test_record_scores_keep_six_decimals():

@@ -1,8 +1,10 @@
-"""Checks of the ``--out`` paths, done before any model loads: a bad one fails in a second."""
+"""Checks of the ``--out`` paths, done before any model loads (a bad one fails in a second),
+and a run's log file."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from prosam.errors import InputError
@@ -39,3 +41,14 @@ def check_writable_folder(folder: Path) -> None:
         raise InputError(f"{existing}: is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{existing}: folder is not writable")
+
+
+def run_log(path: Path) -> Callable[[str], None]:
+    """A logger that prints a line and appends it to ``path`` (a training run's log)."""
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        with path.open("a") as f:
+            f.write(line + "\n")
+
+    return log

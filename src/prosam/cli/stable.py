@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prosam.cli.options import add_model_args, load_model
+from prosam.cli.outputs import run_log
 from prosam.errors import InputError
 
 if TYPE_CHECKING:
@@ -160,12 +161,7 @@ def cmd_stable_train(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log_file = out / "train.log"
-
-    def log(line: str) -> None:
-        print(line, flush=True)
-        with log_file.open("a") as f:
-            f.write(line + "\n")
+    log = run_log(out / "train.log")
 
     counts = ", ".join(f"{n} from {name}" for name, n in objects.counts().items())
     log(f"Stable-SAM plugin: {plugin.count_parameters():,} trainable parameters")

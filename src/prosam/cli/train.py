@@ -13,6 +13,7 @@ from prosam.cli.options import (
     dataset_and_classes,
     load_model,
 )
+from prosam.cli.outputs import run_log
 from prosam.errors import InputError
 from prosam.methods.registry import method_names
 
@@ -205,12 +206,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "train.log"
-
-    def log(line: str) -> None:
-        print(line, flush=True)
-        with open(log_path, "a") as fh:
-            fh.write(line + "\n")
+    log = run_log(out / "train.log")
 
     log(
         f"{args.method}: {run_config['trainable_parameters']:,} trainable parameters, "
