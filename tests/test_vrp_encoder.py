@@ -11,6 +11,9 @@ from prosam.methods.prompt_encoder.encoder import (
     EFFICIENTNET_LITE0_MID_CHANNELS,
     RESNET50_MID_CHANNELS,
     VRPEncoder,
+    bidirectional_keep,
+    frozen_prior,
+    fused_features,
     masked_average_pool,
     sine_position_encoding,
     target_pseudo_mask,
@@ -202,6 +205,74 @@ def test_pseudo_mask_sources_and_normalisation():
     reduced = _encoder(pseudo_mask_source="reduced").eval().augment(*args)
     assert reduced.pseudo_mask.shape == (2, 1, 8, 8)
     assert not torch.allclose(reduced.pseudo_mask, high.pseudo_mask)
+
+
+def test_bidirectional_keep_drops_cells_whose_reverse_match_leaves_the_mask():
+    # Reference cells: [1, 0] (annotated) and [0, 1] (not annotated).
+    ref = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])
+    mask = torch.tensor([[[[1.0, 0.0]]]])
+    # Targets [1, 0.2] matches the annotated cell best; [0.2, 1] the other one.
+    tgt = torch.tensor([[[[1.0, 0.2]], [[0.2, 1.0]]]])
+    keep = bidirectional_keep(tgt, ref, mask)
+    torch.testing.assert_close(keep, torch.tensor([[[[1.0, 0.0]]]]))
+    prior = frozen_prior(
+        "high",
+        ((ref, ref), ref),
+        mask,
+        ((tgt, tgt), tgt),
+        bidirectional=True,
+    )
+    plain = target_pseudo_mask(tgt, ref, mask)
+    # The second cell had a positive plain prior (cos with [1, 0] is 0.196); it is dropped.
+    assert plain[0, 0, 0, 1] > 0.1
+    torch.testing.assert_close(prior, plain * keep)
+
+
+def test_fused_features_cosine_is_the_mean_of_the_levels():
+    g = torch.Generator().manual_seed(3)
+    mid_a, mid_b = torch.randn(1, 5, 4, 4, generator=g), torch.randn(1, 5, 4, 4, generator=g)
+    high_a, high_b = torch.randn(1, 7, 4, 4, generator=g), torch.randn(1, 7, 4, 4, generator=g)
+    fa, fb = fused_features(mid_a, high_a), fused_features(mid_b, high_b)
+    assert fa.shape == (1, 12, 4, 4)
+    cos = torch.nn.functional.cosine_similarity
+    expected = (cos(mid_a, mid_b, dim=1) + cos(high_a, high_b, dim=1)) / 2
+    torch.testing.assert_close((fa * fb).sum(1), expected, atol=1e-5, rtol=0)
+    # The coarse map is upsampled to the fine grid.
+    assert fused_features(mid_a, torch.randn(1, 7, 2, 2, generator=g)).shape == (1, 12, 4, 4)
+
+
+def test_fused_prior_is_on_the_stride16_grid():
+    ref_mid, ref_high, ann, tgt_mid, tgt_high = _inputs()
+    aug = (
+        _encoder(pseudo_mask_source="fused")
+        .eval()
+        .augment(ref_mid, ref_high, ann, tgt_mid, tgt_high)
+    )
+    direct = frozen_prior("fused", (ref_mid, ref_high), ann, (tgt_mid, tgt_high))
+    assert direct.shape == (2, 1, 4, 4)
+    assert aug.pseudo_mask.shape == (2, 1, 8, 8)
+    with pytest.raises(InputError, match="source"):
+        frozen_prior("reduced", (ref_mid, ref_high), ann, (tgt_mid, tgt_high))
+
+
+def test_prior_attention_steers_prompts_through_the_prior_only():
+    args = _inputs()
+    plain = _encoder().eval()
+    biased = _encoder(prior_attention=5.0).eval()
+    # Same weights (same seed, the bias adds no parameters).
+    assert plain.count_parameters() == biased.count_parameters()
+    aug = biased.augment(*args)
+    with torch.no_grad():
+        unbiased_out = biased.generate(aug.reference, aug.target)
+        torch.testing.assert_close(unbiased_out, plain.generate(aug.reference, aug.target))
+        out = biased.generate(aug.reference, aug.target, aug.pseudo_mask)
+        assert not torch.allclose(out, unbiased_out)
+        # A constant prior normalises to zero bias: the paper's attention.
+        flat = biased.generate(aug.reference, aug.target, torch.ones_like(aug.pseudo_mask))
+        torch.testing.assert_close(flat, unbiased_out)
+        torch.testing.assert_close(biased(*args), out)
+    with pytest.raises(InputError, match="prior_attention"):
+        _encoder(prior_attention=-1.0)
 
 
 def test_sine_position_encoding_by_hand():

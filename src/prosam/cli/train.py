@@ -97,6 +97,25 @@ def add_parser(
         default="identity",
         help="ProSAM: the mean head starts as the identity (default) or PyTorch's init",
     )
+    p.add_argument(
+        "--prior",
+        choices=["high", "fused", "reduced"],
+        default="high",
+        help="the target prior (pseudo-mask): stride-32 backbone features (VRP-SAM), "
+        "stride-16 + stride-32 matched together, or the encoder's reduced features",
+    )
+    p.add_argument(
+        "--prior-bidirectional",
+        action="store_true",
+        help="keep only target cells whose best reference match is annotated (Matcher)",
+    )
+    p.add_argument(
+        "--prior-attention",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="bias the target cross-attention by S x the normalised prior (0: VRP-SAM)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     p.add_argument("--no-progress", action="store_true")
     add_model_args(p)
@@ -145,6 +164,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         n_mode=args.n_mode,
         init_mu=args.init_mu,
         samples_train=args.samples,
+        pseudo_mask_source=args.prior,
+        bidirectional_prior=args.prior_bidirectional,
+        prior_attention=args.prior_attention,
     )
     model = PromptNetwork(config, backbone.mid_channels).to(model_sam.device)
     val_episodes, val_classes = None, None

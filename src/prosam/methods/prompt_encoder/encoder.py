@@ -57,11 +57,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prosam.backbones.base import BackboneFeatures
 from prosam.errors import InputError
 from prosam.prompts import downsample_annotation
 
 PoolMode = Literal["max", "area"]
-PseudoMaskSource = Literal["high", "reduced"]
+PseudoMaskSource = Literal["high", "fused", "reduced"]
+#: Pseudo-mask sources computed from the frozen backbone alone (no trained weights).
+FROZEN_PRIOR_SOURCES = ("high", "fused")
+#: Every frozen prior variant, ``source`` or ``source+bidirectional`` (for benchmarks).
+PRIOR_KINDS = ("high", "high+bidirectional", "fused", "fused+bidirectional")
 
 #: Mid-level channels (layer 2, layer 3) of a ResNet-50 (VRP-SAM's default backbone).
 RESNET50_MID_CHANNELS = (512, 1024)
@@ -116,6 +121,74 @@ def target_pseudo_mask(
     return corr.reshape(b, 1, h, w)
 
 
+def bidirectional_keep(
+    tgt_features: Tensor, ref_features: Tensor, ref_mask: Tensor, eps: float = COSINE_EPS
+) -> Tensor:
+    """``(B, 1, h_t, w_t)``: the reference mask's value at each target cell's best match.
+
+    Each target cell is matched to its most similar reference cell over the *whole*
+    reference (not only the annotated part); a cell whose reverse match lands outside the
+    annotation gets 0 (Matcher's bidirectional filter, as a soft weight for soft masks).
+    """
+    b, _, h, w = tgt_features.shape
+    ref = F.normalize(ref_features.flatten(2), dim=1, eps=eps)
+    tgt = F.normalize(tgt_features.flatten(2), dim=1, eps=eps)
+    best = torch.einsum("bcr,bct->btr", ref, tgt).argmax(dim=2)  # (B, Nt)
+    keep = torch.gather(ref_mask.flatten(1), 1, best)
+    return keep.reshape(b, 1, h, w)
+
+
+def fused_features(mid1: Tensor, high: Tensor, eps: float = COSINE_EPS) -> Tensor:
+    """Stride-16 and stride-32 maps, each L2-normalised per cell (the coarse one upsampled
+    bilinearly), concatenated and scaled so a cosine is the mean of the two levels'."""
+    up = F.interpolate(high, size=mid1.shape[-2:], mode="bilinear", align_corners=False)
+    parts = [F.normalize(mid1, dim=1, eps=eps), F.normalize(up, dim=1, eps=eps)]
+    return torch.cat(parts, dim=1) / math.sqrt(2.0)
+
+
+def frozen_prior(
+    source: str,
+    ref: tuple[tuple[Tensor, Tensor], Tensor],
+    ref_annotation: Tensor,
+    tgt: tuple[tuple[Tensor, Tensor], Tensor],
+    *,
+    pool: PoolMode = "max",
+    bidirectional: bool = False,
+    normalize: bool = False,
+) -> Tensor:
+    """The target prior ``(B, 1, h, w)`` from frozen backbone maps ``(mid, high)``.
+
+    ``source="high"`` is VRP-SAM's (the stride-32 map); ``"fused"`` matches stride-16 and
+    stride-32 features together (:func:`fused_features`) on the stride-16 grid.
+    ``bidirectional`` multiplies the prior by :func:`bidirectional_keep`.
+    """
+    if source not in FROZEN_PRIOR_SOURCES:
+        raise InputError(f"source must be one of {FROZEN_PRIOR_SOURCES}, got {source!r}")
+    (ref_mid, ref_high), (tgt_mid, tgt_high) = ref, tgt
+    if source == "high":
+        ref_f, tgt_f = ref_high, tgt_high
+    else:
+        ref_f, tgt_f = fused_features(ref_mid[1], ref_high), fused_features(tgt_mid[1], tgt_high)
+    size = (int(ref_f.shape[-2]), int(ref_f.shape[-1]))
+    mask = cast(Tensor, downsample_annotation(ref_annotation, size, pool)).to(ref_f)
+    prior = target_pseudo_mask(tgt_f, ref_f, mask, normalize=normalize)
+    if bidirectional:
+        prior = prior * bidirectional_keep(tgt_f, ref_f, mask)
+    return prior
+
+
+def target_prior(
+    kind: str, ref: BackboneFeatures, annotation: Tensor, tgt: BackboneFeatures
+) -> Tensor:
+    """A :data:`PRIOR_KINDS` prior from backbone features (benchmarks compare them)."""
+    if kind not in PRIOR_KINDS:
+        raise InputError(f"kind must be one of {PRIOR_KINDS}, got {kind!r}")
+    source, _, flag = kind.partition("+")
+    return frozen_prior(
+        source, (ref.mid, ref.high), annotation, (tgt.mid, tgt.high), bidirectional=bool(flag)
+    )
+
+
 def sine_position_encoding(
     h: int,
     w: int,
@@ -160,8 +233,10 @@ class _Attention(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        out = self.attn(query, key, value, need_weights=False)[0]
+    def forward(
+        self, query: Tensor, key: Tensor, value: Tensor, bias: Tensor | None = None
+    ) -> Tensor:
+        out = self.attn(query, key, value, attn_mask=bias, need_weights=False)[0]
         return self.norm(query + out)
 
 
@@ -208,8 +283,14 @@ class VRPEncoder(nn.Module):
         dropout: ``Dropout2d`` probability after the reduction (train mode only; 0: none).
         mask_scale: factor on the mask / pseudo-mask channel of the merge convolution.
         annotation_pool: ``"max"`` or ``"area"`` pooling of the annotation to feature size.
-        pseudo_mask_source: ``"high"`` (high-level backbone maps, VRP-SAM) or ``"reduced"``.
+        pseudo_mask_source: ``"high"`` (high-level backbone maps, VRP-SAM), ``"fused"``
+            (stride-16 and stride-32 maps matched together) or ``"reduced"``.
         normalize_pseudo_mask: min-max normalise the pseudo-mask per image (PFENet).
+        bidirectional_prior: keep only target cells whose best match in the whole reference
+            lies inside the annotation (Matcher's filter; not in VRP-SAM).
+        prior_attention: strength of an additive bias, ``s * prior`` (prior min-max
+            normalised per image), on the target cross-attention's logits; 0 (VRP-SAM):
+            none. It steers the queries to where the reference matches from the first step.
         ffn_dim: hidden width of an FFN after each self-attention; 0 (VRP-SAM): none.
     """
 
@@ -225,6 +306,8 @@ class VRPEncoder(nn.Module):
         annotation_pool: PoolMode = "max",
         pseudo_mask_source: PseudoMaskSource = "high",
         normalize_pseudo_mask: bool = False,
+        bidirectional_prior: bool = False,
+        prior_attention: float = 0.0,
         ffn_dim: int = 0,
     ) -> None:
         super().__init__()
@@ -232,10 +315,13 @@ class VRPEncoder(nn.Module):
             raise InputError(f"mid_channels must hold two values, got {mid_channels}")
         if annotation_pool not in ("max", "area"):
             raise InputError(f"annotation_pool must be 'max' or 'area', got {annotation_pool!r}")
-        if pseudo_mask_source not in ("high", "reduced"):
+        if pseudo_mask_source not in ("high", "fused", "reduced"):
             raise InputError(
-                f"pseudo_mask_source must be 'high' or 'reduced', got {pseudo_mask_source!r}"
+                "pseudo_mask_source must be 'high', 'fused' or 'reduced', "
+                f"got {pseudo_mask_source!r}"
             )
+        if prior_attention < 0:
+            raise InputError(f"prior_attention must be >= 0, got {prior_attention}")
         if dim % num_heads or dim % 2:
             raise InputError(f"dim {dim} must be even and divisible by num_heads {num_heads}")
         self.mid_channels = (int(mid_channels[0]), int(mid_channels[1]))
@@ -245,6 +331,9 @@ class VRPEncoder(nn.Module):
         self.annotation_pool: PoolMode = annotation_pool
         self.pseudo_mask_source: PseudoMaskSource = pseudo_mask_source
         self.normalize_pseudo_mask = normalize_pseudo_mask
+        self.bidirectional_prior = bidirectional_prior
+        self.prior_attention = float(prior_attention)
+        self.num_heads = num_heads
 
         self.reduce = nn.Conv2d(sum(self.mid_channels), dim, kernel_size=1, bias=False)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
@@ -314,10 +403,15 @@ class VRPEncoder(nn.Module):
         tgt_reduced = F.relu(self.reduce(tgt_cat))
         ref_mask = self._pool_annotation(ref_annotation, ref_reduced)
 
-        if self.pseudo_mask_source == "high":
-            high_mask = self._pool_annotation(ref_annotation, ref_high)
-            pseudo = target_pseudo_mask(
-                tgt_high, ref_high, high_mask, normalize=self.normalize_pseudo_mask
+        if self.pseudo_mask_source in FROZEN_PRIOR_SOURCES:
+            pseudo = frozen_prior(
+                self.pseudo_mask_source,
+                (ref_mid, ref_high),
+                ref_annotation,
+                (tgt_mid, tgt_high),
+                pool=self.annotation_pool,
+                bidirectional=self.bidirectional_prior,
+                normalize=self.normalize_pseudo_mask,
             )
         else:
             pseudo = target_pseudo_mask(
@@ -326,6 +420,10 @@ class VRPEncoder(nn.Module):
                 ref_mask,
                 normalize=self.normalize_pseudo_mask,
             )
+            if self.bidirectional_prior:
+                pseudo = pseudo * bidirectional_keep(
+                    tgt_reduced.detach(), ref_reduced.detach(), ref_mask
+                )
         pseudo = pseudo.to(tgt_reduced.dtype)
         if pseudo.shape[-2:] != tgt_reduced.shape[-2:]:
             pseudo = F.interpolate(
@@ -349,15 +447,30 @@ class VRPEncoder(nn.Module):
             pseudo_mask=pseudo,
         )
 
-    def generate(self, reference: Tensor, target: Tensor) -> Tensor:
-        """The prompt generator: ``(B, num_queries, dim)`` prompts from enhanced features."""
+    def generate(self, reference: Tensor, target: Tensor, prior: Tensor | None = None) -> Tensor:
+        """The prompt generator: ``(B, num_queries, dim)`` prompts from enhanced features
+        (``prior``: the ``(B, 1, h, w)`` pseudo-mask, used when ``prior_attention > 0``)."""
         ref_tokens, ref_pos = self._tokens(reference)
         tgt_tokens, tgt_pos = self._tokens(target)
         q = self.queries.weight[None].expand(reference.shape[0], -1, -1)
         q = self.cross_ref(q, ref_tokens + ref_pos, ref_tokens)
         q = self.ffn_ref(self.self_ref(q, q, q))
-        q = self.cross_tgt(q, tgt_tokens + tgt_pos, tgt_tokens)
+        bias = None
+        if self.prior_attention > 0 and prior is not None:
+            bias = self._attention_bias(prior, target, q.shape[1])
+        q = self.cross_tgt(q, tgt_tokens + tgt_pos, tgt_tokens, bias)
         return self.ffn_tgt(self.self_tgt(q, q, q))
+
+    def _attention_bias(self, prior: Tensor, like: Tensor, queries: int) -> Tensor:
+        """``(B * heads, queries, h * w)`` additive logits from a per-image normalised prior."""
+        if prior.shape[-2:] != like.shape[-2:]:
+            prior = F.interpolate(prior, size=like.shape[-2:], mode="bilinear", align_corners=True)
+        flat = prior.flatten(1).to(like.dtype)
+        lo = flat.amin(dim=1, keepdim=True)
+        hi = flat.amax(dim=1, keepdim=True)
+        flat = self.prior_attention * (flat - lo) / (hi - lo + COSINE_EPS)
+        bias = flat[:, None, None, :].expand(-1, self.num_heads, queries, -1)
+        return bias.reshape(-1, queries, flat.shape[1])
 
     def _tokens(self, features: Tensor) -> tuple[Tensor, Tensor]:
         _, _, h, w = features.shape
@@ -383,4 +496,4 @@ class VRPEncoder(nn.Module):
             tgt_high: the target's high-level map.
         """
         aug = self.augment(ref_mid, ref_high, ref_annotation, tgt_mid, tgt_high)
-        return self.generate(aug.reference, aug.target)
+        return self.generate(aug.reference, aug.target, aug.pseudo_mask)

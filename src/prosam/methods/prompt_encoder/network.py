@@ -42,6 +42,8 @@ class PromptNetworkConfig:
     annotation_pool: str = "max"
     pseudo_mask_source: str = "high"
     normalize_pseudo_mask: bool = False
+    bidirectional_prior: bool = False
+    prior_attention: float = 0.0
     # ProSAM only
     family: str = "student_t"
     nu: float = 5.0
@@ -82,6 +84,8 @@ class PromptNetwork(nn.Module):
             annotation_pool=config.annotation_pool,  # type: ignore[arg-type]
             pseudo_mask_source=config.pseudo_mask_source,  # type: ignore[arg-type]
             normalize_pseudo_mask=config.normalize_pseudo_mask,
+            bidirectional_prior=config.bidirectional_prior,
+            prior_attention=config.prior_attention,
         )
         self.encoder: nn.Module = (
             VariationalPromptEncoder(
