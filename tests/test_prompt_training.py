@@ -35,9 +35,20 @@ def _model(method: str, backbone, **kw) -> PromptNetwork:
     return PromptNetwork(config, backbone.mid_channels)
 
 
-@pytest.mark.parametrize("method", ["vrp", "prosam"])
-def test_gradients_reach_exactly_the_prompt_encoder(method, backbone, tiny_sam, dataset):
-    model = _model(method, backbone)
+PRIOR_OPTIONS = {
+    "target_values": "sam",
+    "prior_attention": 3.0,
+    "pseudo_mask_source": "fused",
+    "bidirectional_prior": True,
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "config"),
+    [("vrp", {}), ("prosam", {}), ("vrp", PRIOR_OPTIONS), ("prosam", PRIOR_OPTIONS)],
+)
+def test_gradients_reach_exactly_the_prompt_encoder(method, config, backbone, tiny_sam, dataset):
+    model = _model(method, backbone, **config)
     store = FeatureStore(Predictor(tiny_sam), backbone, 64, None, "b")
     settings = TrainSettings(episodes_per_epoch=2, batch_size=2, annotation="point")
     batch = epoch_episodes(dataset, [1, 2, 3], settings, epoch=0)
@@ -63,14 +74,22 @@ def test_prosam_trains_k_samples_and_predicts_with_the_mean(backbone, tiny_sam, 
 
 
 @pytest.mark.parametrize(
-    ("method", "options"),
-    [("vrp", {}), ("prosam", {}), ("prosam", {"strategy": "vote", "uncertainty": True})],
+    ("method", "options", "config"),
+    [
+        ("vrp", {}, {}),
+        ("prosam", {}, {}),
+        ("prosam", {"strategy": "vote", "uncertainty": True}, {}),
+        ("vrp", {}, PRIOR_OPTIONS),
+    ],
 )
-def test_prompt_method_predicts_low_res_logits(method, options, backbone, tiny_sam, dataset):
+def test_prompt_method_predicts_low_res_logits(
+    method, options, config, backbone, tiny_sam, dataset
+):
     from prosam.evaluation.references import episode_inputs
 
     predictor = Predictor(tiny_sam)
-    pm = PromptEncoderMethod(tiny_sam, backbone, _model(method, backbone), **options)
+    model = _model(method, backbone, **config)
+    pm = PromptEncoderMethod(tiny_sam, backbone, model, **options)
     assert isinstance(pm, ReferenceMethod)
     ep = epoch_episodes(dataset, [1], TrainSettings(episodes_per_epoch=1), 0)[0]
     refs, target, _, _ = episode_inputs(ep, predictor)

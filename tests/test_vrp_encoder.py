@@ -290,3 +290,26 @@ def test_sine_position_encoding_by_hand():
     y = 1 / (4 + 1e-6) * 2 * math.pi
     torch.testing.assert_close(big[0, 2], torch.tensor(math.sin(y / 100)))
     torch.testing.assert_close(big[0, 3], torch.tensor(math.cos(y / 100)))
+
+
+def test_sam_target_values_replace_the_values_not_the_keys():
+    ref_mid, ref_high, ann, tgt_mid, tgt_high = _inputs()
+    enc = _encoder(target_values="sam", prior_attention=2.0).eval()
+    g = torch.Generator().manual_seed(4)
+    sam_a = torch.randn(2, DIM, 6, 5, generator=g)
+    sam_b = torch.randn(2, DIM, 6, 5, generator=g)
+    with torch.no_grad():
+        out_a = enc(ref_mid, ref_high, ann, tgt_mid, tgt_high, sam_a)
+        out_b = enc(ref_mid, ref_high, ann, tgt_mid, tgt_high, sam_b)
+        assert out_a.shape == (2, QUERIES, DIM)
+        assert not torch.allclose(out_a, out_b)
+        # Values equal to the enhanced target features give the paper's generator back.
+        aug = enc.augment(ref_mid, ref_high, ann, tgt_mid, tgt_high)
+        torch.testing.assert_close(
+            enc.generate(aug.reference, aug.target, aug.pseudo_mask, aug.target),
+            enc.generate(aug.reference, aug.target, aug.pseudo_mask),
+        )
+    with pytest.raises(InputError, match="tgt_sam"):
+        enc(ref_mid, ref_high, ann, tgt_mid, tgt_high)
+    with pytest.raises(InputError, match="target_values"):
+        _encoder(target_values="pixels")

@@ -116,6 +116,13 @@ def add_parser(
         metavar="S",
         help="bias the target cross-attention by S x the normalised prior (0: VRP-SAM)",
     )
+    p.add_argument(
+        "--target-values",
+        choices=["backbone", "sam"],
+        default="backbone",
+        help="what the prompts are read from in the target: the backbone's enhanced "
+        "features (VRP-SAM) or SAM's own image embedding",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     p.add_argument("--no-progress", action="store_true")
     add_model_args(p)
@@ -167,6 +174,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         pseudo_mask_source=args.prior,
         bidirectional_prior=args.prior_bidirectional,
         prior_attention=args.prior_attention,
+        target_values=args.target_values,
     )
     model = PromptNetwork(config, backbone.mid_channels).to(model_sam.device)
     val_episodes, val_classes = None, None

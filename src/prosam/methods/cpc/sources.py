@@ -270,6 +270,11 @@ def prompt_network_encoder(
 
     Backbone features are cached per image object for the life of the function.
     """
+    if getattr(model, "reads_sam_embedding", False):
+        raise InputError(
+            "this prompt encoder reads SAM's target embedding (target_values 'sam'); "
+            "CPC-SAM's sources need one that reads the backbone only"
+        )
     features = BackboneFeatureCache(backbone, size, memory_items=64)  # type: ignore[arg-type]
 
     @torch.no_grad()

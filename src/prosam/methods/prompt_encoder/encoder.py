@@ -63,6 +63,7 @@ from prosam.prompts import downsample_annotation
 
 PoolMode = Literal["max", "area"]
 PseudoMaskSource = Literal["high", "fused", "reduced"]
+TargetValues = Literal["backbone", "sam"]
 #: Pseudo-mask sources computed from the frozen backbone alone (no trained weights).
 FROZEN_PRIOR_SOURCES = ("high", "fused")
 #: Every frozen prior variant, ``source`` or ``source+bidirectional`` (for benchmarks).
@@ -291,6 +292,10 @@ class VRPEncoder(nn.Module):
         prior_attention: strength of an additive bias, ``s * prior`` (prior min-max
             normalised per image), on the target cross-attention's logits; 0 (VRP-SAM):
             none. It steers the queries to where the reference matches from the first step.
+        target_values: what the target cross-attention reads as values: the enhanced
+            backbone features (VRP-SAM) or ``"sam"``, SAM's own embedding of the target
+            (``tgt_sam`` in :meth:`forward`), so the prompts are made of what SAM's decoder
+            matches against its image embedding (PerSAM's target-semantic prompting, learned).
         ffn_dim: hidden width of an FFN after each self-attention; 0 (VRP-SAM): none.
     """
 
@@ -308,6 +313,7 @@ class VRPEncoder(nn.Module):
         normalize_pseudo_mask: bool = False,
         bidirectional_prior: bool = False,
         prior_attention: float = 0.0,
+        target_values: TargetValues = "backbone",
         ffn_dim: int = 0,
     ) -> None:
         super().__init__()
@@ -320,6 +326,8 @@ class VRPEncoder(nn.Module):
                 "pseudo_mask_source must be 'high', 'fused' or 'reduced', "
                 f"got {pseudo_mask_source!r}"
             )
+        if target_values not in ("backbone", "sam"):
+            raise InputError(f"target_values must be 'backbone' or 'sam', got {target_values!r}")
         if prior_attention < 0:
             raise InputError(f"prior_attention must be >= 0, got {prior_attention}")
         if dim % num_heads or dim % 2:
@@ -334,6 +342,7 @@ class VRPEncoder(nn.Module):
         self.bidirectional_prior = bidirectional_prior
         self.prior_attention = float(prior_attention)
         self.num_heads = num_heads
+        self.target_values: TargetValues = target_values
 
         self.reduce = nn.Conv2d(sum(self.mid_channels), dim, kernel_size=1, bias=False)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
@@ -447,18 +456,35 @@ class VRPEncoder(nn.Module):
             pseudo_mask=pseudo,
         )
 
-    def generate(self, reference: Tensor, target: Tensor, prior: Tensor | None = None) -> Tensor:
-        """The prompt generator: ``(B, num_queries, dim)`` prompts from enhanced features
-        (``prior``: the ``(B, 1, h, w)`` pseudo-mask, used when ``prior_attention > 0``)."""
+    def generate(
+        self,
+        reference: Tensor,
+        target: Tensor,
+        prior: Tensor | None = None,
+        target_values: Tensor | None = None,
+    ) -> Tensor:
+        """The prompt generator: ``(B, num_queries, dim)`` prompts from enhanced features.
+
+        ``prior``: the ``(B, 1, h, w)`` pseudo-mask, used when ``prior_attention > 0``;
+        ``target_values``: ``(B, dim, h, w)`` values of the target cross-attention in place
+        of ``target`` (keys stay ``target``'s).
+        """
         ref_tokens, ref_pos = self._tokens(reference)
         tgt_tokens, tgt_pos = self._tokens(target)
+        values = tgt_tokens
+        if target_values is not None:
+            if target_values.shape[-2:] != target.shape[-2:]:
+                target_values = F.interpolate(
+                    target_values, size=target.shape[-2:], mode="bilinear", align_corners=False
+                )
+            values = target_values.flatten(2).transpose(1, 2).to(tgt_tokens.dtype)
         q = self.queries.weight[None].expand(reference.shape[0], -1, -1)
         q = self.cross_ref(q, ref_tokens + ref_pos, ref_tokens)
         q = self.ffn_ref(self.self_ref(q, q, q))
         bias = None
         if self.prior_attention > 0 and prior is not None:
             bias = self._attention_bias(prior, target, q.shape[1])
-        q = self.cross_tgt(q, tgt_tokens + tgt_pos, tgt_tokens, bias)
+        q = self.cross_tgt(q, tgt_tokens + tgt_pos, values, bias)
         return self.ffn_tgt(self.self_tgt(q, q, q))
 
     def _attention_bias(self, prior: Tensor, like: Tensor, queries: int) -> Tensor:
@@ -484,6 +510,7 @@ class VRPEncoder(nn.Module):
         ref_annotation: Tensor,
         tgt_mid: tuple[Tensor, Tensor],
         tgt_high: Tensor,
+        tgt_sam: Tensor | None = None,
     ) -> Tensor:
         """Sparse prompt embeddings ``(B, num_queries, dim)``.
 
@@ -494,6 +521,11 @@ class VRPEncoder(nn.Module):
             ref_annotation: ``(B, 1, H, W)`` annotation in ``[0, 1]`` at any resolution.
             tgt_mid: the target's two mid-level maps.
             tgt_high: the target's high-level map.
+            tgt_sam: ``(B, dim, h, w)`` SAM's embedding of the part of the target image the
+                backbone saw (needed, and only read, when ``target_values="sam"``).
         """
+        if self.target_values == "sam" and tgt_sam is None:
+            raise InputError("target_values='sam' needs the target's SAM embedding (tgt_sam)")
         aug = self.augment(ref_mid, ref_high, ref_annotation, tgt_mid, tgt_high)
-        return self.generate(aug.reference, aug.target, aug.pseudo_mask)
+        values = tgt_sam if self.target_values == "sam" else None
+        return self.generate(aug.reference, aug.target, aug.pseudo_mask, values)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prosam.backbones.base import BackboneFeatures
@@ -21,8 +22,10 @@ from prosam.methods.prompt_encoder.variational import (
     VariationalPromptEncoder,
     sample_prompts,
 )
+from prosam.methods.similarity import feature_region
 from prosam.sam.decode import decode_masks
 from prosam.sam.model import FrozenSam
+from prosam.sam.predictor import ImageEmbedding
 
 METHOD_KINDS = ("vrp", "prosam")
 
@@ -44,6 +47,7 @@ class PromptNetworkConfig:
     normalize_pseudo_mask: bool = False
     bidirectional_prior: bool = False
     prior_attention: float = 0.0
+    target_values: str = "backbone"
     # ProSAM only
     family: str = "student_t"
     nu: float = 5.0
@@ -86,6 +90,7 @@ class PromptNetwork(nn.Module):
             normalize_pseudo_mask=config.normalize_pseudo_mask,
             bidirectional_prior=config.bidirectional_prior,
             prior_attention=config.prior_attention,
+            target_values=config.target_values,  # type: ignore[arg-type]
         )
         self.encoder: nn.Module = (
             VariationalPromptEncoder(
@@ -97,17 +102,34 @@ class PromptNetwork(nn.Module):
             else encoder
         )
 
+    @property
+    def reads_sam_embedding(self) -> bool:
+        """Whether :meth:`forward` needs the target's SAM embedding (``tgt_sam``)."""
+        return self.config.target_values == "sam"
+
     def forward(
-        self, ref: BackboneFeatures, ref_annotation: Tensor, tgt: BackboneFeatures
+        self,
+        ref: BackboneFeatures,
+        ref_annotation: Tensor,
+        tgt: BackboneFeatures,
+        tgt_sam: Tensor | None = None,
     ) -> Tensor | PromptDistribution:
-        """Prompts ``(B, Q, D)`` (VRP) or their distribution (ProSAM)."""
-        return self.encoder(ref.mid, ref.high, ref_annotation, tgt.mid, tgt.high)
+        """Prompts ``(B, Q, D)`` (VRP) or their distribution (ProSAM).
+
+        ``tgt_sam``: ``(B, D, h, w)`` SAM's embedding of the target image region
+        (:func:`target_sam_region`), read when :attr:`reads_sam_embedding`.
+        """
+        return self.encoder(ref.mid, ref.high, ref_annotation, tgt.mid, tgt.high, tgt_sam)
 
     def training_prompts(
-        self, ref: BackboneFeatures, ref_annotation: Tensor, tgt: BackboneFeatures
+        self,
+        ref: BackboneFeatures,
+        ref_annotation: Tensor,
+        tgt: BackboneFeatures,
+        tgt_sam: Tensor | None = None,
     ) -> Tensor:
         """Prompts to train on: ``(1, B, Q, D)`` for VRP, ``(K, B, Q, D)`` samples for ProSAM."""
-        out = self(ref, ref_annotation, tgt)
+        out = self(ref, ref_annotation, tgt, tgt_sam)
         if isinstance(out, PromptDistribution):
             c = self.config
             return sample_prompts(
@@ -120,11 +142,22 @@ class PromptNetwork(nn.Module):
         return out[None]
 
     def mean_prompts(
-        self, ref: BackboneFeatures, ref_annotation: Tensor, tgt: BackboneFeatures
+        self,
+        ref: BackboneFeatures,
+        ref_annotation: Tensor,
+        tgt: BackboneFeatures,
+        tgt_sam: Tensor | None = None,
     ) -> Tensor:
         """Deterministic prompts ``(B, Q, D)``: VRP's, or ProSAM's mean prompt."""
-        out = self(ref, ref_annotation, tgt)
+        out = self(ref, ref_annotation, tgt, tgt_sam)
         return out.mu if isinstance(out, PromptDistribution) else out
+
+
+def target_sam_region(embedded: ImageEmbedding, size: tuple[int, int]) -> Tensor:
+    """``(1, D, h, w)``: SAM's embedding of the image itself (padding cropped away), resized
+    to the backbone's ``size`` grid, which spans the whole image too."""
+    region = feature_region(embedded.embedding, embedded.geometry)[None]
+    return F.interpolate(region, size=size, mode="bilinear", align_corners=False)
 
 
 def decode_prompt_logits(

@@ -40,7 +40,11 @@ from prosam.data.training_episodes import (
 from prosam.data.types import ANNOTATION_KINDS, Dataset, Episode
 from prosam.errors import InputError
 from prosam.methods.prompt_encoder.feature_store import FeatureStore
-from prosam.methods.prompt_encoder.network import PromptNetwork, decode_prompt_logits
+from prosam.methods.prompt_encoder.network import (
+    PromptNetwork,
+    decode_prompt_logits,
+    target_sam_region,
+)
 from prosam.methods.prompt_encoder.variational import prosam_loss
 from prosam.prompts import downsample_annotation
 from prosam.sam.model import FrozenSam
@@ -146,9 +150,13 @@ class _TrainingPrompts(torch.nn.Module):
         self.model = model
 
     def forward(
-        self, ref: BackboneFeatures, ann: torch.Tensor, tgt: BackboneFeatures
+        self,
+        ref: BackboneFeatures,
+        ann: torch.Tensor,
+        tgt: BackboneFeatures,
+        tgt_sam: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.model.training_prompts(ref, ann, tgt)
+        return self.model.training_prompts(ref, ann, tgt, tgt_sam)
 
 
 def train(
@@ -304,7 +312,12 @@ def episode_loss(
         tgts.append(feats)
         embs.append(emb)
         truths.append(episode_truth(ep))
-    prompts = prompt_fn(stack_features(refs), torch.cat(anns).to(device), stack_features(tgts))
+    tgt = stack_features(tgts)
+    tgt_sam = None
+    if model.reads_sam_embedding:
+        grid = (int(tgt.mid[0].shape[-2]), int(tgt.mid[0].shape[-1]))
+        tgt_sam = torch.cat([target_sam_region(e, grid) for e in embs]).to(device)
+    prompts = prompt_fn(stack_features(refs), torch.cat(anns).to(device), tgt, tgt_sam)
     logits, _ = decode_prompt_logits(sam, torch.cat([e.embedding for e in embs]), prompts)
     low = logits.shape[-1]
     losses = []

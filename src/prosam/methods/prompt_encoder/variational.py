@@ -119,9 +119,10 @@ class VariationalPromptEncoder(nn.Module):
         ref_annotation: Tensor,
         tgt_mid: tuple[Tensor, Tensor],
         tgt_high: Tensor,
+        tgt_sam: Tensor | None = None,
     ) -> PromptDistribution:
         """The prompt distribution; arguments as :meth:`VRPEncoder.forward`."""
-        features = self.encoder(ref_mid, ref_high, ref_annotation, tgt_mid, tgt_high)
+        features = self.encoder(ref_mid, ref_high, ref_annotation, tgt_mid, tgt_high, tgt_sam)
         return PromptDistribution(self.mu_head(features), self.log_sigma_head(features))
 
 
