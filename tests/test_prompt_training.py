@@ -40,6 +40,7 @@ PRIOR_OPTIONS = {
     "prior_attention": 3.0,
     "pseudo_mask_source": "fused",
     "bidirectional_prior": True,
+    "target_residual": False,
 }
 
 

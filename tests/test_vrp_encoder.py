@@ -313,3 +313,17 @@ def test_sam_target_values_replace_the_values_not_the_keys():
         enc(ref_mid, ref_high, ann, tgt_mid, tgt_high)
     with pytest.raises(InputError, match="target_values"):
         _encoder(target_values="pixels")
+
+
+def test_without_target_residual_the_prompts_are_what_the_queries_read():
+    ref_mid, ref_high, ann, tgt_mid, tgt_high = _inputs()
+    enc = _encoder(target_values="sam", target_residual=False).eval()
+    sam = torch.randn(2, DIM, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        # Constant target values: every query reads the same thing, whatever it asked.
+        flat = sam.mean(dim=(2, 3), keepdim=True).expand_as(sam)
+        out = enc(ref_mid, ref_high, ann, tgt_mid, tgt_high, flat)
+        torch.testing.assert_close(out[:, 0], out[:, 1])
+        with_residual = _encoder(target_values="sam").eval()
+        kept = with_residual(ref_mid, ref_high, ann, tgt_mid, tgt_high, flat)
+        assert not torch.allclose(kept[:, 0], kept[:, 1])

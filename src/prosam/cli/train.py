@@ -123,6 +123,13 @@ def add_parser(
         help="what the prompts are read from in the target: the backbone's enhanced "
         "features (VRP-SAM) or SAM's own image embedding",
     )
+    p.add_argument(
+        "--no-target-residual",
+        dest="target_residual",
+        action="store_false",
+        help="prompts made only of what the queries read in the target (no query residual "
+        "around the target cross-attention)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     p.add_argument("--no-progress", action="store_true")
     add_model_args(p)
@@ -175,6 +182,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         bidirectional_prior=args.prior_bidirectional,
         prior_attention=args.prior_attention,
         target_values=args.target_values,
+        target_residual=args.target_residual,
     )
     model = PromptNetwork(config, backbone.mid_channels).to(model_sam.device)
     val_episodes, val_classes = None, None

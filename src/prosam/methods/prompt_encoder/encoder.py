@@ -235,10 +235,16 @@ class _Attention(nn.Module):
                 nn.init.xavier_uniform_(p)
 
     def forward(
-        self, query: Tensor, key: Tensor, value: Tensor, bias: Tensor | None = None
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        bias: Tensor | None = None,
+        *,
+        residual: bool = True,
     ) -> Tensor:
         out = self.attn(query, key, value, attn_mask=bias, need_weights=False)[0]
-        return self.norm(query + out)
+        return self.norm(query + out if residual else out)
 
 
 class _FFN(nn.Module):
@@ -296,6 +302,9 @@ class VRPEncoder(nn.Module):
             backbone features (VRP-SAM) or ``"sam"``, SAM's own embedding of the target
             (``tgt_sam`` in :meth:`forward`), so the prompts are made of what SAM's decoder
             matches against its image embedding (PerSAM's target-semantic prompting, learned).
+        target_residual: keep the queries' residual around the target cross-attention
+            (VRP-SAM). Without it the prompts are made only of what the queries read in the
+            target, so a constant "main object" prompt cannot bypass the reference.
         ffn_dim: hidden width of an FFN after each self-attention; 0 (VRP-SAM): none.
     """
 
@@ -314,6 +323,7 @@ class VRPEncoder(nn.Module):
         bidirectional_prior: bool = False,
         prior_attention: float = 0.0,
         target_values: TargetValues = "backbone",
+        target_residual: bool = True,
         ffn_dim: int = 0,
     ) -> None:
         super().__init__()
@@ -343,6 +353,7 @@ class VRPEncoder(nn.Module):
         self.prior_attention = float(prior_attention)
         self.num_heads = num_heads
         self.target_values: TargetValues = target_values
+        self.target_residual = target_residual
 
         self.reduce = nn.Conv2d(sum(self.mid_channels), dim, kernel_size=1, bias=False)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
@@ -484,7 +495,7 @@ class VRPEncoder(nn.Module):
         bias = None
         if self.prior_attention > 0 and prior is not None:
             bias = self._attention_bias(prior, target, q.shape[1])
-        q = self.cross_tgt(q, tgt_tokens + tgt_pos, values, bias)
+        q = self.cross_tgt(q, tgt_tokens + tgt_pos, values, bias, residual=self.target_residual)
         return self.ffn_tgt(self.self_tgt(q, q, q))
 
     def _attention_bias(self, prior: Tensor, like: Tensor, queries: int) -> Tensor:

@@ -48,6 +48,7 @@ class PromptNetworkConfig:
     bidirectional_prior: bool = False
     prior_attention: float = 0.0
     target_values: str = "backbone"
+    target_residual: bool = True
     # ProSAM only
     family: str = "student_t"
     nu: float = 5.0
@@ -91,6 +92,7 @@ class PromptNetwork(nn.Module):
             bidirectional_prior=config.bidirectional_prior,
             prior_attention=config.prior_attention,
             target_values=config.target_values,  # type: ignore[arg-type]
+            target_residual=config.target_residual,
         )
         self.encoder: nn.Module = (
             VariationalPromptEncoder(
