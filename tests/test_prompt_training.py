@@ -41,6 +41,7 @@ PRIOR_OPTIONS = {
     "pseudo_mask_source": "fused",
     "bidirectional_prior": True,
     "target_residual": False,
+    "prior_keep": 0.5,
 }
 
 

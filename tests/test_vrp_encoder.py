@@ -327,3 +327,25 @@ def test_without_target_residual_the_prompts_are_what_the_queries_read():
         with_residual = _encoder(target_values="sam").eval()
         kept = with_residual(ref_mid, ref_high, ann, tgt_mid, tgt_high, flat)
         assert not torch.allclose(kept[:, 0], kept[:, 1])
+
+
+def test_prior_keep_hides_the_cells_below_the_threshold():
+    ref_mid, ref_high, ann, tgt_mid, tgt_high = _inputs()
+    enc = _encoder(target_values="sam", target_residual=False, prior_keep=0.5).eval()
+    aug = enc.augment(ref_mid, ref_high, ann, tgt_mid, tgt_high)
+    prior = torch.zeros(2, 1, 8, 8)
+    prior[:, :, :2, :2] = 1.0  # the only kept cells
+    sam = torch.randn(2, DIM, 8, 8, generator=torch.Generator().manual_seed(6))
+    changed = sam.clone()
+    changed[:, :, 4:, 4:] += 5.0  # outside the kept cells
+    with torch.no_grad():
+        out = enc.generate(aug.reference, aug.target, prior, sam)
+        torch.testing.assert_close(out, enc.generate(aug.reference, aug.target, prior, changed))
+        inside = sam.clone()
+        inside[:, :, 0, 0] += 5.0
+        assert not torch.allclose(out, enc.generate(aug.reference, aug.target, prior, inside))
+        # A constant prior keeps every cell: no NaN.
+        flat = enc.generate(aug.reference, aug.target, torch.ones_like(prior), sam)
+        assert torch.isfinite(flat).all()
+    with pytest.raises(InputError, match="prior_keep"):
+        _encoder(prior_keep=1.5)

@@ -130,6 +130,14 @@ def add_parser(
         help="prompts made only of what the queries read in the target (no query residual "
         "around the target cross-attention)",
     )
+    p.add_argument(
+        "--prior-keep",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="the target cross-attention reads only cells whose normalised prior is >= T "
+        "(0: all cells)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     p.add_argument("--no-progress", action="store_true")
     add_model_args(p)
@@ -183,6 +191,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         prior_attention=args.prior_attention,
         target_values=args.target_values,
         target_residual=args.target_residual,
+        prior_keep=args.prior_keep,
     )
     model = PromptNetwork(config, backbone.mid_channels).to(model_sam.device)
     val_episodes, val_classes = None, None

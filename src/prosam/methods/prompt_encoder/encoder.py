@@ -305,6 +305,10 @@ class VRPEncoder(nn.Module):
         target_residual: keep the queries' residual around the target cross-attention
             (VRP-SAM). Without it the prompts are made only of what the queries read in the
             target, so a constant "main object" prompt cannot bypass the reference.
+        prior_keep: the target cross-attention reads only cells whose normalised prior is at
+            least this (0: every cell; the prior's peak is always kept). With
+            ``bidirectional_prior`` any value > 0 keeps exactly the cells that match back
+            into the annotation.
         ffn_dim: hidden width of an FFN after each self-attention; 0 (VRP-SAM): none.
     """
 
@@ -324,6 +328,7 @@ class VRPEncoder(nn.Module):
         prior_attention: float = 0.0,
         target_values: TargetValues = "backbone",
         target_residual: bool = True,
+        prior_keep: float = 0.0,
         ffn_dim: int = 0,
     ) -> None:
         super().__init__()
@@ -338,6 +343,8 @@ class VRPEncoder(nn.Module):
             )
         if target_values not in ("backbone", "sam"):
             raise InputError(f"target_values must be 'backbone' or 'sam', got {target_values!r}")
+        if not 0.0 <= prior_keep <= 1.0:
+            raise InputError(f"prior_keep must be in [0, 1], got {prior_keep}")
         if prior_attention < 0:
             raise InputError(f"prior_attention must be >= 0, got {prior_attention}")
         if dim % num_heads or dim % 2:
@@ -354,6 +361,7 @@ class VRPEncoder(nn.Module):
         self.num_heads = num_heads
         self.target_values: TargetValues = target_values
         self.target_residual = target_residual
+        self.prior_keep = float(prior_keep)
 
         self.reduce = nn.Conv2d(sum(self.mid_channels), dim, kernel_size=1, bias=False)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
@@ -476,7 +484,8 @@ class VRPEncoder(nn.Module):
     ) -> Tensor:
         """The prompt generator: ``(B, num_queries, dim)`` prompts from enhanced features.
 
-        ``prior``: the ``(B, 1, h, w)`` pseudo-mask, used when ``prior_attention > 0``;
+        ``prior``: the ``(B, 1, h, w)`` pseudo-mask, used when ``prior_attention > 0`` or
+        ``prior_keep > 0``;
         ``target_values``: ``(B, dim, h, w)`` values of the target cross-attention in place
         of ``target`` (keys stay ``target``'s).
         """
@@ -493,19 +502,25 @@ class VRPEncoder(nn.Module):
         q = self.cross_ref(q, ref_tokens + ref_pos, ref_tokens)
         q = self.ffn_ref(self.self_ref(q, q, q))
         bias = None
-        if self.prior_attention > 0 and prior is not None:
+        if (self.prior_attention > 0 or self.prior_keep > 0) and prior is not None:
             bias = self._attention_bias(prior, target, q.shape[1])
         q = self.cross_tgt(q, tgt_tokens + tgt_pos, values, bias, residual=self.target_residual)
         return self.ffn_tgt(self.self_tgt(q, q, q))
 
     def _attention_bias(self, prior: Tensor, like: Tensor, queries: int) -> Tensor:
-        """``(B * heads, queries, h * w)`` additive logits from a per-image normalised prior."""
+        """``(B * heads, queries, h * w)`` additive logits from a per-image normalised prior
+        (``-inf`` where ``prior_keep`` drops a cell)."""
         if prior.shape[-2:] != like.shape[-2:]:
             prior = F.interpolate(prior, size=like.shape[-2:], mode="bilinear", align_corners=True)
         flat = prior.flatten(1).to(like.dtype)
         lo = flat.amin(dim=1, keepdim=True)
         hi = flat.amax(dim=1, keepdim=True)
-        flat = self.prior_attention * (flat - lo) / (hi - lo + COSINE_EPS)
+        norm = (flat - lo) / (hi - lo + COSINE_EPS)
+        flat = self.prior_attention * norm
+        if self.prior_keep > 0:
+            # A constant prior (nothing to choose by) keeps every cell.
+            keep = (norm >= self.prior_keep * (1 - 1e-6)) | (hi - lo <= COSINE_EPS)
+            flat = flat.masked_fill(~keep, float("-inf"))
         bias = flat[:, None, None, :].expand(-1, self.num_heads, queries, -1)
         return bias.reshape(-1, queries, flat.shape[1])
 

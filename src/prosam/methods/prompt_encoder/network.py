@@ -49,6 +49,7 @@ class PromptNetworkConfig:
     prior_attention: float = 0.0
     target_values: str = "backbone"
     target_residual: bool = True
+    prior_keep: float = 0.0
     # ProSAM only
     family: str = "student_t"
     nu: float = 5.0
@@ -93,6 +94,7 @@ class PromptNetwork(nn.Module):
             prior_attention=config.prior_attention,
             target_values=config.target_values,  # type: ignore[arg-type]
             target_residual=config.target_residual,
+            prior_keep=config.prior_keep,
         )
         self.encoder: nn.Module = (
             VariationalPromptEncoder(
