@@ -181,6 +181,14 @@ def test_train_with_extra_data_and_an_episode_mix(run, tmp_path, capsys):
         "0.5",
         "--absent",
         "0.25",
+        "--prior",
+        "fused",
+        "--prior-bidirectional",
+        "--prior-keep",
+        "0.5",
+        "--target-values",
+        "sam",
+        "--no-target-residual",
         "--out",
         str(tmp_path / "mix"),
         "--no-progress",
@@ -190,6 +198,13 @@ def test_train_with_extra_data_and_an_episode_mix(run, tmp_path, capsys):
     assert "3 images joined" in out and "dropped: grass" in out
     config = json.loads((tmp_path / "mix" / "best.json").read_text())["config"]
     assert config["extra_data"] == [f"coco:{extra}"]
+    model = config["model"]
+    assert (model["pseudo_mask_source"], model["bidirectional_prior"]) == ("fused", True)
+    assert (model["prior_keep"], model["target_values"], model["target_residual"]) == (
+        0.5,
+        "sam",
+        False,
+    )
     summary = json.loads((tmp_path / "mix" / "summary.json").read_text())
     assert summary["settings"]["paired_fraction"] == 0.5
     assert main([*args[:-3], "--paired", "0.9", "--out", str(tmp_path / "bad")]) != 0
