@@ -47,7 +47,12 @@ PRIOR_OPTIONS = {
 
 @pytest.mark.parametrize(
     ("method", "config"),
-    [("vrp", {}), ("prosam", {}), ("vrp", PRIOR_OPTIONS), ("prosam", PRIOR_OPTIONS)],
+    [
+        ("vrp", {}),
+        ("prosam", {}),
+        ("vrp", PRIOR_OPTIONS),
+        ("prosam", {**PRIOR_OPTIONS, "target_values": "sam+position"}),
+    ],
 )
 def test_gradients_reach_exactly_the_prompt_encoder(method, config, backbone, tiny_sam, dataset):
     model = _model(method, backbone, **config)
@@ -82,6 +87,7 @@ def test_prosam_trains_k_samples_and_predicts_with_the_mean(backbone, tiny_sam, 
         ("prosam", {}, {}),
         ("prosam", {"strategy": "vote", "uncertainty": True}, {}),
         ("vrp", {}, PRIOR_OPTIONS),
+        ("vrp", {}, {**PRIOR_OPTIONS, "target_values": "sam+position"}),
     ],
 )
 def test_prompt_method_predicts_low_res_logits(
@@ -242,3 +248,22 @@ def test_epoch_units_keep_pairs_together(dataset):
     assert all(len(u) == 1 for u in epoch_units(dataset, [1, 2, 3, 4], plain, 0))
     with pytest.raises(Exception, match="sum to at most 1"):
         TrainSettings(paired_fraction=0.9, absent_fraction=0.2)
+
+
+def test_target_sam_region_crops_the_padding_and_adds_positions(tiny_sam):
+    from prosam.methods.prompt_encoder.network import target_sam_region
+    from prosam.sam.predictor import ImageEmbedding
+    from prosam.sam.transforms import ImageGeometry
+
+    dim = tiny_sam.embed_dim
+    emb = torch.randn(1, dim, 16, 16, generator=torch.Generator().manual_seed(7))
+    pe = tiny_sam.sam.prompt_encoder.get_dense_pe()
+    side = int(pe.shape[-1]) * 16  # SAM's input side: 16 px per embedding cell
+    # A 1:2 image fills the top half of the padded square input.
+    geometry = ImageGeometry((50, 100), (side // 2, side), side)
+    embedded = ImageEmbedding(emb[..., : pe.shape[-2], : pe.shape[-1]], geometry)
+    h, w = pe.shape[-2] // 2, pe.shape[-1]
+    plain = target_sam_region(tiny_sam, embedded, (h, w))
+    torch.testing.assert_close(plain[0], embedded.embedding[0, :, :h, :w])
+    placed = target_sam_region(tiny_sam, embedded, (h, w), with_position=True)
+    torch.testing.assert_close(placed - plain, pe[:, :, :h, :w].expand_as(plain))

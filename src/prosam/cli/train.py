@@ -118,10 +118,11 @@ def add_parser(
     )
     p.add_argument(
         "--target-values",
-        choices=["backbone", "sam"],
+        choices=["backbone", "sam", "sam+position"],
         default="backbone",
         help="what the prompts are read from in the target: the backbone's enhanced "
-        "features (VRP-SAM) or SAM's own image embedding",
+        "features (VRP-SAM), SAM's own image embedding, or that plus SAM's positional "
+        "encoding of each cell",
     )
     p.add_argument(
         "--no-target-residual",

@@ -23,7 +23,6 @@ from prosam.methods.capabilities import PROMPT_NOISE, UNCERTAINTY
 from prosam.methods.prompt_encoder.network import (
     PromptNetwork,
     decode_prompt_logits,
-    target_sam_region,
 )
 from prosam.methods.prompt_encoder.variational import (
     PromptDistribution,
@@ -94,10 +93,10 @@ class PromptEncoderMethod:
         if not self._refs:
             raise RuntimeError("call fit(references) before predict")
         tgt = self._features(target.image)
-        tgt_sam = None
-        if self.model.reads_sam_embedding:
-            grid = (int(tgt.mid[0].shape[-2]), int(tgt.mid[0].shape[-1]))
-            tgt_sam = target_sam_region(target.embedded, grid).to(tgt.mid[0])
+        grid = (int(tgt.mid[0].shape[-2]), int(tgt.mid[0].shape[-1]))
+        tgt_sam = self.model.target_value_map(self.sam, target.embedded, grid)
+        if tgt_sam is not None:
+            tgt_sam = tgt_sam.to(tgt.mid[0])
         outputs = [self.model(ref, ann, tgt, tgt_sam) for ref, ann in self._refs]
         embedding = target.embedded.embedding
         extras: dict[str, Tensor] = {}

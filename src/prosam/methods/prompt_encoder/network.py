@@ -28,6 +28,10 @@ from prosam.sam.model import FrozenSam
 from prosam.sam.predictor import ImageEmbedding
 
 METHOD_KINDS = ("vrp", "prosam")
+#: What the target cross-attention reads as values: the enhanced backbone features
+#: (VRP-SAM), SAM's embedding of the target, or that plus SAM's positional encoding of
+#: each cell (the encoding SAM gives a point prompt there).
+TARGET_VALUE_KINDS = ("backbone", "sam", "sam+position")
 
 
 @dataclass
@@ -61,6 +65,10 @@ class PromptNetworkConfig:
     def __post_init__(self) -> None:
         if self.method not in METHOD_KINDS:
             raise InputError(f"method must be one of {METHOD_KINDS}, got {self.method!r}")
+        if self.target_values not in TARGET_VALUE_KINDS:
+            raise InputError(
+                f"target_values must be one of {TARGET_VALUE_KINDS}, got {self.target_values!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,7 +100,7 @@ class PromptNetwork(nn.Module):
             normalize_pseudo_mask=config.normalize_pseudo_mask,
             bidirectional_prior=config.bidirectional_prior,
             prior_attention=config.prior_attention,
-            target_values=config.target_values,  # type: ignore[arg-type]
+            target_values="backbone" if config.target_values == "backbone" else "sam",
             target_residual=config.target_residual,
             prior_keep=config.prior_keep,
         )
@@ -109,7 +117,17 @@ class PromptNetwork(nn.Module):
     @property
     def reads_sam_embedding(self) -> bool:
         """Whether :meth:`forward` needs the target's SAM embedding (``tgt_sam``)."""
-        return self.config.target_values == "sam"
+        return self.config.target_values != "backbone"
+
+    def target_value_map(
+        self, sam: FrozenSam, embedded: ImageEmbedding, grid: tuple[int, int]
+    ) -> Tensor | None:
+        """The ``tgt_sam`` input for one target (``(1, D, h, w)`` on ``grid``), or ``None``
+        when the encoder reads the backbone only."""
+        if not self.reads_sam_embedding:
+            return None
+        with_position = self.config.target_values == "sam+position"
+        return target_sam_region(sam, embedded, grid, with_position=with_position)
 
     def forward(
         self,
@@ -157,11 +175,21 @@ class PromptNetwork(nn.Module):
         return out.mu if isinstance(out, PromptDistribution) else out
 
 
-def target_sam_region(embedded: ImageEmbedding, size: tuple[int, int]) -> Tensor:
+def target_sam_region(
+    sam: FrozenSam,
+    embedded: ImageEmbedding,
+    size: tuple[int, int],
+    *,
+    with_position: bool = False,
+) -> Tensor:
     """``(1, D, h, w)``: SAM's embedding of the image itself (padding cropped away), resized
-    to the backbone's ``size`` grid, which spans the whole image too."""
-    region = feature_region(embedded.embedding, embedded.geometry)[None]
-    return F.interpolate(region, size=size, mode="bilinear", align_corners=False)
+    to the backbone's ``size`` grid, which spans the whole image too; ``with_position`` adds
+    SAM's dense positional encoding of the same cells."""
+    region = feature_region(embedded.embedding, embedded.geometry)
+    if with_position:
+        pe = sam.sam.prompt_encoder.get_dense_pe().to(region)
+        region = region + feature_region(pe, embedded.geometry)
+    return F.interpolate(region[None], size=size, mode="bilinear", align_corners=False)
 
 
 def decode_prompt_logits(

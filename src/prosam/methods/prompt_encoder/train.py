@@ -40,11 +40,7 @@ from prosam.data.training_episodes import (
 from prosam.data.types import ANNOTATION_KINDS, Dataset, Episode
 from prosam.errors import InputError
 from prosam.methods.prompt_encoder.feature_store import FeatureStore
-from prosam.methods.prompt_encoder.network import (
-    PromptNetwork,
-    decode_prompt_logits,
-    target_sam_region,
-)
+from prosam.methods.prompt_encoder.network import PromptNetwork, decode_prompt_logits
 from prosam.methods.prompt_encoder.variational import prosam_loss
 from prosam.prompts import downsample_annotation
 from prosam.sam.model import FrozenSam
@@ -316,7 +312,8 @@ def episode_loss(
     tgt_sam = None
     if model.reads_sam_embedding:
         grid = (int(tgt.mid[0].shape[-2]), int(tgt.mid[0].shape[-1]))
-        tgt_sam = torch.cat([target_sam_region(e, grid) for e in embs]).to(device)
+        maps = [model.target_value_map(sam, e, grid) for e in embs]
+        tgt_sam = torch.cat([m for m in maps if m is not None]).to(device)
     prompts = prompt_fn(stack_features(refs), torch.cat(anns).to(device), tgt, tgt_sam)
     logits, _ = decode_prompt_logits(sam, torch.cat([e.embedding for e in embs]), prompts)
     low = logits.shape[-1]
