@@ -7,6 +7,7 @@ import torch
 from prosam.backbones import build_backbone
 from prosam.core.checkpoint import load_checkpoint
 from prosam.data.specs import load_dataset_spec
+from prosam.errors import InputError
 from prosam.evaluation.evaluate import validation_miou
 from prosam.methods.base import ReferenceMethod
 from prosam.methods.prompt_encoder.feature_store import FeatureStore
@@ -267,3 +268,74 @@ def test_target_sam_region_crops_the_padding_and_adds_positions(tiny_sam):
     torch.testing.assert_close(plain[0], embedded.embedding[0, :, :h, :w])
     placed = target_sam_region(tiny_sam, embedded, (h, w), with_position=True)
     torch.testing.assert_close(placed - plain, pe[:, :, :h, :w].expand_as(plain))
+
+
+class _HalfMask:
+    """A reference method whose class mask is the left (or right) half of the input."""
+
+    name = "half"
+
+    def __init__(self, left: bool = True) -> None:
+        self.left = left
+        self.fits = 0
+
+    def fit(self, references) -> None:
+        self.fits += 1
+
+    def predict(self, target):
+        from prosam.methods.base import MethodOutput
+
+        logits = torch.full((1, 32, 32), -20.0)
+        if self.left:
+            logits[:, :, :16] = 20.0
+        else:
+            logits[:, :, 16:] = 20.0
+        return MethodOutput(logits, 1.0)
+
+
+def test_method_prior_is_the_methods_mask_on_the_backbone_grid(tiny_sam, dataset):
+    from prosam.evaluation.references import episode_inputs
+    from prosam.methods.prompt_encoder.method_prior import MethodPrior
+
+    ep = epoch_episodes(dataset, [1], TrainSettings(episodes_per_epoch=1), 0)[0]
+    refs, target, _, _ = episode_inputs(ep, Predictor(tiny_sam))
+    method = _HalfMask()
+    prior = MethodPrior(method, memory=2)
+    out = prior(refs, target, (8, 8), key="a")
+    assert out.shape == (1, 1, 8, 8)
+    # The image covers the whole padded input only if it is square; the left half of the
+    # input is at least the left half of the image's columns on the grid.
+    assert float(out[0, 0, :, 0].min()) > 0.99
+    assert prior(refs, target, (8, 8), key="a") is out and method.fits == 1
+    prior(refs, target, (8, 8), key="b")
+    prior(refs, target, (8, 8), key="c")  # memory 2: "a" is forgotten
+    prior(refs, target, (8, 8), key="a")
+    assert method.fits == 4
+
+
+def test_a_model_on_a_method_prior_trains_and_reads_it(backbone, tiny_sam, dataset):
+    from prosam.methods.prompt_encoder.method_prior import MethodPrior
+
+    model = _model("vrp", backbone, pseudo_mask_source="matcher", prior_keep=0.5)
+    assert model.needs_method_prior
+    settings = TrainSettings(episodes_per_epoch=2, batch_size=2, annotation="point")
+    batch = epoch_episodes(dataset, [1, 2, 3], settings, epoch=0)
+    model.eval()  # no dropout: the two runs differ only by the prior
+    prompts = []
+
+    def recorded(*args):
+        prompts.append(model.training_prompts(*args))
+        return prompts[-1]
+
+    for left in (True, False):
+        store = FeatureStore(
+            Predictor(tiny_sam), backbone, 64, None, "b", prior=MethodPrior(_HalfMask(left))
+        )
+        model.zero_grad()
+        episode_loss(recorded, model, tiny_sam, store, batch).backward()
+    assert not torch.allclose(prompts[0], prompts[1])
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    no_prior = FeatureStore(Predictor(tiny_sam), backbone, 64, None, "b")
+    with pytest.raises(InputError, match="method prior"):
+        episode_loss(model.training_prompts, model, tiny_sam, no_prior, batch)

@@ -99,10 +99,11 @@ def add_parser(
     )
     p.add_argument(
         "--prior",
-        choices=["high", "fused", "reduced"],
+        choices=["high", "fused", "reduced", "matcher"],
         default="high",
         help="the target prior (pseudo-mask): stride-32 backbone features (VRP-SAM), "
-        "stride-16 + stride-32 matched together, or the encoder's reduced features",
+        "stride-16 + stride-32 matched together, the encoder's reduced features, or the "
+        "training-free matcher's class mask",
     )
     p.add_argument(
         "--prior-bidirectional",
@@ -216,12 +217,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         distractor_fraction=args.distractor,
     )
     feature_root = cache_root(args.cache_dir) / "features"
+    method_prior = None
+    if model.needs_method_prior:
+        from prosam.methods.matching.features import SemanticFeatures
+        from prosam.methods.matching.method import MatcherMethod
+        from prosam.methods.prompt_encoder.method_prior import MethodPrior
+
+        semantic = SemanticFeatures(
+            device=model_sam.device, cache_dir=cache_root(args.cache_dir) / "semantic"
+        )
+        method_prior = MethodPrior(MatcherMethod(model_sam, features=semantic))
     store = FeatureStore(
         Predictor(model_sam, cache=cache),
         backbone,
         args.backbone_input,
         feature_root,
         f"{args.backbone}:{args.backbone_checkpoint or 'default'}",
+        prior=method_prior,
     )
     validate = None
     wrong_reference = args.val_wrong_reference
@@ -231,7 +243,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if val_episodes:
 
         def validate(net: PromptNetwork) -> float | dict[str, float]:
-            method = PromptEncoderMethod(model_sam, backbone, net, features=store.features)
+            method = PromptEncoderMethod(
+                model_sam, backbone, net, features=store.features, prior=store.prior
+            )
             if wrong_reference:
                 return validation_scores(method, store.predictor, val_episodes, val_classes)
             return validation_miou(method, store.predictor, val_episodes, val_classes)

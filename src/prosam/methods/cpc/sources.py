@@ -270,9 +270,9 @@ def prompt_network_encoder(
 
     Backbone features are cached per image object for the life of the function.
     """
-    if getattr(model, "reads_sam_embedding", False):
+    if getattr(model, "reads_sam_embedding", False) or getattr(model, "needs_method_prior", False):
         raise InputError(
-            "this prompt encoder reads SAM's target embedding (target_values 'sam'); "
+            "this prompt encoder reads SAM's target embedding or another method's prior; "
             "CPC-SAM's sources need one that reads the backbone only"
         )
     features = BackboneFeatureCache(backbone, size, memory_items=64)  # type: ignore[arg-type]

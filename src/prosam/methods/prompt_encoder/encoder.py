@@ -62,7 +62,7 @@ from prosam.errors import InputError
 from prosam.prompts import downsample_annotation
 
 PoolMode = Literal["max", "area"]
-PseudoMaskSource = Literal["high", "fused", "reduced"]
+PseudoMaskSource = Literal["high", "fused", "reduced", "given"]
 TargetValues = Literal["backbone", "sam"]
 #: Pseudo-mask sources computed from the frozen backbone alone (no trained weights).
 FROZEN_PRIOR_SOURCES = ("high", "fused")
@@ -291,7 +291,8 @@ class VRPEncoder(nn.Module):
         mask_scale: factor on the mask / pseudo-mask channel of the merge convolution.
         annotation_pool: ``"max"`` or ``"area"`` pooling of the annotation to feature size.
         pseudo_mask_source: ``"high"`` (high-level backbone maps, VRP-SAM), ``"fused"``
-            (stride-16 and stride-32 maps matched together) or ``"reduced"``.
+            (stride-16 and stride-32 maps matched together), ``"reduced"``, or ``"given"``
+            (the caller passes it as ``tgt_prior``, e.g. another method's mask).
         normalize_pseudo_mask: min-max normalise the pseudo-mask per image (PFENet).
         bidirectional_prior: keep only target cells whose best match in the whole reference
             lies inside the annotation (Matcher's filter; not in VRP-SAM).
@@ -336,9 +337,9 @@ class VRPEncoder(nn.Module):
             raise InputError(f"mid_channels must hold two values, got {mid_channels}")
         if annotation_pool not in ("max", "area"):
             raise InputError(f"annotation_pool must be 'max' or 'area', got {annotation_pool!r}")
-        if pseudo_mask_source not in ("high", "fused", "reduced"):
+        if pseudo_mask_source not in ("high", "fused", "reduced", "given"):
             raise InputError(
-                "pseudo_mask_source must be 'high', 'fused' or 'reduced', "
+                "pseudo_mask_source must be 'high', 'fused', 'reduced' or 'given', "
                 f"got {pseudo_mask_source!r}"
             )
         if target_values not in ("backbone", "sam"):
@@ -408,8 +409,12 @@ class VRPEncoder(nn.Module):
         ref_annotation: Tensor,
         tgt_mid: tuple[Tensor, Tensor],
         tgt_high: Tensor,
+        tgt_prior: Tensor | None = None,
     ) -> AugmentedFeatures:
-        """The feature augmenter: enhanced reference and target features (see module doc)."""
+        """The feature augmenter: enhanced reference and target features (see module doc).
+
+        ``tgt_prior``: ``(B, 1, h, w)`` the target prior, read when the source is ``given``.
+        """
         ref_cat = self._mid_features(ref_mid, "ref_mid")
         tgt_cat = self._mid_features(tgt_mid, "tgt_mid")
         batch = ref_cat.shape[0]
@@ -431,7 +436,11 @@ class VRPEncoder(nn.Module):
         tgt_reduced = F.relu(self.reduce(tgt_cat))
         ref_mask = self._pool_annotation(ref_annotation, ref_reduced)
 
-        if self.pseudo_mask_source in FROZEN_PRIOR_SOURCES:
+        if self.pseudo_mask_source == "given":
+            if tgt_prior is None or tgt_prior.ndim != 4 or tgt_prior.shape[:2] != (batch, 1):
+                raise InputError(f"pseudo_mask_source 'given' needs tgt_prior ({batch}, 1, h, w)")
+            pseudo = tgt_prior.to(tgt_reduced)
+        elif self.pseudo_mask_source in FROZEN_PRIOR_SOURCES:
             pseudo = frozen_prior(
                 self.pseudo_mask_source,
                 (ref_mid, ref_high),
@@ -537,6 +546,7 @@ class VRPEncoder(nn.Module):
         tgt_mid: tuple[Tensor, Tensor],
         tgt_high: Tensor,
         tgt_sam: Tensor | None = None,
+        tgt_prior: Tensor | None = None,
     ) -> Tensor:
         """Sparse prompt embeddings ``(B, num_queries, dim)``.
 
@@ -549,9 +559,10 @@ class VRPEncoder(nn.Module):
             tgt_high: the target's high-level map.
             tgt_sam: ``(B, dim, h, w)`` SAM's embedding of the part of the target image the
                 backbone saw (needed, and only read, when ``target_values="sam"``).
+            tgt_prior: ``(B, 1, h, w)`` the target prior when ``pseudo_mask_source="given"``.
         """
         if self.target_values == "sam" and tgt_sam is None:
             raise InputError("target_values='sam' needs the target's SAM embedding (tgt_sam)")
-        aug = self.augment(ref_mid, ref_high, ref_annotation, tgt_mid, tgt_high)
+        aug = self.augment(ref_mid, ref_high, ref_annotation, tgt_mid, tgt_high, tgt_prior)
         values = tgt_sam if self.target_values == "sam" else None
         return self.generate(aug.reference, aug.target, aug.pseudo_mask, values)

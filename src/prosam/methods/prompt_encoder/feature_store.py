@@ -1,4 +1,5 @@
-"""Frozen outputs computed once per image: SAM embeddings and backbone features.
+"""Frozen outputs computed once per image: SAM embeddings and backbone features (and,
+for encoders that take their prior from another method, that method's target priors).
 
 Training and validation read both from on-disk caches (the same :class:`EmbeddingCache`
 format), so after the first epoch an epoch costs only prompt-encoder and decoder passes.
@@ -7,13 +8,18 @@ format), so after the first epoch an epoch costs only prompt-encoder and decoder
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import numpy as np
+from torch import Tensor
 
 from prosam.backbones.base import Backbone, BackboneFeatures
 from prosam.backbones.features import BackboneFeatureCache
 from prosam.data.types import Sample
+from prosam.errors import InputError
+from prosam.methods.base import Reference, Target
+from prosam.methods.prompt_encoder.method_prior import MethodPrior
 from prosam.sam.embedding_cache import EmbeddingCache
 from prosam.sam.predictor import ImageEmbedding, Predictor
 
@@ -28,8 +34,10 @@ class FeatureStore:
         backbone_input: int,
         cache_root: str | os.PathLike[str] | None,
         backbone_id: str,
+        prior: MethodPrior | None = None,
     ) -> None:
         self.predictor = predictor
+        self.prior = prior
         self.backbone = backbone
         self.backbone_input = backbone_input
         disk = (
@@ -44,6 +52,18 @@ class FeatureStore:
 
     def features(self, image: np.ndarray) -> BackboneFeatures:
         return self.cache(image)
+
+    def method_prior(
+        self,
+        references: Sequence[Reference],
+        target: Target,
+        grid: tuple[int, int],
+        key: Hashable | None = None,
+    ) -> Tensor:
+        """Another method's ``(1, 1, h, w)`` target prior (remembered under ``key``)."""
+        if self.prior is None:
+            raise InputError("this model needs a method prior: give the FeatureStore one")
+        return self.prior(references, target, grid, key)
 
     def sample(self, sample: Sample) -> tuple[np.ndarray, ImageEmbedding, BackboneFeatures]:
         image = sample.image()

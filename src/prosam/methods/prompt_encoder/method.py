@@ -20,6 +20,7 @@ from prosam.backbones.features import BackboneFeatureCache
 from prosam.errors import InputError
 from prosam.methods.base import MethodOutput, Reference, Target
 from prosam.methods.capabilities import PROMPT_NOISE, UNCERTAINTY
+from prosam.methods.prompt_encoder.method_prior import MethodPrior
 from prosam.methods.prompt_encoder.network import (
     PromptNetwork,
     decode_prompt_logits,
@@ -47,6 +48,7 @@ class PromptEncoderMethod:
         uncertainty: bool = False,
         seed: int = 0,
         features: Callable[[np.ndarray], BackboneFeatures] | None = None,
+        prior: MethodPrior | None = None,
     ) -> None:
         self.sam = sam
         self.backbone = backbone
@@ -64,6 +66,12 @@ class PromptEncoderMethod:
         self.seed = seed
         self._features = features or BackboneFeatureCache(backbone, self.config.backbone_input)
         self._refs: list[tuple[BackboneFeatures, Tensor]] = []
+        self._references: list[Reference] = []
+        self.prior = prior
+        if model.needs_method_prior and prior is None:
+            from prosam.methods.matching.method import MatcherMethod
+
+            self.prior = MethodPrior(MatcherMethod(sam), memory=0)
         if self.config.method != "prosam" and (strategy != "mean_prompt" or uncertainty):
             raise InputError("sampling strategies and uncertainty need a ProSAM model")
 
@@ -78,6 +86,7 @@ class PromptEncoderMethod:
             ann = torch.from_numpy(ref.annotation.astype(np.float32))[None, None]
             refs.append((self._features(ref.image), ann.to(self.sam.device)))
         self._refs = refs
+        self._references = list(references)
 
     @torch.inference_mode()
     def predict(
@@ -97,7 +106,10 @@ class PromptEncoderMethod:
         tgt_sam = self.model.target_value_map(self.sam, target.embedded, grid)
         if tgt_sam is not None:
             tgt_sam = tgt_sam.to(tgt.mid[0])
-        outputs = [self.model(ref, ann, tgt, tgt_sam) for ref, ann in self._refs]
+        tgt_prior = None
+        if self.prior is not None and self.model.needs_method_prior:
+            tgt_prior = self.prior(self._references, target, grid).to(tgt.mid[0])
+        outputs = [self.model(ref, ann, tgt, tgt_sam, tgt_prior) for ref, ann in self._refs]
         embedding = target.embedded.embedding
         extras: dict[str, Tensor] = {}
         if prompt_noise < 0:

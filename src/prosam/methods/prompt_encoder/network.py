@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from prosam.backbones.base import BackboneFeatures
 from prosam.errors import InputError
 from prosam.methods.prompt_encoder.encoder import VRPEncoder
+from prosam.methods.prompt_encoder.method_prior import METHOD_PRIOR_SOURCES
 from prosam.methods.prompt_encoder.variational import (
     PromptDistribution,
     VariationalPromptEncoder,
@@ -96,7 +97,11 @@ class PromptNetwork(nn.Module):
             dropout=config.dropout,
             mask_scale=config.mask_scale,
             annotation_pool=config.annotation_pool,  # type: ignore[arg-type]
-            pseudo_mask_source=config.pseudo_mask_source,  # type: ignore[arg-type]
+            pseudo_mask_source=(
+                "given"
+                if config.pseudo_mask_source in METHOD_PRIOR_SOURCES
+                else config.pseudo_mask_source  # type: ignore[arg-type]
+            ),
             normalize_pseudo_mask=config.normalize_pseudo_mask,
             bidirectional_prior=config.bidirectional_prior,
             prior_attention=config.prior_attention,
@@ -113,6 +118,11 @@ class PromptNetwork(nn.Module):
             if config.method == "prosam"
             else encoder
         )
+
+    @property
+    def needs_method_prior(self) -> bool:
+        """Whether :meth:`forward` needs a prior from another method (``tgt_prior``)."""
+        return self.config.pseudo_mask_source in METHOD_PRIOR_SOURCES
 
     @property
     def reads_sam_embedding(self) -> bool:
@@ -135,13 +145,18 @@ class PromptNetwork(nn.Module):
         ref_annotation: Tensor,
         tgt: BackboneFeatures,
         tgt_sam: Tensor | None = None,
+        tgt_prior: Tensor | None = None,
     ) -> Tensor | PromptDistribution:
         """Prompts ``(B, Q, D)`` (VRP) or their distribution (ProSAM).
 
         ``tgt_sam``: ``(B, D, h, w)`` SAM's embedding of the target image region
-        (:func:`target_sam_region`), read when :attr:`reads_sam_embedding`.
+        (:func:`target_sam_region`), read when :attr:`reads_sam_embedding`;
+        ``tgt_prior``: ``(B, 1, h, w)`` the target prior, read when
+        :attr:`needs_method_prior`.
         """
-        return self.encoder(ref.mid, ref.high, ref_annotation, tgt.mid, tgt.high, tgt_sam)
+        return self.encoder(
+            ref.mid, ref.high, ref_annotation, tgt.mid, tgt.high, tgt_sam, tgt_prior
+        )
 
     def training_prompts(
         self,
@@ -149,9 +164,10 @@ class PromptNetwork(nn.Module):
         ref_annotation: Tensor,
         tgt: BackboneFeatures,
         tgt_sam: Tensor | None = None,
+        tgt_prior: Tensor | None = None,
     ) -> Tensor:
         """Prompts to train on: ``(1, B, Q, D)`` for VRP, ``(K, B, Q, D)`` samples for ProSAM."""
-        out = self(ref, ref_annotation, tgt, tgt_sam)
+        out = self(ref, ref_annotation, tgt, tgt_sam, tgt_prior)
         if isinstance(out, PromptDistribution):
             c = self.config
             return sample_prompts(
@@ -169,9 +185,10 @@ class PromptNetwork(nn.Module):
         ref_annotation: Tensor,
         tgt: BackboneFeatures,
         tgt_sam: Tensor | None = None,
+        tgt_prior: Tensor | None = None,
     ) -> Tensor:
         """Deterministic prompts ``(B, Q, D)``: VRP's, or ProSAM's mean prompt."""
-        out = self(ref, ref_annotation, tgt, tgt_sam)
+        out = self(ref, ref_annotation, tgt, tgt_sam, tgt_prior)
         return out.mu if isinstance(out, PromptDistribution) else out
 
 

@@ -39,6 +39,7 @@ from prosam.data.training_episodes import (
 )
 from prosam.data.types import ANNOTATION_KINDS, Dataset, Episode
 from prosam.errors import InputError
+from prosam.methods.base import Reference, Target
 from prosam.methods.prompt_encoder.feature_store import FeatureStore
 from prosam.methods.prompt_encoder.network import PromptNetwork, decode_prompt_logits
 from prosam.methods.prompt_encoder.variational import prosam_loss
@@ -151,8 +152,9 @@ class _TrainingPrompts(torch.nn.Module):
         ann: torch.Tensor,
         tgt: BackboneFeatures,
         tgt_sam: torch.Tensor | None = None,
+        tgt_prior: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.model.training_prompts(ref, ann, tgt, tgt_sam)
+        return self.model.training_prompts(ref, ann, tgt, tgt_sam, tgt_prior)
 
 
 def train(
@@ -295,7 +297,7 @@ def episode_loss(
     """
     device = sam.device
     c = model.config
-    refs, anns, tgts, embs, truths = [], [], [], [], []
+    refs, anns, tgts, embs, truths, priors = [], [], [], [], [], []
     for ep in batch:
         ref_sample = ep.references[0]
         ann, _ = reference_annotation(ref_sample, ep.class_id, ep.annotation, ep.annotation_seed)
@@ -304,17 +306,23 @@ def episode_loss(
         )  # type: ignore[arg-type]
         anns.append(torch.as_tensor(pooled)[None, None])
         refs.append(store.features(ref_sample.image()))
-        _, emb, feats = store.sample(ep.target)
+        image, emb, feats = store.sample(ep.target)
         tgts.append(feats)
         embs.append(emb)
         truths.append(episode_truth(ep))
+        if model.needs_method_prior:
+            grid = (int(feats.mid[0].shape[-2]), int(feats.mid[0].shape[-1]))
+            reference = Reference(ref_sample.image(), ann, store.embedding(ref_sample.image()))
+            key = (ref_sample.key, ep.class_id, ep.annotation, ep.annotation_seed, ep.target.key)
+            priors.append(store.method_prior([reference], Target(image, emb), grid, key))
     tgt = stack_features(tgts)
+    tgt_prior = torch.cat(priors).to(device) if priors else None
     tgt_sam = None
     if model.reads_sam_embedding:
         grid = (int(tgt.mid[0].shape[-2]), int(tgt.mid[0].shape[-1]))
         maps = [model.target_value_map(sam, e, grid) for e in embs]
         tgt_sam = torch.cat([m for m in maps if m is not None]).to(device)
-    prompts = prompt_fn(stack_features(refs), torch.cat(anns).to(device), tgt, tgt_sam)
+    prompts = prompt_fn(stack_features(refs), torch.cat(anns).to(device), tgt, tgt_sam, tgt_prior)
     logits, _ = decode_prompt_logits(sam, torch.cat([e.embedding for e in embs]), prompts)
     low = logits.shape[-1]
     losses = []

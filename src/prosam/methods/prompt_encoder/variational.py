@@ -120,9 +120,12 @@ class VariationalPromptEncoder(nn.Module):
         tgt_mid: tuple[Tensor, Tensor],
         tgt_high: Tensor,
         tgt_sam: Tensor | None = None,
+        tgt_prior: Tensor | None = None,
     ) -> PromptDistribution:
         """The prompt distribution; arguments as :meth:`VRPEncoder.forward`."""
-        features = self.encoder(ref_mid, ref_high, ref_annotation, tgt_mid, tgt_high, tgt_sam)
+        features = self.encoder(
+            ref_mid, ref_high, ref_annotation, tgt_mid, tgt_high, tgt_sam, tgt_prior
+        )
         return PromptDistribution(self.mu_head(features), self.log_sigma_head(features))
 
 
