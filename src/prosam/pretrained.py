@@ -55,6 +55,14 @@ PRETRAINED: dict[str, PretrainedCheckpoint] = {
             "classes (for evaluation on fold-0 novel classes)",
         ),
         PretrainedCheckpoint(
+            "vrp-samvalues-coco-fold0-minisam",
+            "vrp",
+            "minisam",
+            "VRP encoder reading SAM's target embedding through the bidirectional prior "
+            "(--target-values sam --prior-keep 0.5 ...), coco-mini fold-0 base classes + "
+            "msrc-v2; the --method vrp default",
+        ),
+        PretrainedCheckpoint(
             "prosam-coco-fold0-minisam",
             "prosam",
             "minisam",
@@ -78,7 +86,7 @@ PRETRAINED: dict[str, PretrainedCheckpoint] = {
 
 #: ``--method`` -> the checkpoint used when none is given.
 DEFAULTS = {
-    "vrp": "vrp-coco-fold0-minisam",
+    "vrp": "vrp-samvalues-coco-fold0-minisam",
     "prosam": "prosam-coco-minisam",
     "stable": "stable-minisam",
 }
