@@ -4,6 +4,10 @@
 # gain; resumable (rerun after an interruption; raise EPOCHS to train longer).
 #   METHOD=vrp|prosam MIX="--paired 0.3 --absent 0.1 --distractor 0.1" RUN=runs/refgain-vrp \
 #     bash benchmarks/train_reference_gain.sh
+# ARGS adds encoder options; the bundled vrp-samvalues-coco-fold0-minisam came from
+#   MIX="--paired 0.5 --distractor 0.1" EPOCHS=4 EPISODES=300 RUN=runs/refgain-vrp-keep \
+#   ARGS="--prior-bidirectional --prior-keep 0.5 --prior-attention 5 --target-values sam \
+#   --no-target-residual" bash benchmarks/train_reference_gain.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="coco:../shared/data/coco-mini/coco-mini-b,../shared/data/coco-mini/coco-tiny-a,../shared/data/coco-mini/coco-tiny-c,../shared/data/coco-mini/coco-tiny-d"
