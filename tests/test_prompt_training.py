@@ -278,6 +278,7 @@ class _HalfMask:
     def __init__(self, left: bool = True) -> None:
         self.left = left
         self.fits = 0
+        self.predictions = 0
 
     def fit(self, references) -> None:
         self.fits += 1
@@ -285,6 +286,7 @@ class _HalfMask:
     def predict(self, target):
         from prosam.methods.base import MethodOutput
 
+        self.predictions += 1
         logits = torch.full((1, 32, 32), -20.0)
         if self.left:
             logits[:, :, :16] = 20.0
@@ -306,11 +308,15 @@ def test_method_prior_is_the_methods_mask_on_the_backbone_grid(tiny_sam, dataset
     # The image covers the whole padded input only if it is square; the left half of the
     # input is at least the left half of the image's columns on the grid.
     assert float(out[0, 0, :, 0].min()) > 0.99
-    assert prior(refs, target, (8, 8), key="a") is out and method.fits == 1
+    assert prior(refs, target, (8, 8), key="a") is out and method.predictions == 1
     prior(refs, target, (8, 8), key="b")
     prior(refs, target, (8, 8), key="c")  # memory 2: "a" is forgotten
     prior(refs, target, (8, 8), key="a")
-    assert method.fits == 4
+    assert method.predictions == 4
+    # The same references are fitted once; other ones are fitted again.
+    assert method.fits == 1
+    prior(list(refs), target, (8, 8))
+    assert method.fits == 2
 
 
 def test_a_model_on_a_method_prior_trains_and_reads_it(backbone, tiny_sam, dataset):

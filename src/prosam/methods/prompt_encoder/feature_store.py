@@ -8,17 +8,13 @@ format), so after the first epoch an epoch costs only prompt-encoder and decoder
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import numpy as np
-from torch import Tensor
 
 from prosam.backbones.base import Backbone, BackboneFeatures
 from prosam.backbones.features import BackboneFeatureCache
 from prosam.data.types import Sample
-from prosam.errors import InputError
-from prosam.methods.base import Reference, Target
 from prosam.methods.prompt_encoder.method_prior import MethodPrior
 from prosam.sam.embedding_cache import EmbeddingCache
 from prosam.sam.predictor import ImageEmbedding, Predictor
@@ -52,18 +48,6 @@ class FeatureStore:
 
     def features(self, image: np.ndarray) -> BackboneFeatures:
         return self.cache(image)
-
-    def method_prior(
-        self,
-        references: Sequence[Reference],
-        target: Target,
-        grid: tuple[int, int],
-        key: Hashable | None = None,
-    ) -> Tensor:
-        """Another method's ``(1, 1, h, w)`` target prior (remembered under ``key``)."""
-        if self.prior is None:
-            raise InputError("this model needs a method prior: give the FeatureStore one")
-        return self.prior(references, target, grid, key)
 
     def sample(self, sample: Sample) -> tuple[np.ndarray, ImageEmbedding, BackboneFeatures]:
         image = sample.image()

@@ -34,13 +34,16 @@ class MethodPrior:
     """``prior(references, target, grid)``: a reference method's class mask as a prior.
 
     ``key``: when given, results are remembered under it (training draws the same
-    reference-target pairs again; validation lists repeat every epoch).
+    reference-target pairs again in later epochs). The method is fitted again only when
+    ``references`` is another object than the last call's, so a caller that passes the
+    same list for every target (:class:`PromptEncoderMethod`) fits it once.
     """
 
     def __init__(self, method: ReferenceMethod, *, memory: int = 8192) -> None:
         self.method = method
         self.memory = memory
         self._cache: dict[Hashable, Tensor] = {}
+        self._fitted: Sequence[Reference] | None = None
 
     @torch.no_grad()  # not inference mode: training reads the prior beside autograd
     def __call__(
@@ -53,7 +56,9 @@ class MethodPrior:
         remember = key is not None and self.memory > 0
         if remember and key in self._cache:
             return self._cache[key]
-        self.method.fit(references)
+        if references is not self._fitted:
+            self.method.fit(references)
+            self._fitted = references
         prior = mask_prior(self.method.predict(target).low_res_logits, target, grid)
         if remember:
             if len(self._cache) >= self.memory:

@@ -305,16 +305,19 @@ def episode_loss(
             ann.astype(np.float32), (c.backbone_input,) * 2, mode=c.annotation_pool
         )  # type: ignore[arg-type]
         anns.append(torch.as_tensor(pooled)[None, None])
-        refs.append(store.features(ref_sample.image()))
+        ref_image = ref_sample.image()
+        refs.append(store.features(ref_image))
         image, emb, feats = store.sample(ep.target)
         tgts.append(feats)
         embs.append(emb)
         truths.append(episode_truth(ep))
         if model.needs_method_prior:
+            if store.prior is None:
+                raise InputError("this model needs a method prior: give the FeatureStore one")
             grid = (int(feats.mid[0].shape[-2]), int(feats.mid[0].shape[-1]))
-            reference = Reference(ref_sample.image(), ann, store.embedding(ref_sample.image()))
+            reference = Reference(ref_image, ann, store.embedding(ref_image))
             key = (ref_sample.key, ep.class_id, ep.annotation, ep.annotation_seed, ep.target.key)
-            priors.append(store.method_prior([reference], Target(image, emb), grid, key))
+            priors.append(store.prior([reference], Target(image, emb), grid, key))
     tgt = stack_features(tgts)
     tgt_prior = torch.cat(priors).to(device) if priors else None
     tgt_sam = None
