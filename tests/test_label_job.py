@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -374,3 +375,53 @@ def test_a_writer_failing_half_way_leaves_no_files_of_that_target(tmp_path, targ
     assert summary.failed == 1 and "No space left on device" in summary.failures[0]["reason"]
     assert not [p for p in out.rglob("img2*") if "failures" not in p.parts]
     assert (out / "png" / "bright" / "t" / "img1.png").is_file()
+
+
+class CountingPredictor(Predictor):
+    """Counts the embeddings it has finished, so a method can wait for the next one."""
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self.done = 0
+        self.changed = threading.Condition()
+
+    def embed(self, image: np.ndarray):
+        out = super().embed(image)
+        with self.changed:
+            self.done += 1
+            self.changed.notify_all()
+        return out
+
+
+class WaitsForTheNextEmbedding(BrightMethod):
+    """Predicts target i only once target i + 1's embedding exists (or 5 s have passed)."""
+
+    def __init__(self, predictor: CountingPredictor, n: int) -> None:
+        super().__init__()
+        self.predictor, self.n, self.saw_next = predictor, n, []
+
+    def predict(self, target: Target) -> MethodOutput:
+        wanted = min(self.calls + 2, self.n)
+        with self.predictor.changed:
+            self.saw_next.append(
+                self.predictor.changed.wait_for(lambda: self.predictor.done >= wanted, timeout=5)
+            )
+        return super().predict(target)
+
+
+def test_the_encoder_runs_ahead_and_changes_no_output(tmp_path, targets, tiny_sam):
+    inline = _job(Predictor(tiny_sam), tmp_path / "inline", BrightMethod(), encode_ahead=0)
+    assert inline.run(targets).processed == len(targets)
+    counting = CountingPredictor(tiny_sam)
+    method = WaitsForTheNextEmbedding(counting, len(targets))
+    job = _job(counting, tmp_path / "ahead", method, workers=2, encode_ahead=1)
+    assert job.run(targets).processed == len(targets)
+    assert all(method.saw_next)  # target i + 1 was encoded while target i was matched
+    assert _tree(tmp_path / "ahead") == _tree(tmp_path / "inline")
+
+
+def test_a_negative_look_ahead_is_refused(tmp_path, predictor):
+    with pytest.raises(InputError, match="encode_ahead must be >= 0"):
+        _job(predictor, tmp_path / "out", BrightMethod(), encode_ahead=-1)
+    with pytest.raises(InputError, match="workers must be >= 0"):
+        _job(predictor, tmp_path / "out", BrightMethod(), workers=-1)

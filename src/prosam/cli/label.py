@@ -158,7 +158,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="I/N",
         help="label every N-th target from the I-th (default: RANK/WORLD_SIZE, else 0/1)",
     )
-    p.add_argument("--workers", type=int, default=2, help="image-decoding processes (0: inline)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="threads reading the next targets ahead of the model (0: inline)",
+    )
+    p.add_argument(
+        "--encode-ahead",
+        type=int,
+        default=1,
+        help="targets SAM's image encoder runs ahead of the matching, in a thread (0: inline)",
+    )
     p.add_argument(
         "--ray",
         nargs="?",
@@ -264,6 +275,7 @@ def cmd_label(args: argparse.Namespace) -> int:
             formats=args.formats,
             shard=args.shard,
             workers=args.workers,
+            encode_ahead=args.encode_ahead,
             max_pixels=args.max_pixels,
             progress=not args.no_progress,
             restart=args.restart,

@@ -50,16 +50,16 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from filelock import FileLock, Timeout
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
 from prosam.core.checkpoint import checkpoint_files
+from prosam.core.prefetch import map_ahead
 from prosam.errors import InputError, failure_reason
 from prosam.io import quiet_pillow, read_image, remove_stale_temporaries
 from prosam.label.defaults import (
@@ -102,7 +102,7 @@ from prosam.label.targets import (
 from prosam.label.writers import FORMATS, Writer, make_writer
 from prosam.methods.base import ReferenceMethod
 from prosam.quality import QualityModel
-from prosam.sam.predictor import Predictor
+from prosam.sam.predictor import ImageEmbedding, Predictor
 
 __all__ = [
     "ClassPrediction",
@@ -130,39 +130,22 @@ def load_target_image(
     return read_image(path)
 
 
-Loaded = tuple[int, "torch.Tensor | None", "FileStamp | None", "str | None"]
+Loaded = tuple[int, "np.ndarray | None", "FileStamp | None", "str | None"]
+#: A target ready to label: position, image, SAM embedding, file stamp, error.
+Prepared = tuple[
+    int, "np.ndarray | None", "ImageEmbedding | None", "FileStamp | None", "str | None"
+]
 
 
-class _TargetImages(Dataset):
-    """Reads targets (in DataLoader workers): ``(position, image, file stamp, error)``."""
-
-    def __init__(self, entries: Sequence[TargetEntry], max_pixels: int) -> None:
-        self.entries = list(entries)
-        self.max_pixels = max_pixels
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, i: int) -> Loaded:
-        path = self.entries[i].path
-        try:
-            image = load_target_image(path, self.max_pixels)
-            stamp = stamp_file(path)
-        except Exception as err:
-            return i, None, None, failure_reason(err)
-        return i, torch.from_numpy(image), stamp, None
-
-
-def _worker_context() -> str | None:
-    """How to start the image-reading workers: forked (the default), except in a process
-    that has loaded OpenVINO, whose runtime threads do not survive a fork (the parent
-    crashed in about one run in three on this project's CPU); such workers start from a
-    fresh fork server instead."""
-    return "forkserver" if "openvino" in sys.modules else None
-
-
-def _identity(item: Any) -> Any:
-    return item
+def _read_target(entries: Sequence[TargetEntry], max_pixels: int, i: int) -> Loaded:
+    """Target ``i`` read (in a prefetch thread): ``(position, image, file stamp, error)``."""
+    path = entries[i].path
+    try:
+        image = load_target_image(path, max_pixels)
+        stamp = stamp_file(path)
+    except Exception as err:
+        return i, None, None, failure_reason(err)
+    return i, image, stamp, None
 
 
 @dataclass
@@ -219,7 +202,12 @@ class LabelJob:
         max_pixels: larger targets are failures, checked before decoding.
         shard: ``(i, n)`` labels ``targets[i::n]`` of the sorted list; default ``RANK`` and
             ``WORLD_SIZE`` from the environment (torchrun), else ``(0, 1)``.
-        workers: DataLoader processes decoding targets while the model runs (0: inline).
+        workers: threads reading and decoding the next targets while the model runs
+            (0: each target read when it is due).
+        encode_ahead: targets whose SAM embedding a thread computes while the current one
+            is matched and decoded (0: each embedding computed when it is due). With
+            several processes on one shard, a target another process claims meanwhile may
+            have been encoded for nothing.
         fingerprint: configuration to store in ``job.json`` and check on reruns (method,
             checkpoint, references' digest...).
         restart: discard this shard's records and failures (and a different ``job.json``).
@@ -239,6 +227,7 @@ class LabelJob:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         shard: tuple[int, int] | None = None,
         workers: int = 2,
+        encode_ahead: int = 1,
         progress: bool = True,
         fingerprint: Mapping[str, Any] | None = None,
         restart: bool = False,
@@ -275,6 +264,9 @@ class LabelJob:
         if workers < 0:
             raise InputError(f"workers must be >= 0, got {workers}")
         self.workers = workers
+        if encode_ahead < 0:
+            raise InputError(f"encode_ahead must be >= 0, got {encode_ahead}")
+        self.encode_ahead = encode_ahead
         self.progress = progress
         self.restart = restart
         self.config = {
@@ -417,19 +409,20 @@ class LabelJob:
             write_json(record_path(self.out, entry.key), record)
         return True
 
-    def _loader(self, entries: Sequence[TargetEntry]) -> Iterator[Loaded]:
-        dataset = _TargetImages(entries, self.max_pixels)
-        if self.workers == 0 or len(entries) <= 1:
-            return (dataset[i] for i in range(len(dataset)))
-        loader = DataLoader(
-            dataset,
-            batch_size=None,
-            shuffle=False,
-            num_workers=min(self.workers, len(entries)),
-            collate_fn=_identity,
-            multiprocessing_context=_worker_context(),
-        )
-        return iter(loader)
+    def _loader(self, entries: Sequence[TargetEntry]) -> Iterator[Prepared]:
+        """Targets read ``workers`` ahead and embedded ``encode_ahead`` ahead, in threads."""
+        read = partial(_read_target, entries, self.max_pixels)
+        loaded = map_ahead(read, range(len(entries)), self.workers)
+        return map_ahead(self._embedded, loaded, self.encode_ahead)
+
+    def _embedded(self, item: Loaded) -> Prepared:
+        pos, image, stamp, error = item
+        if error is not None or image is None:
+            return pos, None, None, None, error
+        try:
+            return pos, image, self.predictor.embed(image), stamp, None
+        except Exception as err:
+            return pos, None, None, None, failure_reason(err)
 
     # -- the run
 
@@ -497,11 +490,11 @@ class LabelJob:
         desc = f"label {i}/{n}" if n > 1 else "label"
         bar = progress_bar(summary.shard_targets, summary.skipped, self.progress, desc)
         try:
-            for pos, tensor, stamp, error in self._loader(entries):
+            for pos, image, embedded, stamp, error in self._loader(entries):
                 entry = entries[pos]
                 with self._claim(entry) as claimed:
                     if claimed:
-                        self._label_one(entry, tensor, stamp, error, summary, bar)
+                        self._label_one(entry, (image, embedded, stamp), error, summary, bar)
                     else:
                         summary.elsewhere += 1
                 bar.update(1)
@@ -554,8 +547,7 @@ class LabelJob:
     def _label_one(
         self,
         entry: TargetEntry,
-        tensor: torch.Tensor | None,
-        stamp: FileStamp | None,
+        target: tuple[np.ndarray | None, ImageEmbedding | None, FileStamp | None],
         error: str | None,
         summary: LabelSummary,
         bar: Any,
@@ -573,13 +565,14 @@ class LabelJob:
             self._unlink(record_path(self.out, entry.key))
             summary.replaced += current is not None
         if error is None:
-            assert tensor is not None and stamp is not None
-            image = tensor.numpy()
+            image, embedded, stamp = target
+            assert image is not None and embedded is not None and stamp is not None
             try:
                 preds = predict_classes(
                     self.methods,
                     self.predictor,
                     image,
+                    embedded=embedded,
                     score_threshold=self.score_threshold,
                     min_area_fraction=self.min_area_fraction,
                     quality=self.quality,
