@@ -22,6 +22,7 @@ from prosam.methods.matching.method import (
     drop_composites,
     low_res_to_grid,
 )
+from prosam.methods.matching.zoom import zoom_box
 from prosam.sam import Predictor
 
 
@@ -208,3 +209,53 @@ def test_instance_mask_best_keeps_the_best_candidate_of_a_merged_group(tiny_sam)
     torch.testing.assert_close(merged.low_res_logits[0], large.logits)
     with pytest.raises(InputError):
         MatcherMethod(tiny_sam, features=lambda i, e: torch.zeros(3, 2, 2), instance_mask="x")
+
+
+def test_zoom_box_by_hand():
+    mask = np.zeros((100, 200), bool)
+    mask[40:50, 100:110] = True  # 10 x 10, centre (45, 105)
+    assert zoom_box(mask, 3.0, 0.3) == (30, 60, 90, 120)
+    corner = np.zeros((100, 200), bool)
+    corner[0:10, 195:200] = True  # near the top right: the crop shifts inside the image
+    assert zoom_box(corner, 3.0, 0.3) == (0, 30, 170, 200)
+    big = np.zeros((100, 200), bool)
+    big[10:60, 10:20] = True  # 50 of 100 rows: not small
+    assert zoom_box(big, 3.0, 0.3) is None
+    assert zoom_box(big, 3.0, 0.5) == (0, 100, 0, 150)  # 150 x 150, clipped to 100 rows
+    assert zoom_box(np.zeros((10, 10), bool), 3.0, 0.3) is None
+    with pytest.raises(InputError, match="zoom context"):
+        zoom_box(mask, 0.5, 0.3)
+
+
+def test_zoom_adds_the_crops_cells_for_small_objects_only(tiny_sam):
+    backbone = build_backbone("efficientnet_lite0", pretrained=False)
+    features = SemanticFeatures(backbone, input_size=96)
+    predictor = Predictor(tiny_sam)
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (100, 200, 3), dtype=np.uint8)
+    target = Target(image, predictor.embed(image))
+    small = np.zeros((100, 200), bool)
+    small[40:50, 100:110] = True
+    large = np.zeros((100, 200), bool)
+    large[10:90, 20:180] = True
+
+    def reference_cells(mask: np.ndarray, zoom: float) -> int:
+        method = MatcherMethod(tiny_sam, features=features, zoom_context=zoom)
+        method.fit([Reference(image, mask, target.embedded)])
+        return int(method.target_similarity(target).similarity.shape[0])
+
+    def presence(zoom: float) -> dict[str, float]:
+        method = MatcherMethod(tiny_sam, features=features, zoom_context=zoom)
+        method.fit([Reference(image, small, target.embedded)])
+        out = method.predict(target)
+        return {k: float(out.extras[k]) for k in ("presence_peak", "presence_match")}
+
+    whole = 3 * 6  # a 48 x 96 input at stride 16
+    assert reference_cells(small, 0.0) == whole
+    assert reference_cells(small, 3.0) == whole + 6 * 6  # + the 30 x 30 crop at 96 x 96
+    assert reference_cells(large, 3.0) == whole
+    assert presence(3.0) == pytest.approx(presence(0.0))  # read from the reference's own cells
+    with pytest.raises(InputError, match="zoom_context"):
+        MatcherMethod(tiny_sam, features=features, zoom_context=0.5)
+    with pytest.raises(InputError, match="zoom_below"):
+        MatcherMethod(tiny_sam, features=features, zoom_below=0.0)

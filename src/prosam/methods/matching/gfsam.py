@@ -86,6 +86,8 @@ class GFSamMethod(MatcherMethod):
         candidate: each point's mask: SAM's ``"single"`` output (GF-SAM), or of its three
             multimask outputs the one whose cells score best (``"best_score"``: mean
             positive-minus-negative score, as the mask growth ranks masks).
+        zoom_context: as matcher's, but off (0) by default: gfsam's defaults were chosen
+            on validation before the zoom existed, and it is unmeasured with it.
         Other arguments as :class:`~prosam.methods.matching.method.MatcherMethod`.
     """
 
@@ -100,13 +102,19 @@ class GFSamMethod(MatcherMethod):
         positive_rule: str = "mean",
         fallback: bool = True,
         candidate: str = "single",
+        zoom_context: float = 0.0,
         **options: object,
     ) -> None:
         if not 0.0 < cover <= 1.0:
             raise InputError(f"cover must be in (0, 1], got {cover}")
         if positive_rule not in ("gfsam", "mean"):
             raise InputError(f"positive_rule must be 'gfsam' or 'mean', got {positive_rule!r}")
-        super().__init__(model, max_points=max_points, **options)  # type: ignore[arg-type]
+        super().__init__(
+            model,
+            max_points=max_points,
+            zoom_context=zoom_context,
+            **options,  # type: ignore[arg-type]
+        )
         self.cover = cover
         self.positive_rule = positive_rule
         self.fallback = fallback
@@ -198,7 +206,9 @@ class GFSamMethod(MatcherMethod):
             "points": torch.as_tensor(xy, dtype=torch.float32),
             "prior": filtered.cpu(),
             "components": torch.tensor(float(len(np.unique(labels)))),
-            **self.presence_signals(priors.positive_max, matched_positive),
+            **self.presence_signals(
+                self.own_positive_max(found.similarity, grid, priors), matched_positive
+            ),
             **self.mask_signals(
                 class_logits, instances, embedded, matched_positive, priors.positive_max
             ),

@@ -54,6 +54,7 @@ from prosam.methods.matching.correspondence import (
     similarity_priors,
 )
 from prosam.methods.matching.features import SemanticFeatures
+from prosam.methods.matching.zoom import zoom_box
 from prosam.methods.similarity import (
     FeaturesLike,
     as_feature_provider,
@@ -62,6 +63,7 @@ from prosam.methods.similarity import (
 )
 from prosam.sam.model import FrozenSam
 from prosam.sam.predictor import ImageEmbedding, Predictor
+from prosam.sam.transforms import geometry_for
 
 InstanceMaskRule = Literal["union", "best"]
 #: Composite test: a part lies inside a candidate when this share of it does, and two
@@ -161,6 +163,12 @@ class MatcherMethod:
             smaller candidates (several objects taken as one: they become instances).
         positive_points: prompt only matched cells that look more like the reference
             foreground than its background (GF-SAM's positive-negative filter).
+        zoom_context: a reference object that is small (see ``zoom_below``) also joins the
+            bank from a square crop around it, ``zoom_context`` times its larger side,
+            resized like a whole image (:mod:`~prosam.methods.matching.zoom`); 0 turns
+            it off. The presence score reads the references' own cells only.
+        zoom_below: an object is small when its box's larger side is at most this fraction
+            of the image's side.
     """
 
     name = "matcher"
@@ -184,6 +192,8 @@ class MatcherMethod:
         instance_mask: InstanceMaskRule = "union",
         split_composites: bool = False,
         positive_points: bool = True,
+        zoom_context: float = 3.0,
+        zoom_below: float = 0.3,
         seed: int = 0,
     ) -> None:
         if max_points < 1 or max_instances < 1 or global_points < 0:
@@ -196,6 +206,10 @@ class MatcherMethod:
         ):
             if not 0.0 <= value <= 1.0:
                 raise InputError(f"{name} must be in [0, 1], got {value}")
+        if zoom_context != 0 and zoom_context < 1:
+            raise InputError(f"zoom_context must be 0 (off) or >= 1, got {zoom_context}")
+        if not 0.0 < zoom_below <= 1.0:
+            raise InputError(f"zoom_below must be in (0, 1], got {zoom_below}")
         if instance_mask not in ("union", "best"):
             raise InputError(f"instance_mask must be 'union' or 'best', got {instance_mask!r}")
         if assignment not in ("nearest", "hungarian"):
@@ -219,27 +233,57 @@ class MatcherMethod:
         self.instance_mask: InstanceMaskRule = instance_mask
         self.split_composites = split_composites
         self.positive_points = positive_points
+        self.zoom_context = float(zoom_context)
+        self.zoom_below = float(zoom_below)
         self.seed = seed
         self._bank: torch.Tensor | None = None  # (C, 1, N) reference cells of every shot
         self._weights: torch.Tensor | None = None  # (1, N) foreground fraction per cell
+        self._unzoomed = 0  # the bank's first cells: the references' own, zoomed views after
 
     @torch.inference_mode()
     def fit(self, references: Sequence[Reference]) -> None:
-        """Collect the references' feature cells and their foreground fractions."""
+        """Collect the references' feature cells and their foreground fractions (and those
+        of the zoomed views of small reference objects)."""
         if not references:
             raise InputError("matcher needs at least one reference")
         cells, weights = [], []
         for i, ref in enumerate(references):
-            feats = self.features(ref.image, ref.embedded)
-            w = self.features.annotation_weights(
-                ref.annotation, ref.embedded, tuple(feats.shape[-2:]), "area"
-            )
+            feats, w = self._cells(ref.image, ref.annotation, ref.embedded)
             if not bool((w > 0).any()):
                 raise InputError(f"reference {i}: the annotation is empty")
-            cells.append(feats.reshape(feats.shape[0], -1))
-            weights.append(w.reshape(-1).to(feats.device))
+            cells.append(feats)
+            weights.append(w)
+        self._unzoomed = sum(len(w) for w in weights)
+        for ref in references if self.zoom_context else []:
+            box = zoom_box(ref.annotation > 0, self.zoom_context, self.zoom_below)
+            if box is not None:
+                y0, y1, x0, x1 = box
+                crop = np.ascontiguousarray(ref.image[y0:y1, x0:x1])
+                feats, w = self._cells(crop, ref.annotation[y0:y1, x0:x1], None)
+                cells.append(feats)
+                weights.append(w)
         self._bank = torch.cat(cells, dim=1)[:, None]
         self._weights = torch.cat(weights)[None]
+
+    def _cells(
+        self, image: np.ndarray, annotation: np.ndarray, embedded: ImageEmbedding | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(C, n)`` feature cells of an image and ``(n,)`` foreground fractions; without
+        an embedding (a crop), SAM embeds the image if the features need it."""
+        if embedded is None:
+            embedded = self._embedding_for(image)
+        feats = self.features(image, embedded)
+        w = self.features.annotation_weights(annotation, embedded, tuple(feats.shape[-2:]), "area")
+        return feats.reshape(feats.shape[0], -1), w.reshape(-1).to(feats.device)
+
+    def _embedding_for(self, image: np.ndarray) -> ImageEmbedding:
+        """SAM's embedding of ``image``, or only its geometry where the backbone features
+        alone are used (no encoder run)."""
+        if isinstance(self.features, SemanticFeatures) and self.features.sam_weight == 0:
+            # These features read the pixels only; the geometry sizes the annotation.
+            size = self.model.sam.image_encoder.img_size
+            return ImageEmbedding(torch.empty(0), geometry_for(image.shape[:2], size))
+        return self.predictor.embed(image)
 
     def _foreground(self) -> torch.Tensor:
         assert self._weights is not None
@@ -289,11 +333,22 @@ class MatcherMethod:
             "prior": prior.cpu(),
             "kept_matches": torch.tensor(float(matches.kept_fraction)),
             "best_proposal": torch.tensor(float(best_proposal)),
-            **self.presence_signals(priors.positive_max, positive),
+            **self.presence_signals(self.own_positive_max(sim, grid, priors), positive),
             **self.mask_signals(logits, instances, embedded, positive, priors.positive_max),
         }
         presence = presence_score(extras["presence_peak"], extras["presence_match"])
         return MethodOutput(logits, presence, extras, instances)
+
+    def own_positive_max(
+        self, sim: torch.Tensor, grid: tuple[int, int], priors: Priors
+    ) -> torch.Tensor:
+        """The positive-max map over the references' own cells (zoomed views aside), which
+        the presence score reads, so its calibrated threshold holds with or without zoom."""
+        assert self._weights is not None
+        if self._unzoomed == self._weights.shape[1]:
+            return priors.positive_max
+        u = self._unzoomed
+        return similarity_priors(sim[:u], self._weights[0, :u], grid).positive_max
 
     def presence_signals(
         self, positive_max: torch.Tensor, positive: torch.Tensor
@@ -304,7 +359,10 @@ class MatcherMethod:
         (``presence_match``) and the share of target cells more like the reference
         foreground than its background (``presence_positive``)."""
         flat = positive_max.reshape(-1).float()
-        n = max(1, min(int(self._foreground().sum()), flat.numel()))
+        assert self._weights is not None
+        own = self._weights[:, : self._unzoomed]
+        n = int((own >= 0.5).sum()) or int((own > 0).sum())
+        n = max(1, min(n, flat.numel()))
         return {
             "presence_peak": flat.max().cpu(),
             "presence_match": flat.topk(n).values.mean().cpu(),
