@@ -4,11 +4,11 @@ For ordered targets (the frames of a video), :class:`Propagating` wraps any meth
 a *memory* of earlier targets with their predicted masks (the last ``memory`` of them); the
 method is fitted on the user's references plus that memory. The object may turn, grow and
 change its look over the frames; the first frame alone no longer has to match all of them.
-Which answers join the memory is the caller's choice: the labelling job remembers the
-frames whose mask it kept (score at least the method's presence threshold, area at least
-the minimum), so a frame the job calls empty or unsure teaches nothing. Only the user's
-references are annotated by a person, so a wrong answer that is kept can pull later
-frames the wrong way.
+Which answers join the memory is the caller's choice (``benchmarks/one_shot.py
+--propagate`` remembers what ``prosam label`` would keep: score at least the method's
+presence threshold, area at least the minimum). Only the user's references are annotated by
+a person, so a wrong answer that is remembered can pull later frames the wrong way; the
+labelling job does not propagate.
 
 This reading is prosam's, not one of the papers' (they segment every target from the
 user's references alone); ``docs/methods.md`` gives the settings and what they measured.

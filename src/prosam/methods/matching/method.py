@@ -285,10 +285,13 @@ class MatcherMethod:
             return ImageEmbedding(torch.empty(0), geometry_for(image.shape[:2], size))
         return self.predictor.embed(image)
 
-    def _foreground(self) -> torch.Tensor:
+    def _foreground(self, cells: int | None = None) -> torch.Tensor:
+        """The foreground cells among the bank's first ``cells`` (default all): area
+        fraction >= 0.5, or any part of the annotation when no cell is that full."""
         assert self._weights is not None
-        fg = self._weights >= 0.5
-        return fg if bool(fg.any()) else self._weights > 0
+        weights = self._weights[:, :cells]
+        fg = weights >= 0.5
+        return fg if bool(fg.any()) else weights > 0
 
     def target_similarity(self, target: Target) -> TargetSimilarity:
         """The target's features and their similarity to the fitted reference cells."""
@@ -359,10 +362,7 @@ class MatcherMethod:
         (``presence_match``) and the share of target cells more like the reference
         foreground than its background (``presence_positive``)."""
         flat = positive_max.reshape(-1).float()
-        assert self._weights is not None
-        own = self._weights[:, : self._unzoomed]
-        n = int((own >= 0.5).sum()) or int((own > 0).sum())
-        n = max(1, min(n, flat.numel()))
+        n = max(1, min(int(self._foreground(self._unzoomed).sum()), flat.numel()))
         return {
             "presence_peak": flat.max().cpu(),
             "presence_match": flat.topk(n).values.mean().cpu(),
