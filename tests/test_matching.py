@@ -21,9 +21,11 @@ from prosam.methods.matching.method import (
     MatcherMethod,
     drop_composites,
     low_res_to_grid,
+    paste_low_res,
 )
 from prosam.methods.matching.zoom import zoom_box
 from prosam.sam import Predictor
+from prosam.sam.transforms import geometry_for, original_size_mask
 
 
 def _grid(vectors: list[list[float]], shape: tuple[int, int]) -> torch.Tensor:
@@ -259,3 +261,91 @@ def test_zoom_adds_the_crops_cells_for_small_objects_only(tiny_sam):
         MatcherMethod(tiny_sam, features=features, zoom_context=0.5)
     with pytest.raises(InputError, match="zoom_below"):
         MatcherMethod(tiny_sam, features=features, zoom_below=0.0)
+
+
+def _disc_logits(geometry, side: int, radius: float) -> torch.Tensor:
+    """``(1, side, side)`` low-res logits: +10 in a disc at the image's centre, of ``radius``
+    times the image's longer side, -10 outside."""
+    vh = side * geometry.input_size[0] / geometry.image_size
+    vw = side * geometry.input_size[1] / geometry.image_size
+    ys, xs = torch.meshgrid(torch.arange(side) + 0.5, torch.arange(side) + 0.5, indexing="ij")
+    inside = (ys - vh / 2) ** 2 + (xs - vw / 2) ** 2 <= (radius * max(vh, vw)) ** 2
+    return torch.where(inside, 10.0, -10.0)[None]
+
+
+def test_paste_low_res_puts_a_crops_mask_in_its_place(tiny_sam):
+    side = tiny_sam.sam.prompt_encoder.mask_input_size[0]
+    image = geometry_for((100, 200), tiny_sam.image_size)
+    whole = _disc_logits(image, side, 0.12)
+    pasted = paste_low_res(whole, image, (0, 100, 0, 200), image, (side, side))
+    agree = original_size_mask(pasted, image) == original_size_mask(whole, image)
+    assert pasted.shape == (1, side, side) and agree.mean() > 0.99
+
+    box = (20, 80, 110, 170)  # a 60 x 60 crop
+    crop = geometry_for((60, 60), tiny_sam.image_size)
+    inside = original_size_mask(_disc_logits(crop, side, 0.25), crop)
+    expected = np.zeros((100, 200), bool)
+    expected[20:80, 110:170] = inside
+    got = original_size_mask(
+        paste_low_res(_disc_logits(crop, side, 0.25), crop, box, image, (side, side)), image
+    )
+    assert (got & expected).sum() / (got | expected).sum() > 0.8
+    assert not got[:, :100].any() and not got[:15].any()  # nothing far from the crop
+
+
+class _DiscPredictor:
+    """SAM's predictor with a decoder that answers every prompt with a disc at the image's
+    centre, and a log of the images it embedded."""
+
+    def __init__(self, model, radius: float) -> None:
+        self.real = Predictor(model)
+        self.side = model.sam.prompt_encoder.mask_input_size[0]
+        self.radius = radius
+        self.embedded: list[tuple[int, int]] = []
+
+    def embed(self, image):
+        self.embedded.append(image.shape[:2])
+        return self.real.embed(image)
+
+    def predict_low_res(self, embedded, *, multimask_output=True, **prompts):
+        n = 3 if multimask_output else 1
+        logits = _disc_logits(embedded.geometry, self.side, self.radius).repeat(n, 1, 1)
+        return logits, torch.full((n,), 0.9)
+
+
+def test_zoom_target_matches_again_inside_a_crop_around_a_small_find(tiny_sam):
+    backbone = build_backbone("efficientnet_lite0", pretrained=False)
+    features = SemanticFeatures(backbone, input_size=96)
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    annotation = np.zeros((200, 200), bool)
+    annotation[60:140, 60:140] = True
+    embedded = Predictor(tiny_sam).embed(image)
+
+    def run(zoom: float):
+        method = MatcherMethod(
+            tiny_sam,
+            features=features,
+            zoom_context=0,
+            zoom_target=zoom,
+            zoom_below=0.6,  # the tiny SAM's 32 x 32 masks are coarse: the disc is large
+            min_purity=0.0,
+        )
+        method.predictor = _DiscPredictor(tiny_sam, radius=0.1)
+        method.fit([Reference(image, annotation, embedded)])
+        return method.predict(Target(image, embedded)), method.predictor.embedded
+
+    plain, embeds = run(0.0)
+    assert embeds == [] and "zoomed_box" not in plain.extras
+    zoomed, embeds = run(3.0)
+    first = original_size_mask(plain.low_res_logits, embedded.geometry)
+    box = zoom_box(first, 3.0, 0.6)
+    assert box is not None and embeds == [(box[1] - box[0], box[3] - box[2])]
+    assert tuple(int(v) for v in zoomed.extras["zoomed_box"]) == box
+    assert zoomed.score == plain.score  # the presence score is the first pass's
+    got = original_size_mask(zoomed.low_res_logits, embedded.geometry)
+    y0, y1, x0, x1 = box
+    assert got.any() and got.sum() == got[y0:y1, x0:x1].sum()
+    assert got.sum() < 0.5 * first.sum()  # the crop's finer disc, not the first pass's
+    with pytest.raises(InputError, match="zoom_target"):
+        MatcherMethod(tiny_sam, features=features, zoom_target=0.5)

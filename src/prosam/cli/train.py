@@ -220,13 +220,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     method_prior = None
     if model.needs_method_prior:
         from prosam.methods.matching.features import SemanticFeatures
-        from prosam.methods.matching.method import MatcherMethod
-        from prosam.methods.prompt_encoder.method_prior import MethodPrior
+        from prosam.methods.prompt_encoder.method_prior import matcher_prior
 
         semantic = SemanticFeatures(
             device=model_sam.device, cache_dir=cache_root(args.cache_dir) / "semantic"
         )
-        method_prior = MethodPrior(MatcherMethod(model_sam, features=semantic))
+        method_prior = matcher_prior(model_sam, features=semantic)
     store = FeatureStore(
         Predictor(model_sam, cache=cache),
         backbone,

@@ -88,6 +88,7 @@ class GFSamMethod(MatcherMethod):
             positive-minus-negative score, as the mask growth ranks masks).
         zoom_context: as matcher's, but off (0) by default: gfsam's defaults were chosen
             on validation before the zoom existed, and it is unmeasured with it.
+        zoom_target: must stay 0: gfsam does not match again inside a zoomed target.
         Other arguments as :class:`~prosam.methods.matching.method.MatcherMethod`.
     """
 
@@ -103,8 +104,11 @@ class GFSamMethod(MatcherMethod):
         fallback: bool = True,
         candidate: str = "single",
         zoom_context: float = 0.0,
+        zoom_target: float = 0.0,
         **options: object,
     ) -> None:
+        if zoom_target:
+            raise InputError("gfsam does not zoom into targets: zoom_target must be 0")
         if not 0.0 < cover <= 1.0:
             raise InputError(f"cover must be in (0, 1], got {cover}")
         if positive_rule not in ("gfsam", "mean"):
@@ -113,6 +117,7 @@ class GFSamMethod(MatcherMethod):
             model,
             max_points=max_points,
             zoom_context=zoom_context,
+            zoom_target=0.0,
             **options,  # type: ignore[arg-type]
         )
         self.cover = cover

@@ -63,7 +63,12 @@ from prosam.methods.similarity import (
 )
 from prosam.sam.model import FrozenSam
 from prosam.sam.predictor import ImageEmbedding, Predictor
-from prosam.sam.transforms import geometry_for
+from prosam.sam.transforms import (
+    ImageGeometry,
+    geometry_for,
+    original_size_mask,
+    postprocess_logits,
+)
 
 InstanceMaskRule = Literal["union", "best"]
 #: Composite test: a part lies inside a candidate when this share of it does, and two
@@ -102,6 +107,26 @@ def low_res_to_grid(logits: torch.Tensor, embedded: ImageEmbedding, grid: tuple[
     vh, vw = region_size(embedded.geometry, (logits.shape[-2], logits.shape[-1]))
     binary = (logits[..., :vh, :vw] > 0).float().reshape(-1, 1, vh, vw)
     return F.adaptive_avg_pool2d(binary, grid)[:, 0]
+
+
+def paste_low_res(
+    logits: torch.Tensor,
+    crop: ImageGeometry,
+    box: tuple[int, int, int, int],
+    image: ImageGeometry,
+    side: tuple[int, int],
+) -> torch.Tensor:
+    """A crop's ``(1, h, w)`` low-res logits as low-res logits ``(1, *side)`` of the whole
+    image: upsampled to the crop's pixels, placed at ``box = (y0, y1, x0, x1)`` on a
+    background of -20, then resampled to the image's padded square like SAM's own."""
+    y0, y1, x0, x1 = box
+    inside = postprocess_logits(logits.float().reshape(1, 1, *logits.shape[-2:]), crop)
+    canvas = torch.full((1, 1, *image.original_size), -20.0, device=logits.device)
+    canvas[..., y0:y1, x0:x1] = inside
+    resized = F.interpolate(canvas, image.input_size, mode="bilinear", align_corners=False)
+    s = image.image_size
+    padded = F.pad(resized, (0, s - image.input_size[1], 0, s - image.input_size[0]), value=-20.0)
+    return F.interpolate(padded, side, mode="area")[0]
 
 
 def drop_composites(candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -169,6 +194,11 @@ class MatcherMethod:
             it off. The presence score reads the references' own cells only.
         zoom_below: an object is small when its box's larger side is at most this fraction
             of the image's side.
+        zoom_target: when everything found in a target lies in a small region (see
+            ``zoom_below``), SAM embeds a square crop ``zoom_target`` times that region's
+            larger side and the target is matched again inside it; the crop's instances
+            replace the first ones when it finds any. 0 turns it off. Costs one more image
+            encoder run per zoomed target; the presence score stays the first pass's.
     """
 
     name = "matcher"
@@ -194,6 +224,7 @@ class MatcherMethod:
         positive_points: bool = True,
         zoom_context: float = 3.0,
         zoom_below: float = 0.3,
+        zoom_target: float = 3.0,
         seed: int = 0,
     ) -> None:
         if max_points < 1 or max_instances < 1 or global_points < 0:
@@ -206,8 +237,9 @@ class MatcherMethod:
         ):
             if not 0.0 <= value <= 1.0:
                 raise InputError(f"{name} must be in [0, 1], got {value}")
-        if zoom_context != 0 and zoom_context < 1:
-            raise InputError(f"zoom_context must be 0 (off) or >= 1, got {zoom_context}")
+        for name, context in (("zoom_context", zoom_context), ("zoom_target", zoom_target)):
+            if context != 0 and context < 1:
+                raise InputError(f"{name} must be 0 (off) or >= 1, got {context}")
         if not 0.0 < zoom_below <= 1.0:
             raise InputError(f"zoom_below must be in (0, 1], got {zoom_below}")
         if instance_mask not in ("union", "best"):
@@ -235,6 +267,7 @@ class MatcherMethod:
         self.positive_points = positive_points
         self.zoom_context = float(zoom_context)
         self.zoom_below = float(zoom_below)
+        self.zoom_target = float(zoom_target)
         self.seed = seed
         self._bank: torch.Tensor | None = None  # (C, 1, N) reference cells of every shot
         self._weights: torch.Tensor | None = None  # (1, N) foreground fraction per cell
@@ -304,7 +337,37 @@ class MatcherMethod:
 
     @torch.inference_mode()
     def predict(self, target: Target) -> MethodOutput:
-        """Segment every instance of the referenced kind in ``target``."""
+        """Segment every instance of the referenced kind in ``target`` (again inside a
+        zoomed crop when all of them are small, see ``zoom_target``)."""
+        first = self._predict_once(target)
+        if not self.zoom_target or not first.instances:
+            return first
+        geometry = target.embedded.geometry
+        box = zoom_box(
+            original_size_mask(first.low_res_logits, geometry), self.zoom_target, self.zoom_below
+        )
+        if box is None:
+            return first
+        y0, y1, x0, x1 = box
+        crop = np.ascontiguousarray(target.image[y0:y1, x0:x1])
+        zoomed = self._predict_once(Target(crop, self.predictor.embed(crop)))
+        if not zoomed.instances:
+            return first
+        crop_geometry = geometry_for(crop.shape[:2], geometry.image_size)
+        side = tuple(int(v) for v in first.low_res_logits.shape[-2:])
+
+        def pasted(logits: torch.Tensor) -> torch.Tensor:
+            return paste_low_res(logits, crop_geometry, box, geometry, side)  # type: ignore[arg-type]
+
+        instances = [
+            InstanceMask(pasted(i.low_res_logits), i.score, i.predicted_iou)
+            for i in zoomed.instances
+        ]
+        logits = torch.stack([i.low_res_logits for i in instances]).amax(0)
+        extras = {**first.extras, "zoomed_box": torch.tensor(box, dtype=torch.float32)}
+        return MethodOutput(logits, first.score, extras, instances)
+
+    def _predict_once(self, target: Target) -> MethodOutput:
         embedded = target.embedded
         found = self.target_similarity(target)
         feats, grid, sim, priors = found.features, found.grid, found.similarity, found.priors

@@ -20,7 +20,7 @@ from prosam.backbones.features import BackboneFeatureCache
 from prosam.errors import InputError
 from prosam.methods.base import MethodOutput, Reference, Target
 from prosam.methods.capabilities import PROMPT_NOISE, UNCERTAINTY
-from prosam.methods.prompt_encoder.method_prior import MethodPrior
+from prosam.methods.prompt_encoder.method_prior import MethodPrior, matcher_prior
 from prosam.methods.prompt_encoder.network import (
     PromptNetwork,
     decode_prompt_logits,
@@ -69,9 +69,7 @@ class PromptEncoderMethod:
         self._references: list[Reference] = []
         self.prior = prior
         if model.needs_method_prior and prior is None:
-            from prosam.methods.matching.method import MatcherMethod
-
-            self.prior = MethodPrior(MatcherMethod(sam), memory=0)
+            self.prior = matcher_prior(sam, memory=0)
         if self.config.method != "prosam" and (strategy != "mean_prompt" or uncertainty):
             raise InputError("sampling strategies and uncertainty need a ProSAM model")
 

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from prosam.methods.base import Reference, ReferenceMethod, Target
-from prosam.methods.similarity import crop_region
+from prosam.methods.matching.method import MatcherMethod
+from prosam.methods.similarity import FeaturesLike, crop_region
+from prosam.sam.model import FrozenSam
 
 #: Pseudo-mask sources that come from another method rather than from backbone features.
 METHOD_PRIOR_SOURCES = ("matcher",)
@@ -65,3 +67,11 @@ class MethodPrior:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = prior
         return prior
+
+
+def matcher_prior(
+    sam: FrozenSam, *, features: FeaturesLike = None, memory: int = 8192
+) -> MethodPrior:
+    """The ``matcher`` prior: matcher with its defaults, except that it does not zoom into
+    targets (``zoom_target=0``), which would cost an image encoder run per prior."""
+    return MethodPrior(MatcherMethod(sam, features=features, zoom_target=0), memory=memory)
