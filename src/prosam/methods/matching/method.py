@@ -198,7 +198,8 @@ class MatcherMethod:
             ``zoom_below``), SAM embeds a square crop ``zoom_target`` times that region's
             larger side and the target is matched again inside it; the crop's instances
             replace the first ones when it finds any. 0 turns it off. Costs one more image
-            encoder run per zoomed target; the presence score stays the first pass's.
+            encoder run per zoomed target; the presence score stays the first pass's. Off by
+            default: no gain on the wider validation list (docs/methods.md).
     """
 
     name = "matcher"
@@ -224,7 +225,7 @@ class MatcherMethod:
         positive_points: bool = True,
         zoom_context: float = 3.0,
         zoom_below: float = 0.3,
-        zoom_target: float = 3.0,
+        zoom_target: float = 0.0,
         seed: int = 0,
     ) -> None:
         if max_points < 1 or max_instances < 1 or global_points < 0:
