@@ -51,6 +51,7 @@ from prosam.label.defaults import DEFAULT_MIN_AREA_FRACTION
 from prosam.methods import Reference, Target, build_method, get_method
 from prosam.methods.base import MethodOutput
 from prosam.methods.propagation import Propagating
+from prosam.methods.tracking import Tracking
 from prosam.metrics import FSSAccumulator, instance_average_precision
 from prosam.sam import EmbeddingCache, ImageEmbedding, Predictor, load_sam
 from prosam.sam.transforms import original_size_mask
@@ -194,7 +195,12 @@ def fit_on(method: Any, predictor: Predictor, path: Path, mask: np.ndarray) -> f
 
 
 def run_method(
-    name: str, model: Any, predictor: Predictor, tasks: Sequence[Task], propagate: int = 0
+    name: str,
+    model: Any,
+    predictor: Predictor,
+    tasks: Sequence[Task],
+    propagate: int = 0,
+    track: bool = False,
 ) -> dict:
     per_task: dict[str, dict] = {}
     overall = FSSAccumulator()
@@ -204,6 +210,8 @@ def run_method(
         threshold = get_method(name).presence_threshold or 0.0
         if propagate:  # remember what `prosam label` would keep (score and area)
             method = Propagating(method, memory=propagate)
+        if track:
+            method = Tracking(method)
         fit_seconds = 0.0
         if not task.items or task.items[0].reference is None:
             fit_seconds += fit_on(method, predictor, task.reference, task.reference_mask)
@@ -321,6 +329,12 @@ def main() -> None:
         help="davis: each method also learns from its last N confident frames "
         "(prosam.methods.propagation; reported as METHOD+propagateN)",
     )
+    p.add_argument(
+        "--track",
+        action="store_true",
+        help="davis: keep only the instances near the object's last place "
+        "(prosam.methods.tracking; reported as METHOD+track)",
+    )
     p.add_argument("--negatives", type=int, default=10, help="msrc: absent targets per class")
     p.add_argument("--min-reference-area", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
@@ -351,9 +365,11 @@ def main() -> None:
         "methods": {},
     }
     for name in args.methods.split(","):
-        result = run_method(name, model, predictor, tasks, args.propagate)
+        result = run_method(name, model, predictor, tasks, args.propagate, args.track)
         if args.propagate:
             name = f"{name}+propagate{args.propagate}"
+        if args.track:
+            name = f"{name}+track"
         report["methods"][name] = result
         print(
             f"{name}: mean IoU {100 * result['mean_iou']:.1f}, "
