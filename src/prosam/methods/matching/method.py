@@ -212,7 +212,7 @@ class MatcherMethod:
         features: FeaturesLike = None,
         backbone: str = "efficientnet_lite0",
         assignment: Assignment = "nearest",
-        max_points: int = 12,
+        max_points: int = 24,
         global_points: int = 6,
         min_iou: float = 0.5,
         min_purity: float = 0.8,
