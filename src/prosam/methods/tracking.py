@@ -19,16 +19,14 @@ import torch.nn.functional as F
 
 from prosam.errors import InputError
 from prosam.methods.base import InstanceMask, MethodOutput, Reference, ReferenceMethod, Target
-from prosam.sam.transforms import ImageGeometry
+from prosam.sam.transforms import ImageGeometry, to_low_res_frame
 
 
 def padded_low_res(mask: torch.Tensor, geometry: ImageGeometry, side: tuple[int, int]):
     """A boolean ``(H, W)`` mask at the original size as a boolean ``side`` mask over SAM's
     padded square input, like the decoder's low-res logits."""
-    x = F.interpolate(mask.float()[None, None], geometry.input_size, mode="area")
-    s = geometry.image_size
-    x = F.pad(x, (0, s - geometry.input_size[1], 0, s - geometry.input_size[0]))
-    return F.interpolate(x, side, mode="area")[0, 0] >= 0.5
+    x = to_low_res_frame(mask.float()[None, None], geometry, side, fill=0.0, mode="area")
+    return x[0, 0] >= 0.5
 
 
 def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:

@@ -106,6 +106,18 @@ def logits_at_input_resolution(
     return F.interpolate(crop, size, mode="bilinear", align_corners=False)
 
 
+def to_low_res_frame(
+    x: torch.Tensor, geometry: ImageGeometry, side: tuple[int, int], *, fill: float, mode: str
+) -> torch.Tensor:
+    """A ``(N, C, H, W)`` map at the original size resampled into the decoder's ``side``
+    frame over the padded square input: resized to the input size (``mode``), padded with
+    ``fill``, then area-averaged to ``side`` (the inverse of :func:`postprocess_logits`)."""
+    resized = F.interpolate(x, geometry.input_size, mode=mode)
+    s = geometry.image_size
+    pad = (0, s - geometry.input_size[1], 0, s - geometry.input_size[0])
+    return F.interpolate(F.pad(resized, pad, value=fill), side, mode="area")
+
+
 def low_res_valid_size(geometry: ImageGeometry, low: int) -> tuple[int, int]:
     """``(h, w)`` of the unpadded image area in ``low x low`` decoder logits."""
     return (

@@ -68,6 +68,7 @@ from prosam.sam.transforms import (
     geometry_for,
     original_size_mask,
     postprocess_logits,
+    to_low_res_frame,
 )
 
 InstanceMaskRule = Literal["union", "best"]
@@ -123,10 +124,7 @@ def paste_low_res(
     inside = postprocess_logits(logits.float().reshape(1, 1, *logits.shape[-2:]), crop)
     canvas = torch.full((1, 1, *image.original_size), -20.0, device=logits.device)
     canvas[..., y0:y1, x0:x1] = inside
-    resized = F.interpolate(canvas, image.input_size, mode="bilinear", align_corners=False)
-    s = image.image_size
-    padded = F.pad(resized, (0, s - image.input_size[1], 0, s - image.input_size[0]), value=-20.0)
-    return F.interpolate(padded, side, mode="area")[0]
+    return to_low_res_frame(canvas, image, side, fill=-20.0, mode="bilinear")[0]
 
 
 def drop_composites(candidates: Sequence[Candidate]) -> list[Candidate]:
