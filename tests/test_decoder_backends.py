@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from prosam.errors import WeightsError
+from prosam.errors import InputError, WeightsError
 from prosam.sam import Predictor, decoder_export, load_sam
 from prosam.sam.decoder_export import DecoderCheck
 from prosam.stable.plugin import StableSamPlugin, attach_stable_plugin
@@ -101,3 +101,41 @@ def test_a_decoder_export_that_disagrees_is_not_cached(tmp_path, monkeypatch):
 def test_auto_keeps_pytorch_for_the_random_test_model(tmp_path):
     model = load_sam("tiny").use_decoder_backend("auto", cache_root=tmp_path)
     assert model.decoder_backend == "torch" and model.decoder_runtime() is None
+
+
+@pytest.mark.parametrize("backend", [None, "onnxruntime"])
+@pytest.mark.parametrize("multimask", [True, False])
+def test_point_sets_decoded_together_equal_each_set_decoded_alone(
+    tmp_path, embedded, backend, multimask
+):
+    model = load_sam("tiny")
+    if backend is not None:
+        model = model.use_decoder_backend(backend, cache_root=tmp_path)
+    predictor = Predictor(model)
+    sets = np.array([[[30.0, 40.0], [90.0, 10.0]], [[5.0, 80.0], [60.0, 60.0]], [[110, 2], [1, 1]]])
+    labels = np.array([[1, 0], [1, 1], [0, 1]])
+    got, got_iou = predictor.predict_low_res_sets(
+        embedded, sets, labels, multimask_output=multimask
+    )
+    assert got.shape[:2] == got_iou.shape == (3, 3 if multimask else 1)
+    for s in range(3):
+        alone, alone_iou = predictor.predict_low_res(
+            embedded, points=sets[s], point_labels=labels[s], multimask_output=multimask
+        )
+        torch.testing.assert_close(got[s], alone, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got_iou[s], alone_iou, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("points", "labels", "message"),
+    [
+        (np.zeros((2, 2)), None, "point sets must be"),
+        (np.zeros((0, 1, 2)), None, "points is empty"),
+        (np.full((1, 1, 2), np.nan), None, "finite"),
+        (np.zeros((2, 1, 2)), np.array([1]), "2 points but 1 labels"),
+        (np.zeros((2, 1, 2)), np.array([[1], [2]]), "point labels must be"),
+    ],
+)
+def test_point_sets_refuse_bad_input_in_one_line(embedded, points, labels, message):
+    with pytest.raises(InputError, match=message):
+        Predictor(load_sam("tiny")).predict_low_res_sets(embedded, points, labels)

@@ -312,6 +312,10 @@ class _DiscPredictor:
         logits = _disc_logits(embedded.geometry, self.side, self.radius).repeat(n, 1, 1)
         return logits, torch.full((n,), 0.9)
 
+    def predict_low_res_sets(self, embedded, points, *, multimask_output=True):
+        answers = [self.predict_low_res(embedded, multimask_output=multimask_output)] * len(points)
+        return torch.stack([a[0] for a in answers]), torch.stack([a[1] for a in answers])
+
 
 def test_zoom_target_matches_again_inside_a_crop_around_a_small_find(tiny_sam):
     backbone = build_backbone("efficientnet_lite0", pretrained=False)

@@ -95,20 +95,7 @@ class Predictor:
         device = self.model.device
         point_arg = None
         if points is not None:
-            pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-            if pts.shape[0] == 0:
-                raise InputError("points is empty")
-            if not np.isfinite(pts).all():
-                raise InputError("point coordinates must be finite numbers")
-            labels = np.ones(len(pts)) if point_labels is None else np.asarray(point_labels).ravel()
-            if labels.shape[0] != pts.shape[0]:
-                raise InputError(f"{pts.shape[0]} points but {labels.shape[0]} labels")
-            if not set(np.unique(labels).tolist()) <= {0, 1}:
-                raise InputError("point labels must be 0 (background) or 1 (foreground)")
-            point_arg = (
-                transform_coords(pts, geometry)[None].to(device),
-                torch.as_tensor(labels, dtype=torch.int64, device=device)[None],
-            )
+            point_arg = self._point_sets(embedded, points, point_labels, sets=False)
         box_arg = None
         if box is not None:
             b = np.asarray(box, dtype=np.float64).ravel()
@@ -145,6 +132,80 @@ class Predictor:
             multimask_output=multimask_output,
         )
         return low_res[0], iou[0]
+
+    def _point_sets(
+        self,
+        embedded: ImageEmbedding,
+        points: np.ndarray,
+        point_labels: np.ndarray | None,
+        *,
+        sets: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked points as SAM's ``(S, N, 2)`` input-frame coordinates and ``(S, N)``
+        labels; ``points`` is ``(S, N, 2)`` when ``sets``, else ``(N, 2)`` (then S = 1)."""
+        pts = np.asarray(points, dtype=np.float64)
+        if sets and (pts.ndim != 3 or pts.shape[-1] != 2):
+            raise InputError(f"point sets must be (S, N, 2), got shape {pts.shape}")
+        pts = pts.reshape(pts.shape if sets else (1, -1, 2))
+        if pts.size == 0:
+            raise InputError("points is empty")
+        if not np.isfinite(pts).all():
+            raise InputError("point coordinates must be finite numbers")
+        if point_labels is None:
+            labels = np.ones(pts.shape[:2])
+        else:
+            labels = np.asarray(point_labels)
+            if labels.size != pts.shape[0] * pts.shape[1]:
+                raise InputError(f"{pts.shape[0] * pts.shape[1]} points but {labels.size} labels")
+            labels = labels.reshape(pts.shape[:2])
+        if not set(np.unique(labels).tolist()) <= {0, 1}:
+            raise InputError("point labels must be 0 (background) or 1 (foreground)")
+        device = self.model.device
+        coords = transform_coords(pts.reshape(-1, 2), embedded.geometry)
+        return (
+            coords.reshape(*pts.shape).to(device),
+            torch.as_tensor(labels, dtype=torch.int64, device=device),
+        )
+
+    @torch.inference_mode()
+    def predict_low_res_sets(
+        self,
+        embedded: ImageEmbedding,
+        points: np.ndarray,
+        point_labels: np.ndarray | None = None,
+        *,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode ``S`` point prompts of ``N`` points each (``points (S, N, 2)``, labels
+        ``(S, N)``) in one decoder call: low-res logits ``(S, M, 256, 256)`` and predicted
+        IoUs ``(S, M)``, each set as :meth:`predict_low_res` would give it alone."""
+        coords, labels = self._point_sets(embedded, points, point_labels, sets=True)
+        runtime = self.model.decoder_runtime()
+        keep = slice(1, None) if multimask_output else slice(0, 1)
+        if runtime is not None:
+            side = tuple(self.model.sam.prompt_encoder.mask_input_size)
+            parts = [
+                graph_prompts(c, lab, None, None, side)  # type: ignore[arg-type]
+                for c, lab in zip(coords.cpu(), labels.cpu(), strict=True)
+            ]
+            low_res, iou = runtime(
+                embedded.embedding,
+                torch.cat([p[0] for p in parts]),
+                torch.cat([p[1] for p in parts]),
+                torch.cat([p[2] for p in parts]),
+                parts[0][3],
+            )
+            return low_res[:, keep].to(self.model.device), iou[:, keep].to(self.model.device)
+        sam = self.model.sam
+        sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        low_res, iou = sam.mask_decoder(
+            image_embeddings=embedded.embedding,
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+        return low_res, iou
 
     @torch.inference_mode()
     def predict(

@@ -156,10 +156,10 @@ class GFSamMethod(MatcherMethod):
         xy = cell_centres(cells_idx, grid, size)  # type: ignore[arg-type]
         logits, ious = [], []
         multimask = self.candidate == "best_score"
-        for point in xy:
-            low, iou = self.predictor.predict_low_res(
-                embedded, points=point[None], multimask_output=multimask
-            )
+        set_low, set_iou = self.predictor.predict_low_res_sets(
+            embedded, xy[:, None], multimask_output=multimask
+        )
+        for low, iou in zip(set_low, set_iou, strict=True):
             pick = 0
             if multimask:
                 options = low_res_to_grid(low, embedded, grid)

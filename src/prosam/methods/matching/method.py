@@ -514,10 +514,8 @@ class MatcherMethod:
         best_match: torch.Tensor,
     ) -> list[Candidate]:
         candidates: list[Candidate] = []
-        for point in xy:
-            logits, iou = self.predictor.predict_low_res(
-                embedded, points=point[None], multimask_output=True
-            )
+        set_logits, set_ious = self.predictor.predict_low_res_sets(embedded, xy[:, None])
+        for logits, iou in zip(set_logits, set_ious, strict=True):
             candidates += self.score_candidates(logits, iou, embedded, positive, best_match)
         n = min(self.global_points, len(xy))
         if n >= 2:
