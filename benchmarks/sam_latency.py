@@ -119,7 +119,7 @@ def to_markdown(r: dict, command: str) -> str:
             r["decoder_point_sets_one_by_one"],
         ),
         (
-            f"decoder, the same {r['point_sets']} prompts in one call",
+            f"decoder, the same {r['point_sets']} prompts through `predict_low_res_sets`",
             r["decoder_point_sets_together"],
         ),
     ]
@@ -141,7 +141,8 @@ def to_markdown(r: dict, command: str) -> str:
         "",
         f"Cache miss (encode + write): {r['cache_miss_ms']:.1f} ms. "
         f"Cache-hit speedup over encoding: **{r['cache_hit_speedup']:.0f}x**. "
-        f"{r['point_sets']} prompts in one decoder call instead of one each: "
+        f"{r['point_sets']} prompts through `predict_low_res_sets` (one call with an "
+        "exported decoder graph) instead of one call each: "
         f"**{r['point_sets_speedup']:.2f}x** (interleaved).",
         "",
     ]

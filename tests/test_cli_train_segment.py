@@ -209,3 +209,6 @@ def test_train_with_extra_data_and_an_episode_mix(run, tmp_path, capsys):
     assert summary["settings"]["paired_fraction"] == 0.5
     assert main([*args[:-3], "--paired", "0.9", "--out", str(tmp_path / "bad")]) != 0
     assert "sum to at most 1" in capsys.readouterr().err
+    anchored = [*args[:-3], "--anchor-points", "2", "--out", str(tmp_path / "bad2")]
+    assert main(anchored) != 0  # anchors need the matcher's prior, not --prior fused
+    assert "anchor points are placed on a method's prior" in capsys.readouterr().err

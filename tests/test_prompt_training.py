@@ -345,3 +345,85 @@ def test_a_model_on_a_method_prior_trains_and_reads_it(backbone, tiny_sam, datas
     no_prior = FeatureStore(Predictor(tiny_sam), backbone, 64, None, "b")
     with pytest.raises(InputError, match="method prior"):
         episode_loss(model.training_prompts, model, tiny_sam, no_prior, batch)
+
+
+def test_anchor_cells_spread_over_the_objects_cells_then_repeat():
+    from prosam.methods.prompt_encoder.anchors import anchor_cells
+
+    prior = torch.zeros(5, 5)
+    prior[0, 0], prior[0, 1], prior[4, 4] = 0.9, 0.7, 0.6
+    assert anchor_cells(prior, 2).tolist() == [0, 24]  # the likeliest, then the farthest
+    assert anchor_cells(prior, 4).tolist() == [0, 24, 1, 0]  # three cells: they repeat
+    prior[:] = 0.1
+    prior[2, 3] = 0.3
+    assert anchor_cells(prior, 3).tolist()[0] == 13  # nothing inside: the likeliest cells
+    with pytest.raises(InputError, match="at least 1"):
+        anchor_cells(prior, 0)
+
+
+def test_anchor_prompts_are_sams_clicks_at_the_chosen_cells(tiny_sam):
+    from prosam.methods.prompt_encoder.anchors import anchor_prompts
+    from prosam.sam.transforms import geometry_for, transform_coords
+
+    geometry = geometry_for((100, 200), tiny_sam.image_size)
+    prior = torch.zeros(1, 1, 4, 4)
+    prior[0, 0, 1, 2] = 1.0  # the cell centred at x = 2.5 * 200 / 4, y = 1.5 * 100 / 4
+    got = anchor_prompts(tiny_sam, prior, [geometry], 2)
+    clicks = transform_coords(torch.tensor([[[125.0, 37.5]] * 2]), geometry)
+    expected, _ = tiny_sam.sam.prompt_encoder(
+        points=(clicks, torch.ones(1, 2, dtype=torch.int64)), boxes=None, masks=None
+    )
+    assert got.shape == (1, 3, tiny_sam.embed_dim)  # two clicks and SAM's padding token
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(InputError, match="geometries"):
+        anchor_prompts(tiny_sam, prior, [], 2)
+
+
+def test_anchored_learned_tokens_start_gated_off_and_then_train(backbone, tiny_sam, dataset):
+    from prosam.methods.prompt_encoder.method_prior import MethodPrior
+
+    with pytest.raises(InputError, match="method's prior"):
+        PromptNetworkConfig(anchor_points=2, pseudo_mask_source="high")
+    model = _model("vrp", backbone, pseudo_mask_source="matcher", anchor_points=2)
+    store = FeatureStore(
+        Predictor(tiny_sam), backbone, 64, None, "b", prior=MethodPrior(_HalfMask())
+    )
+    batch = epoch_episodes(
+        dataset, [1, 2, 3], TrainSettings(episodes_per_epoch=2, batch_size=2), epoch=0
+    )
+    episode_loss(model.training_prompts, model, tiny_sam, store, batch).backward()
+    # at the start only the gate learns: the learned tokens enter multiplied by it (0)
+    assert float(model.prompt_gate.grad.abs()) > 0
+    assert all(
+        p.grad is None or float(p.grad.abs().sum()) == 0
+        for name, p in model.named_parameters()
+        if name != "prompt_gate"
+    )
+    with torch.no_grad():
+        model.prompt_gate.fill_(0.5)
+    model.zero_grad()
+    episode_loss(model.training_prompts, model, tiny_sam, store, batch).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in tiny_sam.sam.parameters())
+    with pytest.raises(InputError, match="anchors"):
+        model.with_anchors(torch.zeros(1, 1, 6, 32), None)
+
+
+def test_an_anchored_model_clicks_where_its_prior_is(backbone, tiny_sam, dataset):
+    from prosam.evaluation.references import episode_inputs
+    from prosam.methods.prompt_encoder.method_prior import MethodPrior
+
+    model = _model("prosam", backbone, pseudo_mask_source="matcher", anchor_points=3)
+    ep = epoch_episodes(dataset, [1], TrainSettings(episodes_per_epoch=1), 0)[0]
+    refs, target, _, _ = episode_inputs(ep, Predictor(tiny_sam))
+    masks = []
+    for left in (True, False):
+        method = PromptEncoderMethod(
+            tiny_sam, backbone, model, prior=MethodPrior(_HalfMask(left)), uncertainty=True
+        )
+        method.fit(refs)
+        out = method.predict(target)
+        assert out.low_res_logits.shape == (1, *tiny_sam.sam.prompt_encoder.mask_input_size)
+        masks.append(out.low_res_logits)
+    assert not torch.allclose(masks[0], masks[1])

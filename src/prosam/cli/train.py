@@ -140,6 +140,15 @@ def add_parser(
         help="the target cross-attention reads only cells whose normalised prior is >= T "
         "(0: all cells)",
     )
+    p.add_argument(
+        "--anchor-points",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also prompt SAM with K clicks spread over the prior's object cells, the learned "
+        "tokens joining them through a gate that starts at 0 (needs --prior matcher; "
+        "0: the papers' prompts only)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     p.add_argument("--no-progress", action="store_true")
     add_model_args(p)
@@ -194,6 +203,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         target_values=args.target_values,
         target_residual=args.target_residual,
         prior_keep=args.prior_keep,
+        anchor_points=args.anchor_points,
     )
     model = PromptNetwork(config, backbone.mid_channels).to(model_sam.device)
     val_episodes, val_classes = None, None

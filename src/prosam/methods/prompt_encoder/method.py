@@ -20,6 +20,7 @@ from prosam.backbones.features import BackboneFeatureCache
 from prosam.errors import InputError
 from prosam.methods.base import MethodOutput, Reference, Target
 from prosam.methods.capabilities import PROMPT_NOISE, UNCERTAINTY
+from prosam.methods.prompt_encoder.anchors import anchor_prompts
 from prosam.methods.prompt_encoder.method_prior import MethodPrior, matcher_prior
 from prosam.methods.prompt_encoder.network import (
     PromptNetwork,
@@ -108,6 +109,12 @@ class PromptEncoderMethod:
         if self.prior is not None and self.model.needs_method_prior:
             tgt_prior = self.prior(self._references, target, grid).to(tgt.mid[0])
         outputs = [self.model(ref, ann, tgt, tgt_sam, tgt_prior) for ref, ann in self._refs]
+        anchors = None
+        if self.config.anchor_points:
+            assert tgt_prior is not None  # such a model needs a method prior
+            geometry = target.embedded.geometry
+            anchors = anchor_prompts(self.sam, tgt_prior, [geometry], self.config.anchor_points)
+        anchored = self.model.with_anchors
         embedding = target.embedded.embedding
         extras: dict[str, Tensor] = {}
         if prompt_noise < 0:
@@ -120,24 +127,25 @@ class PromptEncoderMethod:
             )
             noise = torch.randn(prompts.shape, generator=generator).to(prompts)
             logits, iou = decode_prompt_logits(
-                self.sam, embedding, (prompts + prompt_noise * noise)[None]
+                self.sam, embedding, anchored((prompts + prompt_noise * noise)[None], anchors)
             )
             return MethodOutput(logits[0, 0], float(iou[0, 0]), extras)
         if isinstance(outputs[0], PromptDistribution):
             mean = torch.cat([o.mu for o in outputs], dim=1)
             need_samples = self.strategy != "mean_prompt" or self.uncertainty
             if need_samples:
-                samples = self._samples(outputs)  # (K, 1, kQ, D)
+                samples = anchored(self._samples(outputs), anchors)  # (K, 1, A + kQ, D)
                 sample_logits, _ = decode_prompt_logits(self.sam, embedding, samples)
                 if self.uncertainty:
                     extras["uncertainty"] = uncertainty_map(sample_logits)[0, 0]
+            mean = anchored(mean[None], anchors)
             if self.strategy == "mean_prompt":
-                logits, iou = decode_prompt_logits(self.sam, embedding, mean[None])
+                logits, iou = decode_prompt_logits(self.sam, embedding, mean)
                 return MethodOutput(logits[0, 0], float(iou[0, 0]), extras)
             combined = combine_samples(sample_logits, self.strategy)  # type: ignore[arg-type]
-            _, iou = decode_prompt_logits(self.sam, embedding, mean[None])
+            _, iou = decode_prompt_logits(self.sam, embedding, mean)
             return MethodOutput(combined[0], float(iou[0, 0]), extras)
-        prompts = torch.cat(outputs, dim=1)[None]
+        prompts = anchored(torch.cat(outputs, dim=1)[None], anchors)
         logits, iou = decode_prompt_logits(self.sam, embedding, prompts)
         return MethodOutput(logits[0, 0], float(iou[0, 0]), extras)
 

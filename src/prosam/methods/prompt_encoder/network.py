@@ -55,6 +55,7 @@ class PromptNetworkConfig:
     target_values: str = "backbone"
     target_residual: bool = True
     prior_keep: float = 0.0
+    anchor_points: int = 0
     # ProSAM only
     family: str = "student_t"
     nu: float = 5.0
@@ -69,6 +70,14 @@ class PromptNetworkConfig:
         if self.target_values not in TARGET_VALUE_KINDS:
             raise InputError(
                 f"target_values must be one of {TARGET_VALUE_KINDS}, got {self.target_values!r}"
+            )
+
+        if self.anchor_points < 0:
+            raise InputError(f"anchor_points must be >= 0, got {self.anchor_points}")
+        if self.anchor_points and self.pseudo_mask_source not in METHOD_PRIOR_SOURCES:
+            raise InputError(
+                f"anchor points are placed on a method's prior: use pseudo_mask_source in "
+                f"{METHOD_PRIOR_SOURCES}, not {self.pseudo_mask_source!r}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +127,21 @@ class PromptNetwork(nn.Module):
             if config.method == "prosam"
             else encoder
         )
+        if config.anchor_points:
+            # the learned tokens join the anchor clicks from nothing (anchors.py)
+            self.prompt_gate = nn.Parameter(torch.zeros(()))
+
+    def with_anchors(self, prompts: Tensor, anchors: Tensor | None) -> Tensor:
+        """``(..., B, A + Q, D)``: ``(B, A, D)`` anchor prompts before the gated learned
+        ``(..., B, Q, D)`` prompts; the prompts unchanged without anchors."""
+        if not self.config.anchor_points:
+            if anchors is not None:
+                raise InputError("this model was built without anchor points")
+            return prompts
+        if anchors is None:
+            raise InputError("this model prompts with anchor clicks: pass its anchors")
+        shaped = anchors.to(prompts).expand(*prompts.shape[:-2], *anchors.shape[-2:])
+        return torch.cat([shaped, self.prompt_gate * prompts], dim=-2)
 
     @property
     def needs_method_prior(self) -> bool:
@@ -165,19 +189,23 @@ class PromptNetwork(nn.Module):
         tgt: BackboneFeatures,
         tgt_sam: Tensor | None = None,
         tgt_prior: Tensor | None = None,
+        anchors: Tensor | None = None,
     ) -> Tensor:
-        """Prompts to train on: ``(1, B, Q, D)`` for VRP, ``(K, B, Q, D)`` samples for ProSAM."""
+        """Prompts to train on: ``(1, B, Q, D)`` for VRP, ``(K, B, Q, D)`` samples for ProSAM
+        (``A`` more tokens first with :meth:`with_anchors`'s ``anchors``)."""
         out = self(ref, ref_annotation, tgt, tgt_sam, tgt_prior)
         if isinstance(out, PromptDistribution):
             c = self.config
-            return sample_prompts(
+            prompts = sample_prompts(
                 out,
                 c.samples_train,
                 family=c.family,
                 nu=c.nu,  # type: ignore[arg-type]
                 n_mode=c.n_mode,
             )  # type: ignore[arg-type]
-        return out[None]
+        else:
+            prompts = out[None]
+        return self.with_anchors(prompts, anchors)
 
     def mean_prompts(
         self,
@@ -186,10 +214,12 @@ class PromptNetwork(nn.Module):
         tgt: BackboneFeatures,
         tgt_sam: Tensor | None = None,
         tgt_prior: Tensor | None = None,
+        anchors: Tensor | None = None,
     ) -> Tensor:
-        """Deterministic prompts ``(B, Q, D)``: VRP's, or ProSAM's mean prompt."""
+        """Deterministic prompts ``(B, Q, D)``: VRP's, or ProSAM's mean prompt (``A`` more
+        tokens first with ``anchors``)."""
         out = self(ref, ref_annotation, tgt, tgt_sam, tgt_prior)
-        return out.mu if isinstance(out, PromptDistribution) else out
+        return self.with_anchors(out.mu if isinstance(out, PromptDistribution) else out, anchors)
 
 
 def target_sam_region(

@@ -40,6 +40,7 @@ from prosam.data.training_episodes import (
 from prosam.data.types import ANNOTATION_KINDS, Dataset, Episode
 from prosam.errors import InputError
 from prosam.methods.base import Reference, Target
+from prosam.methods.prompt_encoder.anchors import anchor_prompts
 from prosam.methods.prompt_encoder.feature_store import FeatureStore
 from prosam.methods.prompt_encoder.network import PromptNetwork, decode_prompt_logits
 from prosam.methods.prompt_encoder.variational import prosam_loss
@@ -153,8 +154,9 @@ class _TrainingPrompts(torch.nn.Module):
         tgt: BackboneFeatures,
         tgt_sam: torch.Tensor | None = None,
         tgt_prior: torch.Tensor | None = None,
+        anchors: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.model.training_prompts(ref, ann, tgt, tgt_sam, tgt_prior)
+        return self.model.training_prompts(ref, ann, tgt, tgt_sam, tgt_prior, anchors)
 
 
 def train(
@@ -325,7 +327,14 @@ def episode_loss(
         grid = (int(tgt.mid[0].shape[-2]), int(tgt.mid[0].shape[-1]))
         maps = [model.target_value_map(sam, e, grid) for e in embs]
         tgt_sam = torch.cat([m for m in maps if m is not None]).to(device)
-    prompts = prompt_fn(stack_features(refs), torch.cat(anns).to(device), tgt, tgt_sam, tgt_prior)
+    anchors = None
+    if c.anchor_points:
+        assert tgt_prior is not None  # a config with anchors needs a method prior
+        geometries = [e.geometry for e in embs]
+        anchors = anchor_prompts(sam, tgt_prior, geometries, c.anchor_points)
+    prompts = prompt_fn(
+        stack_features(refs), torch.cat(anns).to(device), tgt, tgt_sam, tgt_prior, anchors
+    )
     logits, _ = decode_prompt_logits(sam, torch.cat([e.embedding for e in embs]), prompts)
     low = logits.shape[-1]
     losses = []
