@@ -78,6 +78,13 @@ PRETRAINED: dict[str, PretrainedCheckpoint] = {
             "classes with the same episodes as vrp-coco-fold0-minisam",
         ),
         PretrainedCheckpoint(
+            "prosam-anchor-coco-fold0-minisam",
+            "prosam",
+            "minisam",
+            "ProSAM encoder behind 8 anchor clicks on the matcher's prior (K = 3), coco-mini "
+            "fold-0 base classes + msrc-v2, the same episodes as vrp-anchor-coco-fold0-minisam",
+        ),
+        PretrainedCheckpoint(
             "prosam-coco-minisam",
             "prosam",
             "minisam",
