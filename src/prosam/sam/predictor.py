@@ -199,20 +199,15 @@ class Predictor:
             return low_res[:, keep].to(self.model.device), iou[:, keep].to(self.model.device)
         # PyTorch's decoder ran 12 sets in one batch 0.7x as fast as one by one on this
         # project's CPU (benchmarks/sam_latency.py), so it decodes them one by one
-        sam = self.model.sam
-        outputs = []
-        for c, lab in zip(coords, labels, strict=True):
-            sparse, dense = sam.prompt_encoder(points=(c[None], lab[None]), boxes=None, masks=None)
-            outputs.append(
-                sam.mask_decoder(
-                    image_embeddings=embedded.embedding,
-                    image_pe=sam.prompt_encoder.get_dense_pe(),
-                    sparse_prompt_embeddings=sparse,
-                    dense_prompt_embeddings=dense,
-                    multimask_output=multimask_output,
-                )
+        sets = np.asarray(points, dtype=np.float64)
+        kinds = labels.cpu().numpy()
+        outputs = [
+            self.predict_low_res(
+                embedded, points=sets[i], point_labels=kinds[i], multimask_output=multimask_output
             )
-        return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
+            for i in range(len(sets))
+        ]
+        return torch.stack([o[0] for o in outputs]), torch.stack([o[1] for o in outputs])
 
     @torch.inference_mode()
     def predict(
