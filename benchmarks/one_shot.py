@@ -45,6 +45,7 @@ from _episode_setup import scalar_signals
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from prosam.cli.options import parse_method_options
 from prosam.io import read_binary_mask, read_image, write_bytes_atomic
 from prosam.label.calibration import presence_auc
 from prosam.label.defaults import DEFAULT_MIN_AREA_FRACTION
@@ -201,12 +202,13 @@ def run_method(
     tasks: Sequence[Task],
     propagate: int = 0,
     track: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> dict:
     per_task: dict[str, dict] = {}
     overall = FSSAccumulator()
     seconds, n_targets = 0.0, 0
     for task in tqdm(tasks, desc=name, dynamic_ncols=True):
-        method = build_method(name, model)
+        method = build_method(name, model, **(options or {}))
         threshold = get_method(name).presence_threshold or 0.0
         if propagate:  # remember what `prosam label` would keep (score and area)
             method = Propagating(method, memory=propagate)
@@ -216,7 +218,7 @@ def run_method(
         if not task.items or task.items[0].reference is None:
             fit_seconds += fit_on(method, predictor, task.reference, task.reference_mask)
         acc = FSSAccumulator()
-        detections, truths, present, absent = [], {}, [], []
+        detections, truths, present, absent, target_ious = [], {}, [], [], []
         for k, item in enumerate(task.items):
             if item.reference is not None:
                 fit_seconds += fit_on(method, predictor, *item.reference)
@@ -234,7 +236,7 @@ def run_method(
             truths[key] = item.instances
             detections += [(key, s, m) for s, m in instance_masks(out, embedded)]
             if item.truth is not None:
-                acc.update(0, pred, item.truth, item.ignore)
+                target_ious.append(acc.update(0, pred, item.truth, item.ignore))
                 overall.update(len(per_task), pred, item.truth, item.ignore)
         summary = acc.summary()
         aucs = {}
@@ -252,6 +254,7 @@ def run_method(
             "targets": len(present),
             "negatives": len(absent),
             "fit_seconds": fit_seconds,
+            "target_ious": target_ious,
         }
     tasks_iou = [t["iou"] for t in per_task.values()]
     aps = [t["ap50"] for t in per_task.values() if not math.isnan(t["ap50"])]
@@ -335,6 +338,13 @@ def main() -> None:
         help="davis: keep only the instances near the object's last place "
         "(prosam.methods.tracking; reported as METHOD+track)",
     )
+    p.add_argument(
+        "--method-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of every method run (as prosam eval's)",
+    )
     p.add_argument("--negatives", type=int, default=10, help="msrc: absent targets per class")
     p.add_argument("--min-reference-area", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
@@ -365,7 +375,8 @@ def main() -> None:
         "methods": {},
     }
     for name in args.methods.split(","):
-        result = run_method(name, model, predictor, tasks, args.propagate, args.track)
+        options = parse_method_options(args.method_option)
+        result = run_method(name, model, predictor, tasks, args.propagate, args.track, options)
         if args.propagate:
             name = f"{name}+propagate{args.propagate}"
         if args.track:

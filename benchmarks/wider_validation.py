@@ -10,6 +10,17 @@ as in the saved lists)::
         --val benchmarks/episodes/coco-mini-fold0-novel-1shot-mask-val.json \\
         --test benchmarks/episodes/coco-mini-fold0-novel-1shot-mask-test.json \\
         --n 3000 --seed 1 --out benchmarks/episodes/coco-mini-fold0-novel-1shot-mask-val-wide.json
+
+For a method with nothing trained (``matcher``, ``gfsam``), classes outside the fold are as
+good for choosing settings, so ``--all-classes --targets non-test`` draws episodes of every
+class on every image that is not a test target: several times the target images, so the
+bootstrap over target images (``benchmarks/compare_runs.py``) resolves smaller changes::
+
+    python benchmarks/wider_validation.py \
+        --val benchmarks/episodes/coco-mini-fold0-novel-1shot-mask-val.json \
+        --test benchmarks/episodes/coco-mini-fold0-novel-1shot-mask-test.json \
+        --all-classes --targets non-test --n 1000 --seed 2 \
+        --out benchmarks/episodes/coco-mini-all-1shot-mask-val-nontest.json
 """
 
 from __future__ import annotations
@@ -29,6 +40,17 @@ def main() -> None:
     p.add_argument("--data", default=None, help="the dataset (default: the list's own)")
     p.add_argument("--n", type=int, default=2000, help="episodes drawn before filtering")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--targets",
+        choices=("val", "non-test"),
+        default="val",
+        help="targets: the validation list's images, or every image that is not a test target",
+    )
+    p.add_argument(
+        "--all-classes",
+        action="store_true",
+        help="draw every class of the dataset, not only the list's (training-free methods)",
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -40,12 +62,14 @@ def main() -> None:
     )
     val, _ = load_episodes(args.val, dataset)
     test, _ = load_episodes(args.test, dataset)
+    test_targets = {e.target.key for e in test}
     targets = {e.target.key for e in val}
-    if targets & {e.target.key for e in test}:
+    if targets & test_targets:
         raise SystemExit("the validation and test lists share target images")
-    drawn = make_episodes(
-        dataset, meta["classes"], n=args.n, seed=args.seed, annotation=meta["annotation"]
-    )
+    if args.targets == "non-test":
+        targets = {s.key for s in dataset} - test_targets
+    classes = dataset.class_ids if args.all_classes else meta["classes"]
+    drawn = make_episodes(dataset, classes, n=args.n, seed=args.seed, annotation=meta["annotation"])
     seen: set[tuple] = set()
     kept = []
     for e in drawn:
@@ -55,10 +79,15 @@ def main() -> None:
             kept.append(e)
     wide_meta = {
         **meta,
-        "role": "validation (wider: targets of the saved validation list)",
+        "role": "validation (wider: targets of the saved validation list)"
+        if args.targets == "val"
+        else "validation (targets: every image that is not a test target)",
         "seed": args.seed,
         "drawn": args.n,
         "validation_targets_from": Path(args.val).name,
+        "targets": args.targets,
+        "classes": sorted({e.class_id for e in kept}),
+        "class_set": "all" if args.all_classes else meta["class_set"],
     }
     digest = save_episodes(args.out, kept, wide_meta)
     classes = len({e.class_id for e in kept})

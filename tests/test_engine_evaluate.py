@@ -51,6 +51,10 @@ def test_pooled_metrics_of_a_known_predictor(dataset, tiny_sam):
     expected = np.mean([i / u for i, u in per_class.values()])
     assert result.original.summary()["miou_fss"] == pytest.approx(expected)
     assert [r["target"] for r in result.records] == [e.target.key for e in episodes]
+    for ep, rec in zip(episodes, result.records, strict=True):  # the whole image predicted
+        fg, ignore = ep.target.mask(ep.class_id)
+        assert (rec["intersection"], rec["union"]) == ((fg & ~ignore).sum(), (~ignore).sum())
+        assert rec["iou"] == pytest.approx(rec["intersection"] / rec["union"])
 
 
 def test_working_resolution_crops_the_padding():

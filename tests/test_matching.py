@@ -15,7 +15,12 @@ from prosam.methods.matching.correspondence import (
     similarity_matrix,
     similarity_priors,
 )
-from prosam.methods.matching.features import SemanticFeatures, aspect_preserving_input
+from prosam.methods.matching.features import (
+    JoinedFeatures,
+    SemanticFeatures,
+    aspect_preserving_input,
+    semantic_features,
+)
 from prosam.methods.matching.method import (
     Candidate,
     MatcherMethod,
@@ -109,6 +114,48 @@ def test_semantic_features_are_unit_cells_on_an_aspect_preserving_grid(tmp_path,
     torch.testing.assert_close(fused.norm(dim=0), torch.ones(4, 8), atol=1e-4, rtol=0)
     with pytest.raises(InputError, match="levels"):
         SemanticFeatures(backbone, levels=("low",))
+
+
+def test_flip_averaged_features_mirror_with_the_image(tmp_path, tiny_sam):
+    image = np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    mirrored = np.ascontiguousarray(image[:, ::-1])
+    backbone = build_backbone("efficientnet_lite0", pretrained=False)
+    predictor = Predictor(tiny_sam)
+    flip = SemanticFeatures(backbone, input_size=96, flip=True, cache_dir=tmp_path)
+    feats = flip(image, predictor.embed(image))
+    torch.testing.assert_close(
+        flip(mirrored, predictor.embed(mirrored)), feats.flip(-1), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(feats.norm(dim=0), torch.ones(feats.shape[1:]), atol=1e-4, rtol=0)
+    plain = SemanticFeatures(backbone, input_size=96, cache_dir=tmp_path)(
+        image, predictor.embed(image)
+    )
+    assert (plain - feats).abs().max() > 1e-3  # its own disk cache entry, not flip's
+
+
+def test_joined_features_cosine_is_the_mean_of_the_providers_cosines(tiny_sam):
+    image = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    embedded = Predictor(tiny_sam).embed(image)
+    coarse = SemanticFeatures(
+        build_backbone("efficientnet_lite0", pretrained=False), levels=("high",), input_size=64
+    )
+    fine = SemanticFeatures(
+        build_backbone("efficientnet_lite0", pretrained=False), input_size=64, sam_weight=1.0
+    )
+    joined = JoinedFeatures([coarse, fine])
+    assert joined.reads_sam_embedding and not coarse.reads_sam_embedding
+    feats = joined(image, embedded)
+    a = torch.nn.functional.normalize(
+        torch.nn.functional.interpolate(coarse(image, embedded)[None], (4, 4), mode="bilinear")[0],
+        dim=0,
+    ).flatten(1)
+    b = fine(image, embedded).flatten(1)
+    flat = feats.flatten(1)
+    torch.testing.assert_close(flat.T @ flat, (a.T @ a + b.T @ b) / 2, atol=1e-5, rtol=0)
+    with pytest.raises(InputError, match="two providers"):
+        JoinedFeatures([coarse])
+    with pytest.raises(InputError, match="empty name"):
+        semantic_features("efficientnet_lite0+")
 
 
 def test_low_res_masks_come_to_the_image_grid(tiny_sam):

@@ -29,7 +29,7 @@ from prosam.data.types import Episode
 from prosam.errors import InputError
 from prosam.evaluation.references import episode_inputs
 from prosam.methods.base import ReferenceMethod
-from prosam.metrics import FSSAccumulator, mask_iou
+from prosam.metrics import FSSAccumulator, confusion_counts, mask_iou
 from prosam.sam.predictor import Predictor
 from prosam.sam.transforms import (
     ImageGeometry,
@@ -130,6 +130,7 @@ def evaluate_episodes(
         logits = output.low_res_logits.float()
         pred = original_size_mask(logits, geometry)
         iou = result.original.update(episode.class_id, pred, truth, ignore, boundary=boundary)
+        counts = confusion_counts(pred, truth, ignore)
         work_pred = working_resolution_logits(logits, geometry)[0] > 0
         result.working.update(
             episode.class_id,
@@ -144,6 +145,8 @@ def evaluate_episodes(
             "target": episode.target.key,
             "class_id": episode.class_id,
             "iou": iou,
+            "intersection": counts["tp"],
+            "union": counts["tp"] + counts["fp"] + counts["fn"],
             "score": float(output.score),
         }
         if wrong_episode is not None and result.wrong is not None:

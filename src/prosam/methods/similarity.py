@@ -249,6 +249,10 @@ class FeatureProvider:
     them for SAM's padded grid.
     """
 
+    #: Whether :meth:`features` reads SAM's embedding (if not, a geometry-only
+    #: :class:`ImageEmbedding` does, and no image encoder run is needed).
+    reads_sam_embedding: bool = True
+
     def features(self, image: np.ndarray, embedded: ImageEmbedding) -> torch.Tensor:
         raise NotImplementedError
 

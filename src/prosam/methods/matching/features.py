@@ -55,6 +55,9 @@ class SemanticFeatures(FeatureProvider):
             ``high`` (stride 32) outputs to use; the grid is the finest one's.
         input_size: the longest side the image is resized to.
         sam_weight: weight of SAM's (image-region) embedding in the fusion; 0 leaves it out.
+        flip: also run the backbone on the mirrored image and average each level with the
+            mirrored result before normalising (test-time augmentation; twice the backbone
+            time).
         backbone_weights: a weights file for the backbone (default: its published weights).
         cache_dir: an on-disk cache directory (``None``: memory only).
     """
@@ -66,6 +69,7 @@ class SemanticFeatures(FeatureProvider):
         levels: Sequence[str] = ("mid1", "high"),
         input_size: int = 512,
         sam_weight: float = 0.0,
+        flip: bool = False,
         backbone_weights: str | os.PathLike[str] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         device: str | torch.device = "cpu",
@@ -84,9 +88,15 @@ class SemanticFeatures(FeatureProvider):
         self.levels = levels
         self.input_size = int(input_size)
         self.sam_weight = float(sam_weight)
+        self.flip = bool(flip)
         self._memory: ImageObjectLRU[torch.Tensor] = ImageObjectLRU(memory_items)
         identity = f"{backbone.name}:{','.join(levels)}:{input_size}:{PREPROCESS_VERSION}"
+        identity += ":flip" if self.flip else ""
         self.disk = EmbeddingCache(Path(cache_dir), identity) if cache_dir is not None else None
+
+    @property
+    def reads_sam_embedding(self) -> bool:  # type: ignore[override]
+        return self.sam_weight > 0
 
     def backbone_grid(self, image: np.ndarray) -> torch.Tensor:
         """The backbone part: ``(C, h, w)``, each level normalised, scaled ``1/sqrt(n)``."""
@@ -102,9 +112,11 @@ class SemanticFeatures(FeatureProvider):
     @torch.inference_mode()
     def _compute(self, image: np.ndarray) -> torch.Tensor:
         device = next(self.backbone.parameters()).device
-        out = self.backbone(aspect_preserving_input(image, self.input_size, device))
+        x = aspect_preserving_input(image, self.input_size, device)
+        out = self.backbone(torch.cat([x, x.flip(-1)]) if self.flip else x)
         by_name = {"mid0": out.mid[0], "mid1": out.mid[1], "high": out.high}
-        maps = [by_name[level][0].float() for level in self.levels]
+        maps = [by_name[level].float() for level in self.levels]
+        maps = [(m[0] + m[1].flip(-1)) / 2 if self.flip else m[0] for m in maps]
         size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
         maps = [
             F.normalize(
@@ -126,3 +138,44 @@ class SemanticFeatures(FeatureProvider):
         n = len(self.levels)
         fused = torch.cat([grid * math.sqrt(n), F.normalize(sam, dim=0) * self.sam_weight])
         return fused / math.sqrt(n + self.sam_weight**2)
+
+
+class JoinedFeatures(FeatureProvider):
+    """Several providers' unit-norm feature maps concatenated on the finest one's grid and
+    scaled ``1 / sqrt(n)``, so a cell's cosine is the mean of the providers' cosines (an
+    ensemble of backbones)."""
+
+    def __init__(self, providers: Sequence[FeatureProvider]) -> None:
+        if len(providers) < 2:
+            raise InputError("JoinedFeatures needs at least two providers")
+        self.providers = list(providers)
+        self.reads_sam_embedding = any(p.reads_sam_embedding for p in self.providers)
+
+    def features(self, image: np.ndarray, embedded: ImageEmbedding) -> torch.Tensor:
+        maps = [p(image, embedded) for p in self.providers]
+        size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
+        maps = [
+            F.normalize(
+                F.interpolate(m[None], size, mode="bilinear", align_corners=False)[0], dim=0
+            )
+            if m.shape[-2:] != size
+            else m
+            for m in maps
+        ]
+        return torch.cat(maps) / math.sqrt(len(maps))
+
+
+def semantic_features(
+    backbone: str,
+    *,
+    levels: Sequence[str] = ("mid1", "high"),
+    flip: bool = False,
+    device: str | torch.device = "cpu",
+) -> FeatureProvider:
+    """:class:`SemanticFeatures` of ``backbone``, or :class:`JoinedFeatures` of several when
+    ``backbone`` joins names with ``+`` (``"efficientnet_lite0+efficientnet_lite2"``)."""
+    names = [n.strip() for n in backbone.split("+")]
+    if not all(names):
+        raise InputError(f"backbone: empty name in {backbone!r}")
+    providers = [SemanticFeatures(n, levels=levels, flip=flip, device=device) for n in names]
+    return providers[0] if len(providers) == 1 else JoinedFeatures(providers)

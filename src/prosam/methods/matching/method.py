@@ -53,7 +53,7 @@ from prosam.methods.matching.correspondence import (
     similarity_matrix,
     similarity_priors,
 )
-from prosam.methods.matching.features import SemanticFeatures
+from prosam.methods.matching.features import semantic_features
 from prosam.methods.matching.zoom import zoom_box
 from prosam.methods.similarity import (
     FeaturesLike,
@@ -168,7 +168,12 @@ class MatcherMethod:
         model: the frozen SAM.
         features: a :class:`FeatureProvider` (default: :class:`SemanticFeatures` with
             ``backbone``), or a callable ``(image, embedded) -> (C, h, w)``.
-        backbone: the default provider's backbone.
+        backbone: the default provider's backbone; names joined by ``+`` concatenate
+            several backbones' features (:class:`~prosam.methods.matching.features.JoinedFeatures`).
+        feature_levels: the default provider's backbone stages (``mid0`` stride 8, ``mid1``
+            stride 16, ``high`` stride 32; the grid is the finest one's).
+        flip_features: the default provider also reads the mirrored image and averages
+            (:class:`SemanticFeatures` ``flip``).
         assignment: forward matching, ``"nearest"`` or ``"hungarian"`` (Matcher).
         max_points: how many clustered points become prompts.
         global_points: how many of the best points also form one multi-point prompt
@@ -209,6 +214,8 @@ class MatcherMethod:
         *,
         features: FeaturesLike = None,
         backbone: str = "efficientnet_lite0",
+        feature_levels: Sequence[str] = ("mid1", "high"),
+        flip_features: bool = False,
         assignment: Assignment = "nearest",
         max_points: int = 24,
         global_points: int = 6,
@@ -250,7 +257,9 @@ class MatcherMethod:
         self.features = (
             as_feature_provider(features)
             if features is not None
-            else SemanticFeatures(backbone, device=model.device)
+            else semantic_features(
+                backbone, levels=feature_levels, flip=flip_features, device=model.device
+            )
         )
         self.assignment: Assignment = assignment
         self.max_points = max_points
@@ -311,7 +320,7 @@ class MatcherMethod:
     def _embedding_for(self, image: np.ndarray) -> ImageEmbedding:
         """SAM's embedding of ``image``, or only its geometry where the backbone features
         alone are used (no encoder run)."""
-        if isinstance(self.features, SemanticFeatures) and self.features.sam_weight == 0:
+        if not self.features.reads_sam_embedding:
             # These features read the pixels only; the geometry sizes the annotation.
             size = self.model.sam.image_encoder.img_size
             return ImageEmbedding(torch.empty(0), geometry_for(image.shape[:2], size))
