@@ -121,16 +121,21 @@ def test_flip_averaged_features_mirror_with_the_image(tmp_path, tiny_sam):
     mirrored = np.ascontiguousarray(image[:, ::-1])
     backbone = build_backbone("efficientnet_lite0", pretrained=False)
     predictor = Predictor(tiny_sam)
-    flip = SemanticFeatures(backbone, input_size=96, flip=True, cache_dir=tmp_path)
+    flip = SemanticFeatures(backbone, input_size=96, flip=True)
     feats = flip(image, predictor.embed(image))
     torch.testing.assert_close(
         flip(mirrored, predictor.embed(mirrored)), feats.flip(-1), atol=1e-5, rtol=0
     )
     torch.testing.assert_close(feats.norm(dim=0), torch.ones(feats.shape[1:]), atol=1e-4, rtol=0)
-    plain = SemanticFeatures(backbone, input_size=96, cache_dir=tmp_path)(
-        image, predictor.embed(image)
-    )
-    assert (plain - feats).abs().max() > 1e-3  # its own disk cache entry, not flip's
+    embedded = predictor.embed(image)
+    cached = SemanticFeatures(backbone, input_size=96, flip=True, cache_dir=tmp_path)
+    torch.testing.assert_close(cached(image, embedded), feats, atol=2e-3, rtol=0)
+    plain = SemanticFeatures(backbone, input_size=96, cache_dir=tmp_path)(image, embedded)
+    assert (plain - feats).abs().max() > 1e-2  # its own disk cache entry, not flip's
+    multi = SemanticFeatures(backbone, input_size=96, extra_sizes=(64, 128))(image, embedded)
+    assert multi.shape == plain.shape and (multi - plain).abs().max() > 1e-2
+    with pytest.raises(InputError, match="extra_sizes"):
+        SemanticFeatures(backbone, extra_sizes=(16,))
 
 
 def test_joined_features_cosine_is_the_mean_of_the_providers_cosines(tiny_sam):

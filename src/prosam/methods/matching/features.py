@@ -58,6 +58,9 @@ class SemanticFeatures(FeatureProvider):
         flip: also run the backbone on the mirrored image and average each level with the
             mirrored result before normalising (test-time augmentation; twice the backbone
             time).
+        extra_sizes: more longest sides the backbone also reads the image at; each level
+            is summed over the sizes on the ``input_size`` grid before normalising
+            (multi-scale test-time augmentation).
         backbone_weights: a weights file for the backbone (default: its published weights).
         cache_dir: an on-disk cache directory (``None``: memory only).
     """
@@ -70,6 +73,7 @@ class SemanticFeatures(FeatureProvider):
         input_size: int = 512,
         sam_weight: float = 0.0,
         flip: bool = False,
+        extra_sizes: Sequence[int] = (),
         backbone_weights: str | os.PathLike[str] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         device: str | torch.device = "cpu",
@@ -89,9 +93,13 @@ class SemanticFeatures(FeatureProvider):
         self.input_size = int(input_size)
         self.sam_weight = float(sam_weight)
         self.flip = bool(flip)
+        self.extra_sizes = tuple(int(v) for v in extra_sizes)
+        if any(v < 32 for v in self.extra_sizes):
+            raise InputError(f"extra_sizes must be at least 32, got {self.extra_sizes}")
         self._memory: ImageObjectLRU[torch.Tensor] = ImageObjectLRU(memory_items)
         identity = f"{backbone.name}:{','.join(levels)}:{input_size}:{PREPROCESS_VERSION}"
         identity += ":flip" if self.flip else ""
+        identity += "".join(f":+{v}" for v in self.extra_sizes)
         self.disk = EmbeddingCache(Path(cache_dir), identity) if cache_dir is not None else None
 
     @property
@@ -110,24 +118,31 @@ class SemanticFeatures(FeatureProvider):
         return tensors["features"].to(next(self.backbone.parameters()).device, torch.float32)
 
     @torch.inference_mode()
-    def _compute(self, image: np.ndarray) -> torch.Tensor:
+    def _levels_at(self, image: np.ndarray, longest: int) -> list[torch.Tensor]:
+        """The chosen levels' raw ``(C, h, w)`` maps for the image resized to ``longest``
+        (averaged with the mirrored image's, mirrored back, with ``flip``)."""
         device = next(self.backbone.parameters()).device
-        x = aspect_preserving_input(image, self.input_size, device)
+        x = aspect_preserving_input(image, longest, device)
         out = self.backbone(torch.cat([x, x.flip(-1)]) if self.flip else x)
         by_name = {"mid0": out.mid[0], "mid1": out.mid[1], "high": out.high}
         maps = [by_name[level].float() for level in self.levels]
-        maps = [(m[0] + m[1].flip(-1)) / 2 if self.flip else m[0] for m in maps]
+        return [(m[0] + m[1].flip(-1)) / 2 if self.flip else m[0] for m in maps]
+
+    def _compute(self, image: np.ndarray) -> torch.Tensor:
+        maps = self._levels_at(image, self.input_size)
         size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
-        maps = [
-            F.normalize(
-                F.interpolate(m[None], size, mode="bilinear", align_corners=False)[0]
-                if m.shape[-2:] != size
-                else m,
-                dim=0,
-            )
-            for m in maps
-        ]
-        return torch.cat(maps) / math.sqrt(len(maps))
+
+        def on_grid(m: torch.Tensor) -> torch.Tensor:
+            if m.shape[-2:] == size:
+                return m
+            return F.interpolate(m[None], size, mode="bilinear", align_corners=False)[0]
+
+        sums = [on_grid(m) for m in maps]
+        for longest in self.extra_sizes:
+            sums = [
+                a + on_grid(m) for a, m in zip(sums, self._levels_at(image, longest), strict=True)
+            ]
+        return torch.cat([F.normalize(m, dim=0) for m in sums]) / math.sqrt(len(sums))
 
     def features(self, image: np.ndarray, embedded: ImageEmbedding) -> torch.Tensor:
         grid = self._memory.get_or_compute(image, lambda: self.backbone_grid(image))
@@ -170,6 +185,7 @@ def semantic_features(
     *,
     levels: Sequence[str] = ("mid1", "high"),
     flip: bool = False,
+    extra_sizes: Sequence[int] = (),
     device: str | torch.device = "cpu",
 ) -> FeatureProvider:
     """:class:`SemanticFeatures` of ``backbone``, or :class:`JoinedFeatures` of several when
@@ -177,5 +193,8 @@ def semantic_features(
     names = [n.strip() for n in backbone.split("+")]
     if not all(names):
         raise InputError(f"backbone: empty name in {backbone!r}")
-    providers = [SemanticFeatures(n, levels=levels, flip=flip, device=device) for n in names]
+    providers = [
+        SemanticFeatures(n, levels=levels, flip=flip, extra_sizes=extra_sizes, device=device)
+        for n in names
+    ]
     return providers[0] if len(providers) == 1 else JoinedFeatures(providers)

@@ -174,6 +174,8 @@ class MatcherMethod:
             stride 16, ``high`` stride 32; the grid is the finest one's).
         flip_features: the default provider also reads the mirrored image and averages
             (:class:`SemanticFeatures` ``flip``).
+        extra_feature_sizes: more image sizes the default provider reads, summed per level
+            (:class:`SemanticFeatures` ``extra_sizes``).
         assignment: forward matching, ``"nearest"`` or ``"hungarian"`` (Matcher).
         max_points: how many clustered points become prompts.
         global_points: how many of the best points also form one multi-point prompt
@@ -216,6 +218,7 @@ class MatcherMethod:
         backbone: str = "efficientnet_lite0",
         feature_levels: Sequence[str] = ("mid1", "high"),
         flip_features: bool = False,
+        extra_feature_sizes: Sequence[int] = (),
         assignment: Assignment = "nearest",
         max_points: int = 24,
         global_points: int = 6,
@@ -258,7 +261,11 @@ class MatcherMethod:
             as_feature_provider(features)
             if features is not None
             else semantic_features(
-                backbone, levels=feature_levels, flip=flip_features, device=model.device
+                backbone,
+                levels=feature_levels,
+                flip=flip_features,
+                extra_sizes=extra_feature_sizes,
+                device=model.device,
             )
         )
         self.assignment: Assignment = assignment
