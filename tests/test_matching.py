@@ -12,6 +12,7 @@ from prosam.methods import Reference, Target
 from prosam.methods.matching.correspondence import (
     bidirectional_matches,
     cell_centres,
+    positive_cells,
     similarity_matrix,
     similarity_priors,
 )
@@ -90,6 +91,22 @@ def test_priors_by_hand():
     torch.testing.assert_close(priors.positive_mean, torch.tensor([[2 / 3, 0.0]]))
     torch.testing.assert_close(priors.positive_max, torch.tensor([[1.0, 0.0]]))
     torch.testing.assert_close(priors.negative_mean, torch.tensor([[0.0, 1 / 1.5]]))
+    torch.testing.assert_close(priors.negative_max, torch.tensor([[0.0, 1.0]]))
+
+
+def test_positive_cells_by_mean_and_by_nearest_reference_cell():
+    # reference: fg A; background one cell like the target's X and three unlike it
+    x = [0.6, 0.8, 0.0]
+    reference = _grid([A, x, C, C, C], (1, 5))
+    target = _grid([[0.8, 0.6, 0.0], x], (1, 2))
+    weights = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0]])
+    priors = similarity_priors(similarity_matrix(reference, target), weights, (1, 2))
+    # cell 0: fg 0.8, bg mean 0.96/4, bg max 0.96 -> mean rule yes, nearest no
+    # cell 1: fg 0.6, bg mean 1/4, bg max 1 -> mean rule yes, nearest no
+    torch.testing.assert_close(positive_cells(priors, "mean"), torch.tensor([[1.0, 1.0]]))
+    torch.testing.assert_close(positive_cells(priors, "nearest"), torch.tensor([[0.0, 0.0]]))
+    with pytest.raises(InputError, match="rule"):
+        positive_cells(priors, "max")
 
 
 def test_cell_centres_span_the_image():
@@ -207,6 +224,8 @@ def test_matcher_options_are_checked(tiny_sam):
         MatcherMethod(tiny_sam, features=lambda i, e: torch.zeros(3, 2, 2), min_purity=2.0)
     with pytest.raises(InputError):
         MatcherMethod(tiny_sam, features=lambda i, e: torch.zeros(3, 2, 2), max_points=0)
+    with pytest.raises(InputError, match="purity_rule"):
+        MatcherMethod(tiny_sam, features=lambda i, e: torch.zeros(3, 2, 2), purity_rule="max")
 
 
 def test_segment_writes_instance_ids_inside_the_class_mask(tmp_path):

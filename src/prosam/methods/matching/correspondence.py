@@ -112,12 +112,14 @@ def bidirectional_matches(
 @dataclass
 class Priors:
     """Per-target-cell maps ``(h, w)``: mean / max cosine similarity to the reference
-    foreground (``positive_mean``, ``positive_max``), mean to its background
-    (``negative_mean``, zeros when the reference has no background)."""
+    foreground (``positive_mean``, ``positive_max``, any cell with part of the annotation),
+    mean to its background (``negative_mean``, zeros when the reference has no background)
+    and max to its cells wholly outside the annotation (``negative_max``, -1 when none)."""
 
     positive_mean: torch.Tensor
     positive_max: torch.Tensor
     negative_mean: torch.Tensor
+    negative_max: torch.Tensor
 
 
 def similarity_priors(
@@ -136,7 +138,24 @@ def similarity_priors(
     pos_max = torch.where(w > 0, similarity, torch.full_like(similarity, -1.0)).amax(0)
     neg = 1 - w
     neg_mean = (similarity * neg).sum(0) / neg.sum().clamp_min(1e-6)
-    return Priors(pos_mean.reshape(h, wt), pos_max.reshape(h, wt), neg_mean.reshape(h, wt))
+    neg_max = torch.where(w == 0, similarity, torch.full_like(similarity, -1.0)).amax(0)
+    return Priors(
+        pos_mean.reshape(h, wt),
+        pos_max.reshape(h, wt),
+        neg_mean.reshape(h, wt),
+        neg_max.reshape(h, wt),
+    )
+
+
+def positive_cells(priors: Priors, rule: str = "mean") -> torch.Tensor:
+    """``(h, w)`` 1.0 where a target cell looks more like the reference foreground than its
+    background: by ``"mean"`` similarity (GF-SAM's alignment), or by its ``"nearest"``
+    reference cell (foreground max above pure-background max)."""
+    if rule == "mean":
+        return (priors.positive_mean > priors.negative_mean).float()
+    if rule == "nearest":
+        return (priors.positive_max > priors.negative_max).float()
+    raise InputError(f"rule must be 'mean' or 'nearest', got {rule!r}")
 
 
 def cell_centres(cells: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:

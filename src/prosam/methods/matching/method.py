@@ -50,6 +50,7 @@ from prosam.methods.matching.correspondence import (
     Priors,
     bidirectional_matches,
     cell_centres,
+    positive_cells,
     similarity_matrix,
     similarity_priors,
 )
@@ -72,6 +73,7 @@ from prosam.sam.transforms import (
 )
 
 InstanceMaskRule = Literal["union", "best"]
+PurityRule = Literal["mean", "nearest"]
 #: Composite test: a part lies inside a candidate when this share of it does, and two
 #: parts are disjoint when they overlap by less than this share of the smaller.
 CONTAINED = 0.8
@@ -193,6 +195,11 @@ class MatcherMethod:
             smaller candidates (several objects taken as one: they become instances).
         positive_points: prompt only matched cells that look more like the reference
             foreground than its background (GF-SAM's positive-negative filter).
+        purity_rule: when a target cell "looks more like the foreground", for
+            ``positive_points`` and the candidates' purity: its ``"mean"`` similarity to the
+            reference foreground cells exceeds its mean similarity to the background cells
+            (GF-SAM's alignment), or its ``"nearest"`` reference cell (highest similarity)
+            is a foreground one rather than a cell wholly outside the annotation.
         zoom_context: a reference object that is small (see ``zoom_below``) also joins the
             bank from a square crop around it, ``zoom_context`` times its larger side,
             resized like a whole image (:mod:`~prosam.methods.matching.zoom`); 0 turns
@@ -231,6 +238,7 @@ class MatcherMethod:
         instance_mask: InstanceMaskRule = "union",
         split_composites: bool = False,
         positive_points: bool = True,
+        purity_rule: PurityRule = "mean",
         zoom_context: float = 3.0,
         zoom_below: float = 0.3,
         zoom_target: float = 0.0,
@@ -253,6 +261,8 @@ class MatcherMethod:
             raise InputError(f"zoom_below must be in (0, 1], got {zoom_below}")
         if instance_mask not in ("union", "best"):
             raise InputError(f"instance_mask must be 'union' or 'best', got {instance_mask!r}")
+        if purity_rule not in ("mean", "nearest"):
+            raise InputError(f"purity_rule must be 'mean' or 'nearest', got {purity_rule!r}")
         if assignment not in ("nearest", "hungarian"):
             raise InputError(f"assignment must be 'nearest' or 'hungarian', got {assignment!r}")
         self.model = model
@@ -280,6 +290,7 @@ class MatcherMethod:
         self.instance_mask: InstanceMaskRule = instance_mask
         self.split_composites = split_composites
         self.positive_points = positive_points
+        self.purity_rule: PurityRule = purity_rule
         self.zoom_context = float(zoom_context)
         self.zoom_below = float(zoom_below)
         self.zoom_target = float(zoom_target)
@@ -391,7 +402,9 @@ class MatcherMethod:
             self._bank, self._foreground(), feats, assignment=self.assignment, similarity=sim
         )
         prior = minmax_normalise(priors.positive_mean) * minmax_normalise(priors.positive_max)
-        positive = (priors.positive_mean > priors.negative_mean).float()
+        # The quality and presence signals keep the mean rule they were calibrated on.
+        aligned = positive_cells(priors, "mean")
+        positive = positive_cells(priors, self.purity_rule)
         matched = matches.target_cells
         if self.positive_points and len(matched):
             keep = positive.reshape(-1)[matched] > 0
@@ -414,8 +427,8 @@ class MatcherMethod:
             "prior": prior.cpu(),
             "kept_matches": torch.tensor(float(matches.kept_fraction)),
             "best_proposal": torch.tensor(float(best_proposal)),
-            **self.presence_signals(self.own_positive_max(sim, grid, priors), positive),
-            **self.mask_signals(logits, instances, embedded, positive, priors.positive_max),
+            **self.presence_signals(self.own_positive_max(sim, grid, priors), aligned),
+            **self.mask_signals(logits, instances, embedded, aligned, priors.positive_max),
         }
         presence = presence_score(extras["presence_peak"], extras["presence_match"])
         return MethodOutput(logits, presence, extras, instances)
