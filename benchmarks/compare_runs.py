@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from prosam.errors import InputError
 from prosam.evaluation.paired import compare_runs
 from prosam.io import write_bytes_atomic
 
@@ -24,8 +25,11 @@ def main() -> None:
     p.add_argument("--resamples", type=int, default=2000)
     p.add_argument("--md", default=None, help="also write the line to this file")
     args = p.parse_args()
-    a, b = (json.loads(Path(f).read_text()) for f in (args.a, args.b))
-    c = compare_runs(a["episodes"], b["episodes"], resamples=args.resamples)
+    try:
+        a, b = (json.loads(Path(f).read_text()) for f in (args.a, args.b))
+        c = compare_runs(a["episodes"], b["episodes"], resamples=args.resamples)
+    except (OSError, ValueError, KeyError, InputError) as e:
+        raise SystemExit(f"compare_runs: {e}") from None
     lo, hi = c.miou_delta_interval
     elo, ehi = c.episode_delta_interval
     line = (
