@@ -374,8 +374,8 @@ def main() -> None:
         "tasks": {t.name: {"reference": t.reference.name, "items": len(t.items)} for t in tasks},
         "methods": {},
     }
+    options = parse_method_options(args.method_option)
     for name in args.methods.split(","):
-        options = parse_method_options(args.method_option)
         result = run_method(name, model, predictor, tasks, args.propagate, args.track, options)
         if args.propagate:
             name = f"{name}+propagate{args.propagate}"

@@ -128,6 +128,7 @@ class SemanticFeatures(FeatureProvider):
         maps = [by_name[level].float() for level in self.levels]
         return [(m[0] + m[1].flip(-1)) / 2 if self.flip else m[0] for m in maps]
 
+    @torch.inference_mode()
     def _compute(self, image: np.ndarray) -> torch.Tensor:
         maps = self._levels_at(image, self.input_size)
         size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
