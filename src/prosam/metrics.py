@@ -379,6 +379,18 @@ class FSSAccumulator:
         ``pred``/``target``/``ignore`` are binary masks of the same shape (2-D when
         ``boundary=True``, which also computes the episode's Boundary IoU).
         """
+        return self.update_counts(class_id, pred, target, ignore, boundary=boundary)[0]
+
+    def update_counts(
+        self,
+        class_id: int,
+        pred: MaskLike,
+        target: MaskLike,
+        ignore: MaskLike | None = None,
+        *,
+        boundary: bool = False,
+    ) -> tuple[float, dict[str, int]]:
+        """:meth:`update`, also returning the episode's pixel counts (:func:`confusion_counts`)."""
         cid = operator.index(class_id)
         p, t, ig = _check_inputs(pred, target, ignore)
         b_iou = _boundary_iou_checked(p, t, ig, self.dilation_ratio) if boundary else None
@@ -394,7 +406,7 @@ class FSSAccumulator:
                 boundary_iou_sum=0.0 if b_iou is None else b_iou,
             )
         )
-        return iou
+        return iou, c
 
     def reset(self) -> None:
         """Forget every episode."""

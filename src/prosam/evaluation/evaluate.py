@@ -29,7 +29,7 @@ from prosam.data.types import Episode
 from prosam.errors import InputError
 from prosam.evaluation.references import episode_inputs
 from prosam.methods.base import ReferenceMethod
-from prosam.metrics import FSSAccumulator, confusion_counts, mask_iou
+from prosam.metrics import FSSAccumulator, mask_iou
 from prosam.sam.predictor import Predictor
 from prosam.sam.transforms import (
     ImageGeometry,
@@ -129,8 +129,9 @@ def evaluate_episodes(
         geometry = target.embedded.geometry
         logits = output.low_res_logits.float()
         pred = original_size_mask(logits, geometry)
-        iou = result.original.update(episode.class_id, pred, truth, ignore, boundary=boundary)
-        counts = confusion_counts(pred, truth, ignore)
+        iou, counts = result.original.update_counts(
+            episode.class_id, pred, truth, ignore, boundary=boundary
+        )
         work_pred = working_resolution_logits(logits, geometry)[0] > 0
         result.working.update(
             episode.class_id,

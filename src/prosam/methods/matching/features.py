@@ -45,6 +45,19 @@ def aspect_preserving_input(image: np.ndarray, longest: int, device: torch.devic
     return x.clamp_(0.0, 1.0)
 
 
+def finest_size(maps: Sequence[torch.Tensor]) -> tuple[int, int]:
+    """The ``(h, w)`` of the ``(C, h, w)`` map with the most cells."""
+    h, w = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
+    return int(h), int(w)
+
+
+def resized(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A ``(C, h, w)`` map bilinearly resized to ``size`` (itself when already that size)."""
+    if tuple(m.shape[-2:]) == size:
+        return m
+    return F.interpolate(m[None], size, mode="bilinear", align_corners=False)[0]
+
+
 class SemanticFeatures(FeatureProvider):
     """Backbone stages (and optionally SAM's embedding) as one ``(C, h, w)`` feature map.
 
@@ -131,18 +144,11 @@ class SemanticFeatures(FeatureProvider):
     @torch.inference_mode()
     def _compute(self, image: np.ndarray) -> torch.Tensor:
         maps = self._levels_at(image, self.input_size)
-        size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
-
-        def on_grid(m: torch.Tensor) -> torch.Tensor:
-            if m.shape[-2:] == size:
-                return m
-            return F.interpolate(m[None], size, mode="bilinear", align_corners=False)[0]
-
-        sums = [on_grid(m) for m in maps]
+        size = finest_size(maps)
+        sums = [resized(m, size) for m in maps]
         for longest in self.extra_sizes:
-            sums = [
-                a + on_grid(m) for a, m in zip(sums, self._levels_at(image, longest), strict=True)
-            ]
+            more = self._levels_at(image, longest)
+            sums = [a + resized(m, size) for a, m in zip(sums, more, strict=True)]
         return torch.cat([F.normalize(m, dim=0) for m in sums]) / math.sqrt(len(sums))
 
     def features(self, image: np.ndarray, embedded: ImageEmbedding) -> torch.Tensor:
@@ -169,15 +175,8 @@ class JoinedFeatures(FeatureProvider):
 
     def features(self, image: np.ndarray, embedded: ImageEmbedding) -> torch.Tensor:
         maps = [p(image, embedded) for p in self.providers]
-        size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
-        maps = [
-            F.normalize(
-                F.interpolate(m[None], size, mode="bilinear", align_corners=False)[0], dim=0
-            )
-            if m.shape[-2:] != size
-            else m
-            for m in maps
-        ]
+        size = finest_size(maps)
+        maps = [m if m.shape[-2:] == size else F.normalize(resized(m, size), dim=0) for m in maps]
         return torch.cat(maps) / math.sqrt(len(maps))
 
 
