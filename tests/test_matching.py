@@ -424,3 +424,32 @@ def test_zoom_target_matches_again_inside_a_crop_around_a_small_find(tiny_sam):
     assert got.sum() < 0.5 * first.sum()  # the crop's finer disc, not the first pass's
     with pytest.raises(InputError, match="zoom_target"):
         MatcherMethod(tiny_sam, features=features, zoom_target=0.5)
+
+
+def _feature_setup(method) -> list[tuple[str, tuple[int, ...]]]:
+    """(backbone name, extra sizes) of each provider behind a matcher's features."""
+    providers = getattr(method.features, "providers", [method.features])
+    return [(p.backbone.name, p.extra_sizes) for p in providers]
+
+
+def test_matcher_presets_read_the_features_their_thresholds_were_calibrated_on(tiny_sam):
+    from prosam.label.defaults import default_score_threshold
+    from prosam.methods import build_method
+    from prosam.methods.prompt_encoder.method_prior import matcher_prior
+
+    accurate = build_method("matcher", tiny_sam)
+    assert _feature_setup(accurate) == [
+        ("efficientnet_lite0", (384, 768)),
+        ("efficientnet_lite2", (384, 768)),
+    ]
+    fast = build_method("matcher_fast", tiny_sam)
+    assert _feature_setup(fast) == [("efficientnet_lite0", ())]
+    assert _feature_setup(build_method("gfsam", tiny_sam)) == [("efficientnet_lite0", ())]
+    # the bundled encoders were trained on the fast prior
+    assert _feature_setup(matcher_prior(tiny_sam).method) == [("efficientnet_lite0", ())]
+    # an option still overrides the preset
+    assert _feature_setup(build_method("matcher_fast", tiny_sam, extra_feature_sizes=[384])) == [
+        ("efficientnet_lite0", (384,))
+    ]
+    assert default_score_threshold("matcher") != default_score_threshold("matcher_fast")
+    assert default_score_threshold("gfsam") == default_score_threshold("matcher_fast")

@@ -33,7 +33,6 @@ Lite0's feature levels (the 16 blocks, stride after each stage)::
 from __future__ import annotations
 
 import importlib
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +119,8 @@ class SameConv2d(nn.Conv2d):
     def __init__(
         self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1
     ) -> None:
+        if kernel < stride:
+            raise ValueError(f"SAME padding here needs kernel >= stride, got {kernel} < {stride}")
         symmetric = kernel // 2 if stride == 1 else 0
         super().__init__(in_ch, out_ch, kernel, stride, symmetric, groups=groups, bias=False)
 
@@ -131,7 +132,9 @@ class SameConv2d(nn.Conv2d):
             reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=True
         )
         for size, k, s in dims:  # F.pad wants the last dimension (width) first
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            # TensorFlow's (ceil(size / s) - 1) * s + k - size, in integer steps that an ONNX
+            # export with symbolic image sizes can follow (k >= s, so never negative)
+            total = k - s + (-size) % s
             pads += [total // 2, total - total // 2]
         return super().forward(F.pad(x, pads))
 

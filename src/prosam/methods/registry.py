@@ -154,7 +154,16 @@ for _spec in (
         "Matcher / GF-SAM style, training-free: semantic patch matching, every instance",
         capabilities=frozenset({INSTANCES}),
         # the balanced-accuracy threshold of its presence score on the coco-mini validation
-        # episodes with absent targets (benchmarks/reports/empty-calibration-matcher.md)
+        # episodes with absent targets
+        # (benchmarks/reports/features/empty-calibration-matcher-lite02ms.md)
+        presence_threshold=0.3989,
+    ),
+    MethodSpec(
+        "matcher_fast",
+        "prosam.methods.matching.method:build_matcher_fast",
+        "matcher on one backbone (EfficientNet-Lite0) at one size: about 2x faster",
+        capabilities=frozenset({INSTANCES}),
+        # (benchmarks/reports/empty-calibration-matcher.md)
         presence_threshold=0.3564,
     ),
     MethodSpec(
@@ -162,7 +171,7 @@ for _spec in (
         "prosam.methods.matching.gfsam:build_gfsam",
         "GF-SAM style, training-free: many clicks, a point-mask graph, mask growth",
         capabilities=frozenset({INSTANCES}),
-        # matcher's presence score (the same signals), so matcher's calibrated threshold
+        # matcher_fast's presence score (the same signals and features), so its threshold
         presence_threshold=0.3564,
     ),
     MethodSpec(

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from prosam.backbones import build_backbone
 from prosam.backbones.base import Backbone
 from prosam.backbones.features import ImageObjectLRU
+from prosam.backbones.runtimes import BackboneRunner, open_backbone
 from prosam.errors import InputError
 from prosam.methods.similarity import FeatureProvider, feature_region
 from prosam.sam.embedding_cache import EmbeddingCache
@@ -75,6 +76,9 @@ class SemanticFeatures(FeatureProvider):
             is summed over the sizes on the ``input_size`` grid before normalising
             (multi-scale test-time augmentation).
         backbone_weights: a weights file for the backbone (default: its published weights).
+        backend: what runs the backbone: ``torch``, ``onnxruntime``, ``openvino`` or
+            ``auto`` (:func:`prosam.backbones.runtimes.open_backbone`; the exported graph is
+            checked against PyTorch, and its features share the caches).
         cache_dir: an on-disk cache directory (``None``: memory only).
     """
 
@@ -91,6 +95,7 @@ class SemanticFeatures(FeatureProvider):
         cache_dir: str | os.PathLike[str] | None = None,
         device: str | torch.device = "cpu",
         memory_items: int = 16,
+        backend: str = "torch",
     ) -> None:
         levels = tuple(levels)
         if not levels or any(level not in LEVELS for level in levels):
@@ -102,6 +107,8 @@ class SemanticFeatures(FeatureProvider):
         if isinstance(backbone, str):
             backbone = build_backbone(backbone, weights=backbone_weights)
         self.backbone = backbone.to(device)
+        self.backend = backend
+        self._runner: BackboneRunner | None = None  # opened on first use (may export)
         self.levels = levels
         self.input_size = int(input_size)
         self.sam_weight = float(sam_weight)
@@ -136,9 +143,11 @@ class SemanticFeatures(FeatureProvider):
         (averaged with the mirrored image's, mirrored back, with ``flip``)."""
         device = next(self.backbone.parameters()).device
         x = aspect_preserving_input(image, longest, device)
-        out = self.backbone(torch.cat([x, x.flip(-1)]) if self.flip else x)
+        if self._runner is None:
+            self._runner = open_backbone(self.backbone, self.backend)
+        out = self._runner(torch.cat([x, x.flip(-1)]) if self.flip else x)
         by_name = {"mid0": out.mid[0], "mid1": out.mid[1], "high": out.high}
-        maps = [by_name[level].float() for level in self.levels]
+        maps = [by_name[level].float().to(device) for level in self.levels]
         return [(m[0] + m[1].flip(-1)) / 2 if self.flip else m[0] for m in maps]
 
     @torch.inference_mode()
@@ -187,6 +196,7 @@ def semantic_features(
     flip: bool = False,
     extra_sizes: Sequence[int] = (),
     device: str | torch.device = "cpu",
+    backend: str = "torch",
 ) -> FeatureProvider:
     """:class:`SemanticFeatures` of ``backbone``, or :class:`JoinedFeatures` of several when
     ``backbone`` joins names with ``+`` (``"efficientnet_lite0+efficientnet_lite2"``)."""
@@ -194,7 +204,9 @@ def semantic_features(
     if not all(names):
         raise InputError(f"backbone: empty name in {backbone!r}")
     providers = [
-        SemanticFeatures(n, levels=levels, flip=flip, extra_sizes=extra_sizes, device=device)
+        SemanticFeatures(
+            n, levels=levels, flip=flip, extra_sizes=extra_sizes, device=device, backend=backend
+        )
         for n in names
     ]
     return providers[0] if len(providers) == 1 else JoinedFeatures(providers)

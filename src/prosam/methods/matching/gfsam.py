@@ -26,6 +26,8 @@ up to 128 points on a GPU; here ``max_points`` is 16, and the growth's positive 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from scipy.sparse import csgraph, csr_matrix
@@ -89,6 +91,9 @@ class GFSamMethod(MatcherMethod):
         zoom_context: as matcher's, but off (0) by default: gfsam's defaults were chosen
             on validation before the zoom existed, and it is unmeasured with it.
         zoom_target: must stay 0: gfsam does not match again inside a zoomed target.
+        backbone, extra_feature_sizes: as matcher's, but Lite0 at one size by default
+            (``matcher_fast``'s features): gfsam's defaults and presence threshold were
+            measured with them.
         Other arguments as :class:`~prosam.methods.matching.method.MatcherMethod`.
     """
 
@@ -105,6 +110,8 @@ class GFSamMethod(MatcherMethod):
         candidate: str = "single",
         zoom_context: float = 0.0,
         zoom_target: float = 0.0,
+        backbone: str = "efficientnet_lite0",
+        extra_feature_sizes: Sequence[int] = (),
         **options: object,
     ) -> None:
         if zoom_target:
@@ -118,6 +125,8 @@ class GFSamMethod(MatcherMethod):
             max_points=max_points,
             zoom_context=zoom_context,
             zoom_target=0.0,
+            backbone=backbone,
+            extra_feature_sizes=extra_feature_sizes,
             **options,  # type: ignore[arg-type]
         )
         self.cover = cover

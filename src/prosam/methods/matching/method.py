@@ -62,6 +62,7 @@ from prosam.methods.similarity import (
     minmax_normalise,
     region_size,
 )
+from prosam.sam.encoder_runtimes import BACKENDS
 from prosam.sam.model import FrozenSam
 from prosam.sam.predictor import ImageEmbedding, Predictor
 from prosam.sam.transforms import (
@@ -163,6 +164,11 @@ def presence_score(peak: torch.Tensor | float, match: torch.Tensor | float) -> f
     return math.sqrt(max(float(peak), 0.0) * max(float(match), 0.0))
 
 
+ONNX_BACKENDS = tuple(b for b in BACKENDS if b != "torch")
+"""The image-encoder backends whose runtime ``feature_backend="auto"`` also runs the
+backbones on."""
+
+
 class MatcherMethod:
     """Semantic matching + SAM proposals, every instance (see the module docstring).
 
@@ -172,12 +178,18 @@ class MatcherMethod:
             ``backbone``), or a callable ``(image, embedded) -> (C, h, w)``.
         backbone: the default provider's backbone; names joined by ``+`` concatenate
             several backbones' features (:class:`~prosam.methods.matching.features.JoinedFeatures`).
+            The default joins EfficientNet-Lite0 and -Lite2 (chosen on the all-class
+            validation list, ``docs/results.md``); ``matcher_fast`` reads Lite0 alone.
         feature_levels: the default provider's backbone stages (``mid0`` stride 8, ``mid1``
             stride 16, ``high`` stride 32; the grid is the finest one's).
         flip_features: the default provider also reads the mirrored image and averages
             (:class:`SemanticFeatures` ``flip``).
         extra_feature_sizes: more image sizes the default provider reads, summed per level
-            (:class:`SemanticFeatures` ``extra_sizes``).
+            (:class:`SemanticFeatures` ``extra_sizes``); by default 384 and 768 besides 512.
+        feature_backend: what runs the default provider's backbones (``torch``,
+            ``onnxruntime``, ``openvino``); ``auto`` follows SAM's image encoder: the same
+            ONNX runtime when the encoder runs on one, else PyTorch
+            (:func:`~prosam.backbones.runtimes.open_backbone`).
         assignment: forward matching, ``"nearest"`` or ``"hungarian"`` (Matcher).
         max_points: how many clustered points become prompts.
         global_points: how many of the best points also form one multi-point prompt
@@ -222,10 +234,11 @@ class MatcherMethod:
         model: FrozenSam,
         *,
         features: FeaturesLike = None,
-        backbone: str = "efficientnet_lite0",
+        backbone: str = "efficientnet_lite0+efficientnet_lite2",
         feature_levels: Sequence[str] = ("mid1", "high"),
         flip_features: bool = False,
-        extra_feature_sizes: Sequence[int] = (),
+        extra_feature_sizes: Sequence[int] = (384, 768),
+        feature_backend: str = "auto",
         assignment: Assignment = "nearest",
         max_points: int = 24,
         global_points: int = 6,
@@ -265,6 +278,13 @@ class MatcherMethod:
             raise InputError(f"purity_rule must be 'mean' or 'nearest', got {purity_rule!r}")
         if assignment not in ("nearest", "hungarian"):
             raise InputError(f"assignment must be 'nearest' or 'hungarian', got {assignment!r}")
+        if feature_backend not in ("auto", *BACKENDS):
+            raise InputError(
+                f"feature_backend must be auto or one of {', '.join(BACKENDS)}, "
+                f"got {feature_backend!r}"
+            )
+        if feature_backend == "auto":
+            feature_backend = model.backend if model.backend in ONNX_BACKENDS else "torch"
         self.model = model
         self.predictor = Predictor(model)
         self.features = (
@@ -276,6 +296,7 @@ class MatcherMethod:
                 flip=flip_features,
                 extra_sizes=extra_feature_sizes,
                 device=model.device,
+                backend=feature_backend,
             )
         )
         self.assignment: Assignment = assignment
@@ -620,6 +641,35 @@ class MatcherMethod:
         return InstanceMask(refined[0:1], instance.score, float(iou.reshape(-1)[0]))
 
 
+class FastMatcherMethod(MatcherMethod):
+    """``matcher_fast``: matcher on one backbone (EfficientNet-Lite0) read at one size, the
+    features of sessions 9-14. About 0.5 s per target after SAM's encoder on a 2-core CPU,
+    against about 1.2 s for ``matcher``'s defaults; its presence threshold and quality model
+    are its own. Arguments as :class:`MatcherMethod`."""
+
+    name = "matcher_fast"
+
+    def __init__(
+        self,
+        model: FrozenSam,
+        *,
+        backbone: str = "efficientnet_lite0",
+        extra_feature_sizes: Sequence[int] = (),
+        **options: object,
+    ) -> None:
+        super().__init__(
+            model,
+            backbone=backbone,
+            extra_feature_sizes=extra_feature_sizes,
+            **options,  # type: ignore[arg-type]
+        )
+
+
 def build_matcher(model: FrozenSam, **options: object) -> MatcherMethod:
     """The registry's ``matcher``."""
     return MatcherMethod(model, **options)  # type: ignore[arg-type]
+
+
+def build_matcher_fast(model: FrozenSam, **options: object) -> FastMatcherMethod:
+    """The registry's ``matcher_fast``."""
+    return FastMatcherMethod(model, **options)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from prosam.methods.base import Reference, ReferenceMethod, Target
-from prosam.methods.matching.method import MatcherMethod
+from prosam.methods.matching.method import FastMatcherMethod
 from prosam.methods.similarity import FeaturesLike, crop_region
 from prosam.sam.model import FrozenSam
 
@@ -72,6 +72,7 @@ class MethodPrior:
 def matcher_prior(
     sam: FrozenSam, *, features: FeaturesLike = None, memory: int = 8192
 ) -> MethodPrior:
-    """The ``matcher`` prior: matcher with its defaults, except that it does not zoom into
-    targets (``zoom_target=0``), which would cost an image encoder run per prior."""
-    return MethodPrior(MatcherMethod(sam, features=features, zoom_target=0), memory=memory)
+    """The ``matcher`` prior: ``matcher_fast`` (the features the bundled encoders were trained
+    with), except that it does not zoom into targets (``zoom_target=0``), which would cost
+    an image encoder run per prior."""
+    return MethodPrior(FastMatcherMethod(sam, features=features, zoom_target=0), memory=memory)
