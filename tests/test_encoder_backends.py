@@ -188,6 +188,9 @@ def test_backends_command_lists_backends_and_the_recorded_checks(tmp_path, capsy
     assert main(["backends", "--model", "tiny", "--cache-dir", cache, "--check"]) == 0
     out = capsys.readouterr().out
     assert "exported graph" in out and "onnxruntime-fp32@" in out and "mask IoU" in out
+    # matcher's backbones too, each exported once and checked by every installed runtime
+    assert "efficientnet_lite2: exported graph" in out
+    assert "features max relative difference" in out
 
 
 def test_int8_weights_are_checked_and_cached_apart(tmp_path):

