@@ -106,6 +106,23 @@ def test_label_job_through_the_api_is_resumable(tmp_path, files, tiny_sam):
         other.label(targets, tmp_path / "out", workers=0, progress=False)
 
 
+def test_a_job_is_not_resumed_by_a_method_reading_other_features(tmp_path, files, tiny_sam):
+    ref, mask, targets = files
+    fast = prosam.label.load("matcher_fast", tiny_sam).fit([(ref, mask, "thing")])
+    accurate = prosam.label.load("matcher_fast", tiny_sam, extra_feature_sizes=[96])
+    accurate.fit([(ref, mask, "thing")])
+    assert fast.fingerprint()["features"] != accurate.fingerprint()["features"]
+    assert "features" not in prosam.label.load("persam", tiny_sam).fit([(ref, mask)]).fingerprint()
+    fast.label(targets[:1], tmp_path / "out", workers=0, progress=False)
+    # a job begun by a version whose matcher_fast read other features (same options)
+    job = tmp_path / "out" / "job.json"
+    config = json.loads(job.read_text())
+    config["features"] = ["efficientnet_lite0:mid1,high:512:older"]
+    job.write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"differs in: features\)"):
+        fast.label(targets[:1], tmp_path / "out", workers=0, progress=False)
+
+
 def _run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="prosam")
     add_label_parser(parser.add_subparsers(dest="command", required=True))

@@ -357,8 +357,13 @@ class Segmenter:
         """What identifies this fit in a job's ``job.json``; an encoder backend appears
         only when its embeddings differ from PyTorch's beyond tolerance."""
         encoder = {"encoder": self.model.embedding_tag} if self.model.embedding_tag else {}
+        # a method whose defaults read other features than a job's first run must not resume it
+        identities = {getattr(m, "feature_identity", None) for m in self.methods.values()}
+        identities.discard(None)
+        features = {"features": sorted(identities)} if identities else {}
         return {
             **encoder,
+            **features,
             "method": self.method,
             "checkpoint": self.checkpoint,
             "method_options": {k: repr(v) for k, v in sorted(self.method_options.items())},

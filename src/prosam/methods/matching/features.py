@@ -120,6 +120,8 @@ class SemanticFeatures(FeatureProvider):
         identity = f"{backbone.name}:{','.join(levels)}:{input_size}:{PREPROCESS_VERSION}"
         identity += ":flip" if self.flip else ""
         identity += "".join(f":+{v}" for v in self.extra_sizes)
+        #: What determines the features (not the runtime: every backend's agree, checked).
+        self.identity = identity + (f":sam{self.sam_weight:g}" if self.sam_weight else "")
         self.disk = EmbeddingCache(Path(cache_dir), identity) if cache_dir is not None else None
 
     @property
@@ -181,6 +183,9 @@ class JoinedFeatures(FeatureProvider):
             raise InputError("JoinedFeatures needs at least two providers")
         self.providers = list(providers)
         self.reads_sam_embedding = any(p.reads_sam_embedding for p in self.providers)
+        identities = [getattr(p, "identity", None) for p in self.providers]
+        #: What determines the features (None when a provider cannot say).
+        self.identity = None if None in identities else "+".join(map(str, identities))
 
     def features(self, image: np.ndarray, embedded: ImageEmbedding) -> torch.Tensor:
         maps = [p(image, embedded) for p in self.providers]

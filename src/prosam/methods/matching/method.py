@@ -322,6 +322,12 @@ class MatcherMethod:
         self._weights: torch.Tensor | None = None  # (1, N) foreground fraction per cell
         self._unzoomed = 0  # the bank's first cells: the references' own, zoomed views after
 
+    @property
+    def feature_identity(self) -> str | None:
+        """What determines the matching features (backbones, levels, sizes), for a job's
+        configuration; None for a user-given provider that cannot say."""
+        return getattr(self.features, "identity", None)
+
     @torch.inference_mode()
     def fit(self, references: Sequence[Reference]) -> None:
         """Collect the references' feature cells and their foreground fractions (and those
