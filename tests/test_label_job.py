@@ -425,3 +425,16 @@ def test_a_negative_look_ahead_is_refused(tmp_path, predictor):
         _job(predictor, tmp_path / "out", BrightMethod(), encode_ahead=-1)
     with pytest.raises(InputError, match="workers must be >= 0"):
         _job(predictor, tmp_path / "out", BrightMethod(), workers=-1)
+
+
+def test_the_job_encodes_ahead_by_default_only_with_cores_to_spare(tmp_path, tiny_sam, monkeypatch):
+    from prosam.label import defaults
+
+    assert defaults.default_encode_ahead(cores=2) == 0
+    assert defaults.default_encode_ahead(cores=defaults.ENCODE_AHEAD_MIN_CORES) == 1
+    monkeypatch.setattr(defaults, "usable_cores", lambda: 2)
+    assert _job(Predictor(tiny_sam), tmp_path / "a", BrightMethod()).encode_ahead == 0
+    monkeypatch.setattr(defaults, "usable_cores", lambda: 16)
+    assert _job(Predictor(tiny_sam), tmp_path / "b", BrightMethod()).encode_ahead == 1
+    told = _job(Predictor(tiny_sam), tmp_path / "c", BrightMethod(), encode_ahead=0)
+    assert told.encode_ahead == 0

@@ -29,6 +29,7 @@ from prosam.cli.references import (
     references_from_args,
 )
 from prosam.errors import InputError
+from prosam.label.defaults import ENCODE_AHEAD_MIN_CORES
 from prosam.label.targets import expand_label_targets, target_root
 from prosam.methods.capabilities import UNCERTAINTY
 from prosam.methods.registry import list_methods
@@ -167,8 +168,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--encode-ahead",
         type=int,
-        default=1,
-        help="targets SAM's image encoder runs ahead of the matching, in a thread (0: inline)",
+        default=None,
+        help="targets SAM's image encoder runs ahead of the matching, in a thread (0: inline; "
+        f"default 1 with {ENCODE_AHEAD_MIN_CORES} or more CPU cores, else 0)",
     )
     p.add_argument(
         "--ray",

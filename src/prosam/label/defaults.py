@@ -1,5 +1,7 @@
 """The labelling defaults, importable without model code (the CLI's help shows them)."""
 
+import os
+
 DEFAULT_METHOD = "matcher"
 """The method ``prosam label``, ``prosam segment``, ``prosam demo`` and ``prosam.label.load``
 use unless told otherwise."""
@@ -17,3 +19,23 @@ def default_score_threshold(method: str) -> float:
 
     threshold = get_method(method).presence_threshold
     return DEFAULT_SCORE_THRESHOLD if threshold is None else float(threshold)
+
+
+ENCODE_AHEAD_MIN_CORES = 4
+"""With fewer usable CPU cores, the job encodes each target when it is due: on a 2-core CPU
+SAM's encoder in one thread and the matching in another, each using both cores, were slower
+together than in turn (docs/labelling.md, "Scale")."""
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_encode_ahead(cores: int | None = None) -> int:
+    """How many targets the job encodes ahead unless told: 1 with at least
+    :data:`ENCODE_AHEAD_MIN_CORES` usable cores (``cores``, default this process's), else 0."""
+    return 1 if (usable_cores() if cores is None else cores) >= ENCODE_AHEAD_MIN_CORES else 0

@@ -67,6 +67,7 @@ from prosam.label.defaults import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_AREA_FRACTION,
     DEFAULT_SCORE_THRESHOLD,
+    default_encode_ahead,
 )
 from prosam.label.joint import CALIBRATION_STEM, joint_of
 from prosam.label.prediction import (
@@ -205,7 +206,8 @@ class LabelJob:
         workers: threads reading and decoding the next targets while the model runs
             (0: each target read when it is due).
         encode_ahead: targets whose SAM embedding a thread computes while the current one
-            is matched and decoded (0: each embedding computed when it is due). With
+            is matched and decoded (0: each embedding computed when it is due; ``None``:
+            :func:`~prosam.label.defaults.default_encode_ahead`, 1 with 4 or more cores). With
             several processes on one shard, a target another process claims meanwhile may
             have been encoded for nothing.
         fingerprint: configuration to store in ``job.json`` and check on reruns (method,
@@ -227,7 +229,7 @@ class LabelJob:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         shard: tuple[int, int] | None = None,
         workers: int = 2,
-        encode_ahead: int = 1,
+        encode_ahead: int | None = None,
         progress: bool = True,
         fingerprint: Mapping[str, Any] | None = None,
         restart: bool = False,
@@ -264,6 +266,8 @@ class LabelJob:
         if workers < 0:
             raise InputError(f"workers must be >= 0, got {workers}")
         self.workers = workers
+        if encode_ahead is None:
+            encode_ahead = default_encode_ahead()
         if encode_ahead < 0:
             raise InputError(f"encode_ahead must be >= 0, got {encode_ahead}")
         self.encode_ahead = encode_ahead
