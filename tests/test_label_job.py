@@ -427,14 +427,19 @@ def test_a_negative_look_ahead_is_refused(tmp_path, predictor):
         _job(predictor, tmp_path / "out", BrightMethod(), workers=-1)
 
 
-def test_the_job_encodes_ahead_by_default_only_with_cores_to_spare(tmp_path, tiny_sam, monkeypatch):
+def test_the_job_encodes_ahead_by_default_unless_an_onnx_encoder_lacks_cores(
+    tmp_path, tiny_sam, monkeypatch
+):
     from prosam.label import defaults
 
-    assert defaults.default_encode_ahead(cores=2) == 0
-    assert defaults.default_encode_ahead(cores=defaults.ENCODE_AHEAD_MIN_CORES) == 1
+    assert defaults.default_encode_ahead("openvino", "cpu", cores=2) == 0
+    assert defaults.default_encode_ahead("onnxruntime", "cpu", cores=8) == 1
+    assert defaults.default_encode_ahead("torch", "cpu", cores=2) == 1
+    assert defaults.default_encode_ahead("torch", "cuda", cores=2) == 1
     monkeypatch.setattr(defaults, "usable_cores", lambda: 2)
-    assert _job(Predictor(tiny_sam), tmp_path / "a", BrightMethod()).encode_ahead == 0
-    monkeypatch.setattr(defaults, "usable_cores", lambda: 16)
-    assert _job(Predictor(tiny_sam), tmp_path / "b", BrightMethod()).encode_ahead == 1
-    told = _job(Predictor(tiny_sam), tmp_path / "c", BrightMethod(), encode_ahead=0)
-    assert told.encode_ahead == 0
+    assert tiny_sam.backend == "torch"
+    assert _job(Predictor(tiny_sam), tmp_path / "a", BrightMethod()).encode_ahead == 1
+    monkeypatch.setattr(type(tiny_sam), "backend", property(lambda self: "openvino"))
+    assert _job(Predictor(tiny_sam), tmp_path / "b", BrightMethod()).encode_ahead == 0
+    told = _job(Predictor(tiny_sam), tmp_path / "c", BrightMethod(), encode_ahead=1)
+    assert told.encode_ahead == 1

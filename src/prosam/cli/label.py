@@ -170,7 +170,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="targets SAM's image encoder runs ahead of the matching, in a thread (0: inline; "
-        f"default 1 with {ENCODE_AHEAD_MIN_CORES} or more CPU cores, else 0)",
+        f"default 1, but 0 when OpenVINO or ONNX Runtime runs the encoder on fewer than "
+        f"{ENCODE_AHEAD_MIN_CORES} CPU cores)",
     )
     p.add_argument(
         "--ray",

@@ -22,9 +22,8 @@ def default_score_threshold(method: str) -> float:
 
 
 ENCODE_AHEAD_MIN_CORES = 4
-"""With fewer usable CPU cores, the job encodes each target when it is due: on a 2-core CPU
-SAM's encoder in one thread and the matching in another, each using both cores, were slower
-together than in turn (docs/labelling.md, "Scale")."""
+"""With an ONNX runtime running SAM's encoder on fewer usable CPU cores than this, the job
+encodes each target when it is due (docs/labelling.md, "Scale")."""
 
 
 def usable_cores() -> int:
@@ -35,7 +34,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_encode_ahead(cores: int | None = None) -> int:
-    """How many targets the job encodes ahead unless told: 1 with at least
-    :data:`ENCODE_AHEAD_MIN_CORES` usable cores (``cores``, default this process's), else 0."""
+def default_encode_ahead(
+    encoder_backend: str = "torch", device: str = "cpu", cores: int | None = None
+) -> int:
+    """How many targets the job encodes ahead unless told: 1, except 0 when an ONNX runtime
+    (``openvino``, ``onnxruntime``) runs SAM's encoder on a CPU with fewer than
+    :data:`ENCODE_AHEAD_MIN_CORES` usable cores (``cores``, default this process's): there
+    the encoder and the matching each use every core, and overlapping them was slower; a
+    GPU's encoder, or PyTorch's on the CPU, gained from it."""
+    if device != "cpu" or encoder_backend == "torch":
+        return 1
     return 1 if (usable_cores() if cores is None else cores) >= ENCODE_AHEAD_MIN_CORES else 0

@@ -207,7 +207,8 @@ class LabelJob:
             (0: each target read when it is due).
         encode_ahead: targets whose SAM embedding a thread computes while the current one
             is matched and decoded (0: each embedding computed when it is due; ``None``:
-            :func:`~prosam.label.defaults.default_encode_ahead`, 1 with 4 or more cores). With
+            :func:`~prosam.label.defaults.default_encode_ahead`: 1, but 0 with an ONNX
+            runtime's encoder on fewer than 4 cores). With
             several processes on one shard, a target another process claims meanwhile may
             have been encoded for nothing.
         fingerprint: configuration to store in ``job.json`` and check on reruns (method,
@@ -267,7 +268,8 @@ class LabelJob:
             raise InputError(f"workers must be >= 0, got {workers}")
         self.workers = workers
         if encode_ahead is None:
-            encode_ahead = default_encode_ahead()
+            model = predictor.model
+            encode_ahead = default_encode_ahead(model.backend, model.device.type)
         if encode_ahead < 0:
             raise InputError(f"encode_ahead must be >= 0, got {encode_ahead}")
         self.encode_ahead = encode_ahead
