@@ -31,13 +31,12 @@ from prosam.core.files import weights_cache_dir
 from prosam.errors import InputError, WeightsError
 from prosam.sam.encoder_export import check_image
 from prosam.sam.encoder_runtimes import (
-    BACKENDS,
     OpenVinoGraph,
     RuntimeSettings,
     as_numpy,
-    backend_installed,
     check_backend,
     checking_backend,
+    installed_backends,
     onnxruntime_session,
     require_backend,
 )
@@ -218,7 +217,7 @@ def open_backbone(
     (with a warning saying why)."""
     on_cpu = next(backbone.parameters()).device.type == "cpu"
     if backend == "auto":
-        candidates = [b for b in BACKENDS if b != "torch" and backend_installed(b)]
+        candidates = [b for b in installed_backends() if b != "torch"]
         for candidate in candidates if on_cpu else []:
             try:
                 return open_backbone(backbone, candidate, threads=threads, cache_root=cache_root)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,10 +30,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_backends)
 
 
-def read_checks(directory: Path) -> dict | None:
-    """The recorded checks of the export in ``directory``, or None when there is none."""
-    record = directory / "export.json"
-    return json.loads(record.read_text()).get("checks", {}) if record.is_file() else None
+def print_export(name: str, graph: Path, describe: Callable[[dict], str]) -> None:
+    """The export at ``graph`` and each runtime's recorded check (``describe(check)``)."""
+    record = graph.parent / "export.json"
+    if not record.is_file():
+        print(f"{name}: no exported graph yet ({graph.parent}); --check or a run makes it")
+        return
+    print(f"{name}: exported graph {graph}")
+    for key, check in sorted(json.loads(record.read_text()).get("checks", {}).items()):
+        print(f"  {key}: {describe(check)}")
+
+
+def onnx_backends() -> list[str]:
+    """The installed backends that run exported graphs."""
+    from prosam.sam.encoder_runtimes import installed_backends
+
+    return [b for b in installed_backends() if b != "torch"]
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
@@ -56,63 +69,51 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 def report_encoder(model: FrozenSam, args: argparse.Namespace) -> int:
     """SAM's image-encoder export and its checks (run first with ``--check``); failures."""
-    from prosam.sam.encoder_export import encoder_digest, export_dir
-    from prosam.sam.encoder_runtimes import BACKENDS, backend_installed, precision_installed
+    from prosam.sam.encoder_export import GRAPH_NAME, encoder_digest, export_dir
+    from prosam.sam.encoder_runtimes import precision_installed
 
     failed = 0
-    if args.check:
-        for backend in BACKENDS:
-            if backend == "torch" or not backend_installed(backend):
-                continue
-            offered = ("fp32", "bf16", "int8") if backend == "openvino" else ("fp32",)
-            for precision in [p for p in offered if precision_installed(p)]:
-                try:
-                    model.use_backend(backend, precision=precision, cache_root=args.cache_dir)
-                except Exception as err:  # report every backend, then fail
-                    failed += 1
-                    print(f"{backend} {precision}: refused ({err})")
+    for backend in onnx_backends() if args.check else []:
+        offered = ("fp32", "bf16", "int8") if backend == "openvino" else ("fp32",)
+        for precision in [p for p in offered if precision_installed(p)]:
+            try:
+                model.use_backend(backend, precision=precision, cache_root=args.cache_dir)
+            except Exception as err:  # report every backend, then fail
+                failed += 1
+                print(f"{backend} {precision}: refused ({err})")
     directory = export_dir(encoder_digest(model.sam, model.weights_sha256), args.cache_dir)
-    checks = read_checks(directory)
-    if checks is None:
-        print(f"{model.name}: no exported graph yet ({directory}); --check or a run makes it")
-        return failed
-    print(f"{model.name}: exported graph {directory / 'image_encoder.onnx'}")
-    for key, check in sorted(checks.items()):
-        print(
-            f"  {key}: embedding max abs {check['max_abs']:.2e}, mask IoU "
-            f"{check['mask_iou']:.4f}, {1000 * check['seconds']:.0f} ms for the check image"
-        )
+    print_export(
+        model.name,
+        directory / GRAPH_NAME,
+        lambda c: (
+            f"embedding max abs {c['max_abs']:.2e}, mask IoU {c['mask_iou']:.4f}, "
+            f"{1000 * c['seconds']:.0f} ms for the check image"
+        ),
+    )
     return failed
 
 
 def report_backbones(args: argparse.Namespace) -> int:
     """matcher's backbone exports and their checks (run first with ``--check``); failures."""
     from prosam.backbones import build_backbone
-    from prosam.backbones.runtimes import backbone_export_dir, open_backbone
+    from prosam.backbones.runtimes import GRAPH_NAME, backbone_export_dir, open_backbone
     from prosam.methods.matching.method import DEFAULT_FEATURE_BACKBONE
-    from prosam.sam.encoder_runtimes import BACKENDS, backend_installed
 
     failed = 0
     for name in DEFAULT_FEATURE_BACKBONE.split("+"):
         backbone = build_backbone(name)
-        if args.check:
-            for backend in BACKENDS:
-                if backend == "torch" or not backend_installed(backend):
-                    continue
-                try:
-                    open_backbone(backbone, backend, cache_root=args.cache_dir)
-                except Exception as err:  # report every backend, then fail
-                    failed += 1
-                    print(f"{name} on {backend}: refused ({err})")
-        directory = backbone_export_dir(backbone, args.cache_dir)
-        checks = read_checks(directory)
-        if checks is None:
-            print(f"{name}: no exported graph yet ({directory}); --check or a run makes it")
-            continue
-        print(f"{name}: exported graph {directory / 'backbone.onnx'}")
-        for key, check in sorted(checks.items()):
-            print(
-                f"  {key}: features max relative difference {check['max_rel']:.1e}, "
-                f"{1000 * check['seconds']:.0f} ms for the check images"
-            )
+        for backend in onnx_backends() if args.check else []:
+            try:
+                open_backbone(backbone, backend, cache_root=args.cache_dir)
+            except Exception as err:  # report every backend, then fail
+                failed += 1
+                print(f"{name} on {backend}: refused ({err})")
+        print_export(
+            name,
+            backbone_export_dir(backbone, args.cache_dir) / GRAPH_NAME,
+            lambda c: (
+                f"features max relative difference {c['max_rel']:.1e}, "
+                f"{1000 * c['seconds']:.0f} ms for the check images"
+            ),
+        )
     return failed
