@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING
 from prosam.cli.options import (
     add_checkpoint_option,
     add_method_choice,
+    add_method_option_arg,
     add_model_args,
     add_quality_option,
     add_stable_option,
+    parse_method_options,
 )
 from prosam.cli.outputs import check_output_dir
 from prosam.cli.references import (
@@ -110,6 +112,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="png, png-indexed, coco, yolo, overlay (default: png,coco)",
     )
     add_method_choice(p, default=DEFAULT_METHOD)
+    add_method_option_arg(p, "max_instances=1 (one object per target)")
     add_checkpoint_option(p)
     add_stable_option(p)
     add_quality_option(p)
@@ -233,7 +236,9 @@ def cmd_label(args: argparse.Namespace) -> int:
     able = [m.name for m in list_methods() if UNCERTAINTY in m.capabilities]
     if args.uncertainty and args.method not in able:
         raise InputError(f"--uncertainty needs a method with an uncertainty map: {', '.join(able)}")
-    options = {"uncertainty": True} if args.uncertainty else {}
+    options = parse_method_options(args.method_option)
+    if args.uncertainty:
+        options["uncertainty"] = True
     seg = fit_segmenter(
         args,
         references,

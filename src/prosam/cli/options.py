@@ -228,12 +228,17 @@ def add_method_args(f: argparse.ArgumentParser, example: str) -> None:
     """``--method``, ``--checkpoint`` and ``--method-option`` (its help showing ``example``)."""
     add_method_choice(f, required=True)
     f.add_argument("--checkpoint", default=None)
-    f.add_argument(
+    add_method_option_arg(f, example)
+
+
+def add_method_option_arg(p: argparse.ArgumentParser, example: str) -> None:
+    """``--method-option KEY=VALUE`` (repeatable; read with :func:`parse_method_options`)."""
+    p.add_argument(
         "--method-option",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"method option, e.g. {example} (repeatable)",
+        help=f"method option, e.g. {example} (repeatable; the options are in docs/methods.md)",
     )
 
 

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 from prosam.cli.options import (
     add_checkpoint_option,
     add_method_choice,
+    add_method_option_arg,
     add_model_args,
     add_quality_option,
     add_stable_option,
     attach_stable_from_args,
     load_model,
+    parse_method_options,
 )
 from prosam.cli.outputs import check_output_dir
 from prosam.cli.references import (
@@ -52,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "several classes OUT/<class>/<target path>.png, each pixel in at most one class",
     )
     add_method_choice(p, default=DEFAULT_METHOD)
+    add_method_option_arg(p, "max_instances=1 (one object per target)")
     p.add_argument(
         "--score-threshold",
         type=float,
@@ -82,6 +85,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from prosam.sam import Predictor
 
     check_output_dir(args.out)
+    options = parse_method_options(args.method_option)
     references, classes = references_from_args(args)
     out = Path(args.out)
     names = list(dict.fromkeys(classes))
@@ -89,7 +93,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         args.targets, out, instances=args.instances, classes=names if len(names) > 1 else None
     )
     if len(references) > 1:
-        return _segment_several(args, references, classes, entries, out)
+        return _segment_several(args, references, classes, entries, out, options)
     ref_image = read_image(references[0]["image"])
     annotation = reference_annotation(references[0])
     if isinstance(annotation, str):
@@ -101,7 +105,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     model, cache = load_model(args)
     attach_stable_from_args(args, model)
     predictor = Predictor(model, cache=cache)
-    method = build_method(args.method, model, checkpoint=args.checkpoint)
+    method = build_method(args.method, model, checkpoint=args.checkpoint, **options)
     try:
         if drawn is None:
             reference = reference_from_annotation(ref_image, annotation, predictor)
@@ -174,15 +178,17 @@ def _segment_several(
     classes: Sequence[str],
     entries: Sequence[TargetEntry],
     out: Path,
+    options: dict[str, Any],
 ) -> int:
     """Several references (of one class or several): a :class:`~prosam.label.api.Segmenter`
-    (each pixel to at most one class; ``cpc`` fitted on all classes at once), one mask per
-    class and target: ``OUT/<key>.png`` for one class, ``OUT/<class>/<key>.png`` for more."""
+    (each pixel to at most one class; ``cpc`` fitted on all classes at once; ``options`` go
+    to the method), one mask per class and target: ``OUT/<key>.png`` for one class,
+    ``OUT/<class>/<key>.png`` for more."""
     from prosam.io import write_mask_png
     from prosam.label.review import ReviewRow
     from prosam.label.writers import write_instance_png
 
-    seg = fit_segmenter(args, list(references), list(classes))
+    seg = fit_segmenter(args, list(references), list(classes), method_options=options)
     names = seg.classes
 
     def one(entry: TargetEntry) -> list[ReviewRow]:
