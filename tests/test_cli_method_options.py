@@ -6,24 +6,14 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-from PIL import Image
-
 from prosam.cli import main
-
-
-def _save(path, seed, h=40, w=52):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = np.random.default_rng(seed).integers(0, 60, (h, w, 3), dtype=np.uint8)
-    img[8:24, 10:30] = 220
-    Image.fromarray(img).save(path)
-    return path
+from tests.test_cli_segment import save_photo
 
 
 def _photos(tmp_path):
-    ref = _save(tmp_path / "ref.png", 0)
-    _save(tmp_path / "t" / "a.jpg", 1)
-    _save(tmp_path / "t" / "b.jpg", 2, 36)
+    ref = save_photo(tmp_path / "ref.png", 0)
+    save_photo(tmp_path / "t" / "a.jpg", 1)
+    save_photo(tmp_path / "t" / "b.jpg", 2, 36)
     return ref, tmp_path / "t"
 
 
@@ -83,7 +73,7 @@ def test_unknown_or_malformed_options_are_one_line_errors(tmp_path, capsys):
 
 def test_segment_options_reach_each_class_of_several(tmp_path, capsys):
     ref, targets = _photos(tmp_path)
-    other = _save(tmp_path / "ref2.png", 3)
+    other = save_photo(tmp_path / "ref2.png", 3)
     code = main(
         ["segment", "--ref", str(ref), "--ref-box", "10,8,30,24", "--class", "a",
          "--ref", str(other), "--ref-box", "10,8,30,24", "--class", "b", str(targets),

@@ -9,7 +9,7 @@ from PIL import Image
 from prosam.cli import main
 
 
-def _save(path, seed, h=40, w=52):
+def save_photo(path, seed, h=40, w=52):
     path.parent.mkdir(parents=True, exist_ok=True)
     img = np.random.default_rng(seed).integers(0, 60, (h, w, 3), dtype=np.uint8)
     img[8:24, 10:30] = 220
@@ -25,8 +25,9 @@ def _segment(ref, targets, out, *extra):
 
 
 def test_two_targets_of_one_name_in_two_folders_get_two_masks(tmp_path, capsys):
-    ref = _save(tmp_path / "ref.png", 0)
-    a, b = _save(tmp_path / "t" / "a" / "x.jpg", 1), _save(tmp_path / "t" / "b" / "x.jpg", 2, 36)
+    ref = save_photo(tmp_path / "ref.png", 0)
+    a = save_photo(tmp_path / "t" / "a" / "x.jpg", 1)
+    b = save_photo(tmp_path / "t" / "b" / "x.jpg", 2, 36)
     out = tmp_path / "masks"
     assert _segment(ref, [tmp_path / "t" / "a", tmp_path / "t" / "b"], out, "--instances") == 0
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
@@ -38,8 +39,8 @@ def test_two_targets_of_one_name_in_two_folders_get_two_masks(tmp_path, capsys):
 
 
 def test_a_failed_target_is_one_stderr_line_and_the_others_are_segmented(tmp_path, capsys):
-    ref = _save(tmp_path / "ref.png", 0)
-    _save(tmp_path / "t" / "good.png", 1)
+    ref = save_photo(tmp_path / "ref.png", 0)
+    save_photo(tmp_path / "t" / "good.png", 1)
     (tmp_path / "t" / "bad.jpg").write_text("not a picture")
     Image.fromarray(np.zeros((2, 20000, 3), np.uint8)).save(tmp_path / "t" / "thin.png")
     out = tmp_path / "masks"
@@ -54,8 +55,8 @@ def test_a_failed_target_is_one_stderr_line_and_the_others_are_segmented(tmp_pat
 
 @pytest.mark.parametrize("inside", [True, False])
 def test_masks_written_inside_the_target_folder_are_not_targets(tmp_path, capsys, inside):
-    ref = _save(tmp_path / "ref.png", 0)
-    _save(tmp_path / "t" / "x.png", 1)
+    ref = save_photo(tmp_path / "ref.png", 0)
+    save_photo(tmp_path / "t" / "x.png", 1)
     out = tmp_path / "t" / "masks" if inside else tmp_path / "masks"
     assert _segment(ref, [tmp_path / "t"], out) == 0
     assert _segment(ref, [tmp_path / "t"], out) == 0
@@ -64,24 +65,24 @@ def test_masks_written_inside_the_target_folder_are_not_targets(tmp_path, capsys
 
 
 def test_instances_that_would_overwrite_a_target_mask_are_refused(tmp_path, capsys):
-    ref = _save(tmp_path / "ref.png", 0)
-    _save(tmp_path / "t" / "x.png", 1)
-    _save(tmp_path / "t" / "x-instances.png", 2)
+    ref = save_photo(tmp_path / "ref.png", 0)
+    save_photo(tmp_path / "t" / "x.png", 1)
+    save_photo(tmp_path / "t" / "x-instances.png", 2)
     assert _segment(ref, [tmp_path / "t"], tmp_path / "m", "--instances") == 2
     assert "x-instances" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
 def test_a_mask_never_overwrites_a_target(tmp_path, capsys):
-    ref = _save(tmp_path / "ref.png", 0)
-    target = _save(tmp_path / "t" / "x.png", 1)
+    ref = save_photo(tmp_path / "ref.png", 0)
+    target = save_photo(tmp_path / "t" / "x.png", 1)
     before = target.read_bytes()
     assert _segment(ref, [tmp_path / "t"], tmp_path / "t") == 2
     assert "would overwrite" in capsys.readouterr().err and target.read_bytes() == before
 
 
 def test_a_target_scoring_under_the_threshold_gets_an_empty_mask(tmp_path, capsys):
-    ref = _save(tmp_path / "ref.png", 0)
-    targets = [_save(tmp_path / "t" / "x.png", 1), _save(tmp_path / "t" / "y.png", 2)]
+    ref = save_photo(tmp_path / "ref.png", 0)
+    targets = [save_photo(tmp_path / "t" / "x.png", 1), save_photo(tmp_path / "t" / "y.png", 2)]
     keep, drop = tmp_path / "keep", tmp_path / "drop"
     assert _segment(ref, targets, keep, "--method", "persam", "--score-threshold=-1e9") == 0
     assert "without the object" not in capsys.readouterr().out
