@@ -99,6 +99,48 @@ def test_auto_picks_an_installed_onnx_backend(tmp_path):
     assert model.backend != "torch"
 
 
+@pytest.mark.parametrize("bf16", [True, False])
+def test_auto_precision_is_bf16_on_openvino_only_where_the_cpu_runs_it(monkeypatch, bf16):
+    monkeypatch.setattr(encoder_runtimes, "cpu_runs_bf16", lambda: bf16)
+    resolve = encoder_runtimes.resolve_precision
+    assert resolve("openvino", "auto") == ("bf16" if bf16 else "fp32")
+    assert resolve("onnxruntime", "auto") == resolve("torch", "auto") == "fp32"
+    assert resolve("openvino", "fp32") == "fp32" and resolve("openvino", "int8") == "int8"
+    with pytest.raises(InputError, match="openvino backend only"):
+        resolve("onnxruntime", "bf16")
+    with pytest.raises(InputError, match="unknown precision"):
+        resolve("openvino", "fp16")
+
+
+def test_auto_backend_and_precision_pick_openvino_bf16_and_fall_back_to_fp32(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setattr(encoder_runtimes, "cpu_runs_bf16", lambda: True)
+    model = _renamed_tiny("tiny-bf16").use_backend("auto", precision="auto", cache_root=tmp_path)
+    assert (model.backend, model.precision) == ("openvino", "bf16")
+    real = encoder_export.check_runtime
+    poor = EncoderCheck(max_abs=0.1, embedding_scale=0.6, mask_iou=0.5, seconds=0.0)
+
+    def poor_at_bf16(sam, runtime, image):
+        return poor if runtime.precision == "bf16" else real(sam, runtime, image)
+
+    monkeypatch.setattr(encoder_export, "check_runtime", poor_at_bf16)
+    with pytest.warns(UserWarning, match="openvino bf16 unavailable"):
+        fallback = _renamed_tiny("tiny-bf16-poor").use_backend(
+            "auto", precision="auto", cache_root=tmp_path / "other"
+        )
+    assert (fallback.backend, fallback.precision) == ("openvino", "fp32")
+    monkeypatch.setattr(encoder_runtimes, "cpu_runs_bf16", lambda: False)
+    plain = _renamed_tiny("tiny-no-bf16").use_backend("auto", precision="auto", cache_root=tmp_path)
+    assert plain.precision == "fp32"
+
+
+def test_the_cli_asks_for_the_auto_precision_by_default():
+    from prosam.cli import build_parser
+
+    args = build_parser().parse_args(["predict", "x.jpg", "--point", "1,1", "--out", "m.png"])
+    assert args.precision == "auto"
+
+
 def test_a_reduced_precision_outside_tolerance_has_its_own_cache_identity():
     runtime = encoder_runtimes.TorchImageEncoder(torch.nn.Identity())
     runtime.precision = "bf16"
@@ -185,6 +227,9 @@ def test_backends_command_lists_backends_and_the_recorded_checks(tmp_path, capsy
     assert main(["backends", "--model", "tiny", "--cache-dir", cache]) == 0
     out = capsys.readouterr().out
     assert "torch        installed" in out and "no exported graph yet" in out
+    if encoder_runtimes.backend_installed("openvino"):
+        chosen = encoder_runtimes.resolve_precision("openvino", "auto")
+        assert f"--precision auto: openvino at {chosen}" in out
     assert main(["backends", "--model", "tiny", "--cache-dir", cache, "--check"]) == 0
     out = capsys.readouterr().out
     assert "exported graph" in out and "onnxruntime-fp32@" in out and "mask IoU" in out

@@ -123,6 +123,19 @@ def test_a_job_is_not_resumed_by_a_method_reading_other_features(tmp_path, files
         fast.label(targets[:1], tmp_path / "out", workers=0, progress=False)
 
 
+def test_a_job_begun_at_another_encoder_precision_names_it(tmp_path, files, tiny_sam):
+    ref, mask, targets = files
+    seg = prosam.label.load("persam", tiny_sam).fit([(ref, mask, "thing")])
+    seg.label(targets[:1], tmp_path / "out", workers=0, progress=False)
+    job = tmp_path / "out" / "job.json"
+    config = json.loads(job.read_text())
+    assert "encoder" not in config  # PyTorch's embeddings
+    config["encoder"] = "openvino-bf16"  # as a job begun with --precision bf16 records it
+    job.write_text(json.dumps(config))
+    with pytest.raises(InputError, match="it ran SAM's encoder at openvino-bf16, this run at fp32"):
+        seg.label(targets[:1], tmp_path / "out", workers=0, progress=False)
+
+
 def _run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="prosam")
     add_label_parser(parser.add_subparsers(dest="command", required=True))

@@ -51,7 +51,7 @@ def onnx_backends() -> list[str]:
 def cmd_backends(args: argparse.Namespace) -> int:
     """Print the backends, the exports and the recorded checks; 0 when all that ran passed."""
     from prosam.sam import load_sam
-    from prosam.sam.encoder_runtimes import BACKENDS, backend_installed
+    from prosam.sam.encoder_runtimes import BACKENDS, backend_installed, cpu_runs_bf16
 
     model = load_sam(
         args.model,
@@ -62,6 +62,9 @@ def cmd_backends(args: argparse.Namespace) -> int:
     for backend in BACKENDS:
         state = "installed" if backend_installed(backend) else "not installed"
         print(f"{backend:12s} {state}")
+    if backend_installed("openvino"):
+        why = "this CPU runs bfloat16" if cpu_runs_bf16() else "no bfloat16 on this CPU"
+        print(f"--precision auto: openvino at {'bf16' if cpu_runs_bf16() else 'fp32'} ({why})")
     failed = report_encoder(model, args)
     failed += report_backbones(args)
     return 1 if failed else 0

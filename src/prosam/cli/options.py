@@ -89,10 +89,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--precision",
-        default="fp32",
-        choices=("fp32", "bf16", "int8"),
-        help="image-encoder precision; bf16 and int8 (weights compressed by NNCF, "
-        "prosam[int8]) only with --backend openvino; checked against fp32 before use",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "int8"),
+        help="image-encoder precision (default auto: bf16 where OpenVINO runs the encoder on a "
+        "CPU with bfloat16 instructions, else fp32); bf16 and int8 (weights compressed by "
+        "NNCF, prosam[int8]) only with OpenVINO; checked against fp32 before use",
     )
     p.add_argument(
         "--no-embedding-cache", action="store_true", help="do not read or write cached embeddings"
@@ -157,7 +158,7 @@ def load_model(args: argparse.Namespace) -> tuple[FrozenSam, EmbeddingCache | No
         cache_root=args.cache_dir,
         download_missing=not args.no_download,
         backend=getattr(args, "backend", "torch"),
-        precision=getattr(args, "precision", "fp32"),
+        precision=getattr(args, "precision", "auto"),
     )
     cache = None
     if not getattr(args, "no_embedding_cache", False):

@@ -506,7 +506,7 @@ def load(
     quality_model: QualityModelLike = "auto",
     overlaps: str = "resolve",
     backend: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     **method_options: Any,
 ) -> Segmenter:
     """A :class:`Segmenter`: the method on a frozen SAM (a weights name, file or model).

@@ -293,9 +293,15 @@ class LabelJob:
         new = json.loads(json.dumps(self.config))  # tuples as lists, as read back
         if old is not None and old != new and not self.restart:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            hint = (
+                f"; it ran SAM's encoder at {old.get('encoder') or 'fp32'}, this run at "
+                f"{new.get('encoder') or 'fp32'}: pass that --precision to resume it"
+                if diff == ["encoder"]
+                else ""
+            )
             raise InputError(
                 f"{self.out} holds a labelling job with another configuration (differs in: "
-                f"{', '.join(diff)}); use another output folder or restart the job"
+                f"{', '.join(diff)}); use another output folder or restart the job{hint}"
             )
         write_json(path, self.config)
 

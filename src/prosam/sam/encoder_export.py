@@ -39,9 +39,9 @@ from prosam.sam.encoder_runtimes import (
     RuntimeSettings,
     TorchImageEncoder,
     backend_installed,
-    check_backend,
     checking_backend,
     require_backend,
+    resolve_precision,
 )
 from prosam.sam.onnx_cache import ensure_cached, is_complete, recorded_check, runtime_key
 from prosam.sam.transforms import preprocess_image, transform_coords
@@ -252,26 +252,35 @@ def open_encoder(
     """
     on_cpu = sam.pixel_mean.device.type == "cpu"
     if backend == "auto":
-        candidates = [b for b in BACKENDS if b != "torch" and backend_installed(b)]
+        # OpenVINO at the asked (or auto) precision, then at fp32; the others offer fp32
+        candidates = [
+            (b, p)
+            for b in BACKENDS
+            if b != "torch" and backend_installed(b)
+            for p in dict.fromkeys(
+                (resolve_precision(b, precision) if b == "openvino" else "fp32", "fp32")
+            )
+        ]
         if not on_cpu or name == "tiny":
             candidates = []  # nothing to gain: a GPU, or the random test model
-        for candidate in candidates:
+        for candidate, chosen in candidates:
             try:
                 return open_encoder(
                     sam,
                     weights_sha256,
                     backend=candidate,
-                    precision="fp32",
+                    precision=chosen,
                     threads=threads,
                     cache_root=cache_root,
                     name=name,
                 )
             except Exception as err:  # any runtime's failure: fall back, say why
                 warnings.warn(
-                    f"backend {candidate} unavailable ({err}); trying the next", stacklevel=2
+                    f"backend {candidate} {chosen} unavailable ({err}); trying the next",
+                    stacklevel=2,
                 )
         return EncoderChoice(TorchImageEncoder(sam.image_encoder), None)
-    check_backend(backend, precision)
+    precision = resolve_precision(backend, precision)
     if backend == "torch":
         return EncoderChoice(TorchImageEncoder(sam.image_encoder), None)
     require_backend(backend)

@@ -8,6 +8,7 @@ from; :mod:`prosam.sam.encoder_export` exports, checks and caches the graph they
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import io
 import logging
@@ -26,6 +27,9 @@ from prosam.errors import InputError
 BACKENDS = ("openvino", "onnxruntime", "torch")
 #: Numerical precisions; reduced ones exist only where a runtime offers them.
 PRECISIONS = ("fp32", "bf16", "int8")
+#: The precision that stands for "the fastest a backend runs natively here": bf16 on
+#: OpenVINO where the CPU has bfloat16 instructions, fp32 elsewhere (:func:`resolve_precision`).
+AUTO_PRECISION = "auto"
 
 _MODULE_OF = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch": "torch"}
 _EXTRA_OF = {"onnxruntime": "prosam[onnx]", "openvino": "prosam[openvino]"}
@@ -71,10 +75,37 @@ def check_backend(backend: str, precision: str = "fp32") -> None:
     """Reject unknown backends and precisions a backend does not offer, in one line."""
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    if precision != "fp32" and backend != "openvino":
+    if precision not in (*PRECISIONS, AUTO_PRECISION):
+        raise InputError(
+            f"unknown precision {precision!r}; choose from {AUTO_PRECISION}, "
+            f"{', '.join(PRECISIONS)}"
+        )
+    if precision not in ("fp32", AUTO_PRECISION) and backend != "openvino":
         raise InputError(f"precision {precision} is offered by the openvino backend only")
+
+
+@functools.cache
+def cpu_runs_bf16() -> bool:
+    """Whether OpenVINO reports native bfloat16 arithmetic on this CPU (False without
+    OpenVINO)."""
+    if not backend_installed("openvino"):
+        return False
+    try:
+        import openvino as ov
+
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # a runtime that cannot say: assume no
+        return False
+
+
+def resolve_precision(backend: str, precision: str) -> str:
+    """``precision`` for ``backend`` with ``auto`` made concrete: bf16 on OpenVINO where
+    :func:`cpu_runs_bf16`, else fp32 (chosen on the coco-mini test list against PyTorch:
+    docs/backends.md)."""
+    check_backend(backend, precision)
+    if precision != AUTO_PRECISION:
+        return precision
+    return "bf16" if backend == "openvino" and cpu_runs_bf16() else "fp32"
 
 
 def require_backend(backend: str) -> None:

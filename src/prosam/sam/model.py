@@ -14,7 +14,7 @@ from prosam.sam.build import build_sam
 from prosam.sam.decoder_export import DecoderCheck, open_decoder
 from prosam.sam.decoder_runtimes import PromptDecoderRuntime
 from prosam.sam.encoder_export import EncoderCheck, open_encoder
-from prosam.sam.encoder_runtimes import ImageEncoderRuntime
+from prosam.sam.encoder_runtimes import AUTO_PRECISION, ImageEncoderRuntime
 from prosam.sam.weights import DEFAULT_MODEL, infer_variant, resolve_weights
 
 
@@ -186,7 +186,9 @@ def load_sam(
 
     ``tiny`` builds the small random test model without any weights. ``backend`` runs the
     image encoder with ``torch`` (default), ``onnxruntime``, ``openvino`` or ``auto`` (the
-    fastest installed that passes its accuracy check); see docs/backends.md.
+    fastest installed that passes its accuracy check); ``precision`` is ``fp32`` (default),
+    ``bf16`` or ``int8`` (OpenVINO only), or ``auto`` (bf16 on OpenVINO where the CPU runs
+    it natively, else fp32); see docs/backends.md.
     """
     if model == "tiny":
         frozen = FrozenSam(build_sam("tiny"), "tiny", "tiny", None).to(device)
@@ -198,6 +200,6 @@ def load_sam(
         chosen = variant or known_variant or infer_variant(state)
         sam = build_sam(chosen, state_dict=state)
         frozen = FrozenSam(sam, model, chosen, sha256_file(path)).to(device)
-    if backend != "torch" or precision != "fp32":
+    if backend != "torch" or precision not in ("fp32", AUTO_PRECISION):
         frozen.use_backend(backend, precision=precision, threads=threads, cache_root=cache_root)
     return frozen
