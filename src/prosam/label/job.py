@@ -295,7 +295,7 @@ class LabelJob:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             hint = (
                 f"; it ran SAM's encoder at {old.get('encoder') or 'fp32'}, this run at "
-                f"{new.get('encoder') or 'fp32'}: pass that --precision to resume it"
+                f"{new.get('encoder') or 'fp32'}: resume it with the --precision it ran at"
                 if diff == ["encoder"]
                 else ""
             )
