@@ -38,7 +38,11 @@ import prosam.label
 from prosam.data.specs import load_dataset_spec
 from prosam.io import read_image, write_bytes_atomic
 from prosam.sam import Predictor, load_sam
-from prosam.sam.encoder_runtimes import installed_backends, precision_installed
+from prosam.sam.encoder_runtimes import (
+    installed_backends,
+    precision_installed,
+    resolve_precision,
+)
 from prosam.sam.transforms import preprocess_image
 
 CONFIGS = [
@@ -200,7 +204,10 @@ def label_table(models: dict, method: str, reference, class_id, class_name, targ
     rows: dict[str, dict] = {}
     masks: dict[str, dict[str, np.ndarray]] = {}
     images = [read_image(p) for p in targets]
-    fastest = next(k for k in ("openvino-fp32", "onnxruntime-fp32", "torch-fp32") if k in models)
+    default = f"openvino-{resolve_precision('openvino', 'auto')}"  # what `auto` runs here
+    fastest = next(
+        k for k in (default, "openvino-fp32", "onnxruntime-fp32", "torch-fp32") if k in models
+    )
     runs = [(key, model, {}) for key, model in models.items()]
     runs.append((f"{fastest} inline", models[fastest], {"workers": 0, "encode_ahead": 0}))
     runs.append((f"{fastest} encode-ahead", models[fastest], {"encode_ahead": 1}))
@@ -309,6 +316,11 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--skip-label", action="store_true")
     parser.add_argument("--out", default="benchmarks/reports/encoder_backends")
+    parser.add_argument(
+        "--configs",
+        default=",".join(f"{b}-{p}" for b, p in CONFIGS),
+        help="encoder backend-precision pairs to run (torch-fp32 always)",
+    )
     args = parser.parse_args()
 
     roots = sorted(glob.glob(str(Path(args.data) / "coco-*")))
@@ -318,13 +330,16 @@ def main() -> None:
     rest = [s for s in dataset if s.key != reference.key]
     targets = [s.image_path for s in rest[: args.n]]
     installed = installed_backends()
+    wanted = {"torch-fp32", *args.configs.split(",")}
     models = {
         f"{b}-{p}": load_sam(args.model, backend=b, precision=p)
         for b, p in CONFIGS
-        if b in installed and precision_installed(p)
+        if f"{b}-{p}" in wanted and b in installed and precision_installed(p)
     }
     for b, p, d in DECODER_CONFIGS:
-        if b in installed and d in installed and models[f"{b}-{p}"].decoder_backend != d:
+        if f"{b}-{p}" not in models or d not in installed:
+            continue
+        if models[f"{b}-{p}"].decoder_backend != d:
             models[f"{b}-{p} + {d} decoder"] = load_sam(
                 args.model, backend=b, precision=p
             ).use_decoder_backend(d)
