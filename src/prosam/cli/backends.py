@@ -51,7 +51,12 @@ def onnx_backends() -> list[str]:
 def cmd_backends(args: argparse.Namespace) -> int:
     """Print the backends, the exports and the recorded checks; 0 when all that ran passed."""
     from prosam.sam import load_sam
-    from prosam.sam.encoder_runtimes import BACKENDS, backend_installed, cpu_runs_bf16
+    from prosam.sam.encoder_runtimes import (
+        BACKENDS,
+        backend_installed,
+        cpu_runs_bf16,
+        resolve_precision,
+    )
 
     model = load_sam(
         args.model,
@@ -64,7 +69,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
         print(f"{backend:12s} {state}")
     if backend_installed("openvino"):
         why = "this CPU runs bfloat16" if cpu_runs_bf16() else "no bfloat16 on this CPU"
-        print(f"--precision auto: openvino at {'bf16' if cpu_runs_bf16() else 'fp32'} ({why})")
+        print(f"--precision auto: openvino at {resolve_precision('openvino', 'auto')} ({why})")
     failed = report_encoder(model, args)
     failed += report_backbones(args)
     return 1 if failed else 0
