@@ -24,7 +24,17 @@ def test_a_folder_name_never_leaves_its_folder(name):
 @pytest.mark.parametrize(
     ("names", "message"),
     [
-        (["a/b", "a_b"], "'a/b' and 'a_b' would share the output folder 'a_b'"),
+        (["a b", "a_b"], "'a b' and 'a_b' would share the output folder 'a_b'"),
+        (["a/b"], "holds '/'"),
+        (["x/../../../outside/pwned"], "holds '/'"),
+        (["..\\evil"], "holds"),
+        ([".."], "starts with a dot"),
+        ([".hidden"], "starts with a dot"),
+        (["a\x00b"], "control character"),
+        (["a\u2215b"], "holds"),  # DIVISION SLASH, a look-alike of '/'
+        (["a\uff0fb"], "holds"),  # FULLWIDTH SOLIDUS
+        (["x" * 101], "over 100 characters"),
+        ([None], "must be text, not NoneType"),
         (["Cat", "cat"], "would share the output folder"),
         (["cat", "cat"], "given twice"),
         ([""], "must not be empty"),
@@ -39,9 +49,11 @@ def test_bad_class_names_are_refused(names, message):
 
 
 def test_unicode_and_punctuation_keep_distinct_folders():
-    names = ["猫", "犬", "traffic light", "a.b", "c++"]
+    names = ["猫", "犬", "traffic light", "a.b", "c++", "t-shirt", "Column_Pole", "jack (o')"]
     assert check_class_names(names) == names
-    assert [safe_name(n) for n in names] == ["猫", "犬", "traffic_light", "a.b", "c__"]
+    assert [safe_name(n) for n in names] == [
+        "猫", "犬", "traffic_light", "a.b", "c__", "t-shirt", "Column_Pole", "jack__o__"
+    ]
 
 
 @pytest.fixture
@@ -70,14 +82,17 @@ def _label(photo, out, *classes):
 
 
 def test_label_refuses_colliding_classes_before_the_model_loads(tmp_path, photo, capsys):
-    assert _label(photo, tmp_path / "out", "a/b", "a_b") == 2
+    assert _label(photo, tmp_path / "out", "a b", "a_b") == 2
     err = capsys.readouterr().err
-    message = "class names 'a/b' and 'a_b' would share the output folder 'a_b'; rename one"
+    message = "class names 'a b' and 'a_b' would share the output folder 'a_b'; rename one"
     assert err == f"prosam: error: {message}\n"
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("name", "message"), [("", "must not be empty"), ("a\nb", "control")])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("", "must not be empty"), ("a\nb", "control"), ("../../evil", "holds '/'")],
+)
 def test_label_refuses_an_empty_or_multiline_class_at_parse_time(
     tmp_path, photo, capsys, name, message
 ):

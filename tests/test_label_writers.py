@@ -96,7 +96,7 @@ def test_yolo_empty_image_gives_an_empty_file(tmp_path):
 
 
 def test_png_per_class_masks(tmp_path):
-    writer = PngWriter(tmp_path, ["cat", "dog/wolf"])
+    writer = PngWriter(tmp_path, ["cat", "dog wolf"])
     writer.add("x", (H, W), [LabelMask("cat", SHAPES["disk"], 0.5)])
     cat = np.asarray(Image.open(tmp_path / "png" / "cat" / "x.png"))
     dog = np.asarray(Image.open(tmp_path / "png" / "dog_wolf" / "x.png"))
@@ -188,7 +188,7 @@ def test_writer_checks(tmp_path):
     with pytest.raises(ValueError, match="given twice"):
         PngWriter(tmp_path, ["a", "a"])
     with pytest.raises(ValueError, match="share the output folder"):
-        PngWriter(tmp_path, ["a/b", "a_b"])
+        PngWriter(tmp_path, ["a b", "a_b"])
     with pytest.raises(ValueError, match="unknown class"):
         YoloWriter(tmp_path, ["a"]).add("x", (H, W), [LabelMask("b", SHAPES["disk"], 1.0)])
     with pytest.raises(ValueError, match="does not match"):

@@ -196,6 +196,25 @@ def read_binary_mask(
     return split_label_map(labels, class_value=class_value, palette=img.mode == "P")
 
 
+def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """``path`` if it lies under ``root`` once ``..`` and links are resolved, else an
+    :class:`~prosam.errors.InputError`: the one check every writer makes before it opens a
+    file whose name came from a user, a class, a target key or a job.
+
+    Refuses NUL bytes, absolute paths given as parts, link loops and anything outside."""
+    text = os.fspath(path)
+    if "\x00" in text:
+        raise InputError("a path holds a NUL byte")
+    try:
+        base = Path(root).resolve()
+        resolved = Path(path).resolve()
+    except (RuntimeError, OSError) as err:  # a link loop, or a name too long
+        raise InputError(f"{text}: cannot be resolved ({err.__class__.__name__})") from None
+    if resolved != base and base not in resolved.parents:
+        raise InputError(f"{text}: outside the output folder {root}")
+    return Path(path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.

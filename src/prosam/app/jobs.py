@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from prosam.errors import InputError
-from prosam.io import atomic_path, write_bytes_atomic, write_mask_png
+from prosam.io import atomic_path, inside, write_bytes_atomic, write_mask_png
+from prosam.label.classes import check_class_names, safe_name
 
 JOB_FILE = "app-job.json"
 FORMATS = ("png", "png-indexed", "instances", "coco", "yolo", "overlay")
@@ -47,13 +48,25 @@ class ModelOptions:
     cache_dir: str | None = None
     device: str = "cpu"
     backend: str = "auto"
+    precision: str = "auto"
+    max_pixels: int | None = None
+    no_download: bool = False
+    no_embedding_cache: bool = False
 
     def arguments(self) -> list[str]:
+        """The page's model options and limits as ``prosam label`` arguments."""
         args = ["--model", self.model, "--device", self.device, "--backend", self.backend]
+        args += ["--precision", self.precision]
         if self.variant:
             args += ["--variant", self.variant]
         if self.cache_dir:
             args += ["--cache-dir", self.cache_dir]
+        if self.max_pixels is not None:
+            args += ["--max-pixels", str(self.max_pixels)]
+        if self.no_download:
+            args.append("--no-download")
+        if self.no_embedding_cache:
+            args.append("--no-embedding-cache")
         return args
 
 
@@ -76,12 +89,16 @@ def label_command(
     method: str,
     formats: list[str],
     model: ModelOptions,
+    allowed_root: Path | None = None,
 ) -> list[str]:
-    """The ``prosam label`` argument list (never a shell string)."""
+    """The ``prosam label`` argument list (never a shell string); ``allowed_root``: targets
+    must lie under it (links out of it are not followed)."""
     cmd = [sys.executable, "-m", "prosam.cli", "label"]
     for ref, (image, mask) in zip(references, reference_files, strict=True):
-        cmd += ["--ref", str(image), "--ref-mask", str(mask), "--class", ref.class_name]
+        cmd += ["--ref", str(image), "--ref-mask", str(mask), f"--class={ref.class_name}"]
     cmd += [str(targets), "--out", str(out), "--format", ",".join(formats)]
+    if allowed_root is not None:
+        cmd += ["--root", str(allowed_root)]
     cmd += ["--method", method, "--no-progress", *model.arguments()]
     return cmd
 
@@ -89,9 +106,12 @@ def label_command(
 class JobRunner:
     """Starts jobs under ``jobs_dir`` and reports on every job found there."""
 
-    def __init__(self, jobs_dir: Path, model: ModelOptions) -> None:
+    def __init__(
+        self, jobs_dir: Path, model: ModelOptions, *, allowed_root: Path | None = None
+    ) -> None:
         self.jobs_dir = jobs_dir
         self.model = model
+        self.allowed_root = allowed_root
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(
@@ -103,9 +123,11 @@ class JobRunner:
         method: str,
         formats: list[str],
         shown_as: str | None = None,
+        allowed_root: Path | None = None,
     ) -> dict[str, Any]:
         """Start (or resume) job ``name`` on the folder ``targets`` (``shown_as``: the name
-        the page gives that folder); its status."""
+        the page gives that folder; ``allowed_root``: the folder its targets must lie in,
+        default the runner's); its status."""
         check_job_name(name)
         if not references:
             raise InputError("add at least one reference before starting a job")
@@ -122,16 +144,25 @@ class JobRunner:
                 raise InputError(
                     f"job {name!r} labels {previous.get('targets')}; pick another name"
                 )
-        refs_dir = folder / "references"
+        check_class_names(list(dict.fromkeys(r.class_name for r in references)))
+        refs_dir = inside(self.jobs_dir, folder / "references")
         refs_dir.mkdir(parents=True, exist_ok=True)
         files = []
         for i, ref in enumerate(references):
-            mask_path = refs_dir / f"{i:02d}-{ref.class_name}.png"
+            # the index keeps names unique; safe_name keeps them in the folder whatever the class
+            mask_path = inside(refs_dir, refs_dir / f"{i:02d}-{safe_name(ref.class_name)}.png")
             write_mask_png(mask_path, ref.mask)
             files.append((ref.image, mask_path))
         out = folder / "labels"
         cmd = label_command(
-            references, files, targets, out, method=method, formats=formats, model=self.model
+            references,
+            files,
+            targets,
+            out,
+            method=method,
+            formats=formats,
+            model=self.model,
+            allowed_root=allowed_root or self.allowed_root,
         )
         log = open(folder / "job.log", "ab")  # noqa: SIM115 - the child keeps it open
         try:

@@ -2,16 +2,24 @@
 
 Every route answers JSON; a user error is ``400 {"error": "one line"}``. Only the page's own
 static files, images under the root or uploaded, and a job's outputs are ever served.
+
+A request that changes state (any method but GET) is accepted only from the page itself: its
+``Origin`` (or, without one, its ``Referer``) must be this server, it must carry the
+per-server token the page reads from its own HTML (a header, never a URL), and a JSON body must
+say ``application/json``. A page on another site can send none of these, so it can neither
+add a reference nor start a job.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import secrets
 import warnings
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -26,6 +34,9 @@ from prosam.errors import InputError, ProsamWarning
 
 MAX_JSON_BYTES = 1024 * 1024
 STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
+TOKEN_HEADER = "x-prosam-token"
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+UPLOAD_TYPES = ("application/octet-stream", "image/")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -61,13 +72,50 @@ def _guarded(handler: Handler) -> Handler:
 
     async def run(request: Request) -> Response:
         try:
+            check_same_origin(request, request.app.state.token)
             return await handler(request)
+        except CrossSiteError as err:
+            return JSONResponse({"error": str(err)}, status_code=403)
         except InputError as err:
             return JSONResponse({"error": str(err)}, status_code=400)
         except (TypeError, ValueError, KeyError) as err:
             return JSONResponse({"error": f"bad request: {err}"}, status_code=400)
 
     return run
+
+
+def _origin_of(request: Request) -> str | None:
+    """``scheme://host[:port]`` the request says it came from (``Origin``, else ``Referer``)."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        referer = request.headers.get("referer")
+        if not referer:
+            return None
+        parts = urlsplit(referer)
+        origin = f"{parts.scheme}://{parts.netloc}"
+    return origin.rstrip("/").lower()
+
+
+def check_same_origin(request: Request, token: str) -> None:
+    """Refuse (``InputError``) a state-changing request that did not come from the page."""
+    if request.method in SAFE_METHODS:
+        return
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}".lower()
+    origin = _origin_of(request)
+    if origin != own:
+        raise CrossSiteError(f"refused: the request comes from {origin or 'no page'}, not {own}")
+    if not secrets.compare_digest(request.headers.get(TOKEN_HEADER, ""), token):
+        raise CrossSiteError("refused: the page's token is missing or wrong; reload the page")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if request.url.path == "/api/upload":
+        if not kind.startswith(UPLOAD_TYPES):
+            raise CrossSiteError("refused: an upload must be sent as an image")
+    elif kind != "application/json" and request.method != "DELETE":
+        raise CrossSiteError("refused: the request body must be application/json")
+
+
+class CrossSiteError(InputError):
+    """A state-changing request that did not come from the page (answered 403)."""
 
 
 def _field(body: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
@@ -79,11 +127,16 @@ def _field(body: dict[str, Any], name: str, kind: type, default: Any = ...) -> A
     return value
 
 
-def create_app(session: AppSession, *, allowed_hosts: list[str] | None = None) -> Starlette:
-    """The page's ASGI application over ``session``."""
+def create_app(
+    session: AppSession, *, allowed_hosts: list[str] | None = None, token: str | None = None
+) -> Starlette:
+    """The page's ASGI application over ``session`` (``token``: the page's secret, random
+    unless given; the app keeps it as ``app.state.token``)."""
+    page_token = token or secrets.token_urlsafe(32)
 
     async def index(request: Request) -> Response:
-        return HTMLResponse(_static("index.html"))
+        html = _static("index.html").replace("{{token}}", page_token)
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     async def static(request: Request) -> Response:
         name = request.path_params["name"]
@@ -103,7 +156,10 @@ def create_app(session: AppSession, *, allowed_hosts: list[str] | None = None) -
     async def upload(request: Request) -> Response:
         data = await _read_body(request, session.settings.max_upload_bytes)
         target = request.query_params.get("to") == "targets"
-        name = await run_in_threadpool(lambda: session.upload(data, target=target))
+        file_name = request.headers.get("x-filename")
+        name = await run_in_threadpool(
+            lambda: session.upload(data, target=target, file_name=file_name)
+        )
         return JSONResponse({"image": name})
 
     async def open_image(request: Request) -> Response:
@@ -201,9 +257,12 @@ def create_app(session: AppSession, *, allowed_hosts: list[str] | None = None) -
     ]
     hosts = allowed_hosts or ["127.0.0.1", "localhost", "[::1]", "testserver"]
     # A page on another site cannot reach this server through a rebound host name.
-    return Starlette(
+    app = Starlette(
         routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)]
     )
+    app.state.token = page_token
+    app.state.session = session
+    return app
 
 
 def is_loopback(host: str) -> bool:

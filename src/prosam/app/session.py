@@ -130,7 +130,9 @@ class AppSession:
         self.folder = RootFolder(settings.root)
         self.predictor = predictor or Predictor(model)
         self.uploads = settings.workdir / "uploads"
-        self.jobs = JobRunner(settings.workdir / "jobs", settings.model_options)
+        self.jobs = JobRunner(
+            settings.workdir / "jobs", settings.model_options, allowed_root=self.folder.root
+        )
         self.lock = threading.Lock()
         self.keep_images = keep_images
         self.images: OrderedDict[str, OpenImage] = OrderedDict()
@@ -150,13 +152,15 @@ class AppSession:
             return path
         return self.folder.image(name)
 
-    def upload(self, data: bytes, *, target: bool = False) -> str:
-        """Store an uploaded image, a reference or (``target``) a target; its page name."""
+    def upload(self, data: bytes, *, target: bool = False, file_name: str | None = None) -> str:
+        """Store an uploaded image, a reference or (``target``) a target, under its own
+        ``file_name`` made safe; its page name."""
         path = store_upload(
             data,
             self.uploads / "targets" if target else self.uploads,
             max_bytes=self.settings.max_upload_bytes,
             max_pixels=self.settings.max_pixels,
+            file_name=file_name,
         )
         return f"{UPLOADED_TARGETS}/{path.name}" if target else f"{UPLOADS}/{path.name}"
 
@@ -335,7 +339,13 @@ class AppSession:
         folder = self.targets_folder(targets)
         refs = [JobReference(r.path, r.mask, r.class_name) for r in self.references]
         return self.jobs.start(
-            name, refs, folder, method=method, formats=list(formats), shown_as=targets
+            name,
+            refs,
+            folder,
+            method=method,
+            formats=list(formats),
+            shown_as=targets,
+            allowed_root=folder if targets == UPLOADED_TARGETS else self.folder.root,
         )
 
     def config(self) -> dict[str, Any]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
+from urllib.parse import unquote
 
 from PIL import Image
 
 from prosam.app.paths import IMAGE_SUFFIXES
 from prosam.errors import InputError
-from prosam.io import quiet_pillow, write_bytes_atomic
+from prosam.io import inside, quiet_pillow, write_bytes_atomic
+from prosam.label.classes import safe_name
 
 #: ``image/...`` formats Pillow reports, and the suffix an upload is stored under.
 FORMAT_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
@@ -34,12 +36,36 @@ def check_upload(data: bytes, *, max_bytes: int, max_pixels: int) -> str:
     return suffix
 
 
-def store_upload(data: bytes, folder: Path, *, max_bytes: int, max_pixels: int) -> Path:
-    """Save an upload under ``folder`` by its content's sha256 (the same image twice is one
-    file) and return its path."""
+def upload_stem(file_name: str | None) -> str | None:
+    """The stem an upload keeps from the user's file name (``None``: no usable name).
+
+    Only the last path part counts; characters other than letters, digits, ``. _ -`` become
+    ``_``, so the stored name can never leave the uploads folder."""
+    if not file_name:
+        return None
+    base = unquote(file_name).replace("\\", "/").rsplit("/", 1)[-1]
+    stem = safe_name(Path(base).stem)[:80]
+    return None if stem in ("", "_") else stem
+
+
+def store_upload(
+    data: bytes,
+    folder: Path,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    file_name: str | None = None,
+) -> Path:
+    """Save an upload under ``folder`` and return its path: under the user's file name
+    (``file_name``, made safe) when given, else under its content's sha256. The same image
+    twice is one file; another image of the same name gets its hash appended."""
     suffix = check_upload(data, max_bytes=max_bytes, max_pixels=max_pixels)
-    path = folder / f"{hashlib.sha256(data).hexdigest()[:20]}{suffix}"
+    digest = hashlib.sha256(data).hexdigest()
+    stem = upload_stem(file_name)
+    path = folder / f"{stem or digest[:20]}{suffix}"
+    if path.exists() and path.read_bytes() != data:
+        path = folder / f"{stem}-{digest[:8]}{suffix}"
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(path, data)
+        write_bytes_atomic(inside(folder, path), data)
     return path

@@ -66,6 +66,10 @@ def cmd_app(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             device=args.device,
             backend=model.backend,
+            precision=args.precision,
+            max_pixels=args.max_pixels,
+            no_download=args.no_download,
+            no_embedding_cache=args.no_embedding_cache,
         ),
     )
     session = AppSession(model, settings, predictor=Predictor(model, cache=cache))

@@ -104,6 +104,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
+        "--root",
+        default=None,
+        metavar="DIR",
+        help="label only files whose real path (links followed) lies under DIR; a link "
+        "leading out of it is reported as a failure and never opened (the page's jobs use "
+        "the page's --root)",
+    )
+    p.add_argument(
         "--format",
         dest="formats",
         type=parse_formats,
@@ -233,6 +241,13 @@ def cmd_label(args: argparse.Namespace) -> int:
     if not targets:
         raise InputError("no target images found")
     root = target_root([*videos.others, *map(str, videos.folders)], targets)
+    allowed_root = None
+    if args.root is not None:
+        allowed_root = os.path.realpath(args.root)
+        if not os.path.isdir(allowed_root):
+            raise InputError(f"--root {args.root}: not a folder")
+        if args.ray is not None:
+            raise InputError("--root and --ray: give the cluster only files under the root")
     able = [m.name for m in list_methods() if UNCERTAINTY in m.capabilities]
     if args.uncertainty and args.method not in able:
         raise InputError(f"--uncertainty needs a method with an uncertainty map: {', '.join(able)}")
@@ -288,6 +303,7 @@ def cmd_label(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             restart=args.restart,
             root=root,
+            allowed_root=allowed_root,
         )
     rate = summary.processed / summary.seconds if summary.seconds else 0.0
     i, n = summary.shard

@@ -28,6 +28,8 @@ from prosam.cli.references import (
     references_from_args,
 )
 from prosam.errors import InputError, failure_reason
+from prosam.io import inside
+from prosam.label.classes import safe_name
 from prosam.label.defaults import DEFAULT_METHOD, default_score_threshold
 from prosam.label.targets import TargetEntry, expand_label_targets, plan_targets, target_root
 
@@ -195,13 +197,13 @@ def _segment_several(
         (result,) = seg.predict([entry.path])
         rows = []
         for c in names:
-            base = out / c / entry.key if len(names) > 1 else out / entry.key
+            base = out / safe_name(c) / entry.key if len(names) > 1 else out / entry.key
             mask = result.masks[c]
-            write_mask_png(base.with_name(f"{base.name}.png"), mask)
+            write_mask_png(inside(out, base.with_name(f"{base.name}.png")), mask)
             objects = result.instances.get(c) or [(mask, result.scores[c])]
             if args.instances:
                 write_instance_png(
-                    base.with_name(f"{base.name}-instances.png"), objects, mask.shape
+                    inside(out, base.with_name(f"{base.name}-instances.png")), objects, mask.shape
                 )
             if mask.any():
                 rows.append(
@@ -233,7 +235,7 @@ def plan_outputs(
         raise InputError("no target images found")
     entries = plan_targets(paths, root=target_root(items, paths))
     sources = {e.path.resolve() for e in entries}
-    folders = [out / c for c in classes] if classes else [out]
+    folders = [out / safe_name(c) for c in classes] if classes else [out]
     for e in entries:
         for folder in folders:
             mask = folder / f"{e.key}.png"
@@ -276,13 +278,15 @@ def _segment_one(
     found = result.score >= threshold
     if not found:
         mask[:] = False
-    write_mask_png(out.with_name(f"{out.name}.png"), mask)
+    write_mask_png(inside(out_dir, out.with_name(f"{out.name}.png")), mask)
     if instances:
         objects = [
             (original_size_mask(i.low_res_logits, embedded.geometry) & mask, i.score)
             for i in result.instances
         ] or [(mask, result.score)]
-        write_instance_png(out.with_name(f"{out.name}-instances.png"), objects, mask.shape)
+        write_instance_png(
+            inside(out_dir, out.with_name(f"{out.name}-instances.png")), objects, mask.shape
+        )
     if not found or not mask.any():
         return None
     estimate, reason = None, ""

@@ -23,7 +23,25 @@ from prosam.data.types import Dataset, Sample
 from prosam.errors import InputError
 from prosam.io import read_binary_mask
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES: tuple[str, ...] = (
+    ".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff"
+)
+#: Image formats prosam does not label: a folder's files of these kinds are reported as
+#: skipped (with this reason) instead of being left out without a word.
+UNREAD_IMAGE_SUFFIXES: dict[str, str] = {
+    ".gif": "GIF",
+    ".heic": "HEIC",
+    ".heif": "HEIF",
+    ".avif": "AVIF",
+    ".jp2": "JPEG 2000",
+    ".svg": "SVG",
+    ".ico": "icon",
+    ".psd": "Photoshop",
+    ".dng": "camera raw",
+    ".cr2": "camera raw",
+    ".nef": "camera raw",
+    ".arw": "camera raw",
+}
 MASK_SUFFIX = "_mask.png"
 
 

@@ -385,9 +385,11 @@ class Segmenter:
         progress: bool = True,
         restart: bool = False,
         root: str | os.PathLike[str] | None = None,
+        allowed_root: str | os.PathLike[str] | None = None,
     ) -> LabelSummary:
         """Run the resumable labelling job (:class:`~prosam.label.job.LabelJob`) on files;
-        ``root`` is the target root (:mod:`prosam.label.targets`)."""
+        ``root`` is the target root (:mod:`prosam.label.targets`); ``allowed_root``: targets
+        whose real path lies outside it fail unread."""
         job = self.job(
             out_dir,
             formats=formats,
@@ -397,6 +399,7 @@ class Segmenter:
             max_pixels=max_pixels,
             progress=progress,
             restart=restart,
+            allowed_root=allowed_root,
         )
         return job.run(targets, root=root)
 
@@ -411,6 +414,7 @@ class Segmenter:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         progress: bool = True,
         restart: bool = False,
+        allowed_root: str | os.PathLike[str] | None = None,
     ) -> LabelJob:
         """The labelling job of this fit writing into ``out_dir`` (see :meth:`label`)."""
         self._check_fitted()
@@ -430,6 +434,7 @@ class Segmenter:
             progress=progress,
             fingerprint=self.fingerprint(),
             restart=restart,
+            allowed_root=allowed_root,
         )
 
     def save_png(

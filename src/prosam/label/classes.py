@@ -16,9 +16,21 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^\w.-]", "_", text).strip(".") or "_"
 
 
-def check_class_name(name: str) -> str:
-    """``name`` if it is a usable class name: not empty, one line, no control characters,
-    no surrounding spaces; else an :class:`InputError` saying what is wrong."""
+CLASS_NAME_PUNCTUATION = " _-.'+&(),"
+"""The characters a class name may hold besides letters, digits and marks (any script)."""
+MAX_CLASS_NAME = 100
+
+
+def check_class_name(name: object) -> str:
+    """``name`` if it is a usable class name, else an :class:`InputError` saying what is wrong.
+
+    The one rule, for the command line, the Python API, the page and a resumed job alike:
+    1 to 100 characters, letters, digits and marks of any script plus ``space _ - . ' + & ( )
+    ,``, not starting with a dot or a space, not ending with a space. Path separators, control
+    characters and look-alikes of them (``／``, ``∕``) are refused, so a name can never point
+    to another folder; file names are still derived through :func:`safe_name`."""
+    if not isinstance(name, str):
+        raise InputError(f"a class name must be text, not {type(name).__name__} ({name!r})")
     if not name:
         raise InputError("a class name must not be empty")
     bad = [c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
@@ -26,13 +38,23 @@ def check_class_name(name: str) -> str:
         raise InputError(f"class name {name!r} holds a control character ({bad[0]!r})")
     if name != name.strip():
         raise InputError(f"class name {name!r} starts or ends with a space")
+    if len(name) > MAX_CLASS_NAME:
+        raise InputError(f"class name {name[:20]!r}... is over {MAX_CLASS_NAME} characters")
+    odd = [c for c in name if unicodedata.category(c)[0] not in "LNM" and c not in CLASS_NAME_PUNCTUATION]
+    if odd:
+        raise InputError(
+            f"class name {name!r} holds {odd[0]!r}; use letters, digits, spaces and "
+            f"{' '.join(CLASS_NAME_PUNCTUATION.strip())}"
+        )
+    if name.startswith("."):
+        raise InputError(f"class name {name!r} starts with a dot")
     return name
 
 
 def check_class_names(names: Sequence[str]) -> list[str]:
     """The names, each checked by :func:`check_class_name`, refusing duplicates and names
     that would share an output folder (compared case-insensitively, as some file systems do)."""
-    names = [check_class_name(str(n)) for n in names]
+    names = [check_class_name(n) for n in names]
     if not names:
         raise InputError("give at least one class name")
     folders: dict[str, str] = {}

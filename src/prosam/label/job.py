@@ -61,7 +61,7 @@ from PIL import Image
 from prosam.core.checkpoint import checkpoint_files
 from prosam.core.prefetch import map_ahead
 from prosam.errors import InputError, failure_reason
-from prosam.io import quiet_pillow, read_image, remove_stale_temporaries
+from prosam.io import inside, quiet_pillow, read_image, remove_stale_temporaries
 from prosam.label.defaults import (
     DEFAULT_CLASS,
     DEFAULT_MAX_PIXELS,
@@ -94,6 +94,7 @@ from prosam.label.review import job_review_rows, write_review_csv
 from prosam.label.targets import (
     FileStamp,
     TargetEntry,
+    check_target_file,
     plan_targets,
     same_file,
     stamp_file,
@@ -138,10 +139,13 @@ Prepared = tuple[
 ]
 
 
-def _read_target(entries: Sequence[TargetEntry], max_pixels: int, i: int) -> Loaded:
+def _read_target(
+    entries: Sequence[TargetEntry], max_pixels: int, allowed_root: Path | None, i: int
+) -> Loaded:
     """Target ``i`` read (in a prefetch thread): ``(position, image, file stamp, error)``."""
     path = entries[i].path
     try:
+        check_target_file(path, allowed_root)
         image = load_target_image(path, max_pixels)
         stamp = stamp_file(path)
     except Exception as err:
@@ -214,6 +218,8 @@ class LabelJob:
         fingerprint: configuration to store in ``job.json`` and check on reruns (method,
             checkpoint, references' digest...).
         restart: discard this shard's records and failures (and a different ``job.json``).
+        allowed_root: when given, a target whose real path (links followed) lies outside
+            this folder is a failure and is never opened (``prosam label --root``).
     """
 
     def __init__(
@@ -234,7 +240,9 @@ class LabelJob:
         progress: bool = True,
         fingerprint: Mapping[str, Any] | None = None,
         restart: bool = False,
+        allowed_root: str | os.PathLike[str] | None = None,
     ) -> None:
+        self.allowed_root = None if allowed_root is None else Path(allowed_root).resolve()
         self.methods = dict(methods) if isinstance(methods, Mapping) else {DEFAULT_CLASS: methods}
         if not self.methods:
             raise InputError("give at least one fitted method")
@@ -423,7 +431,7 @@ class LabelJob:
 
     def _loader(self, entries: Sequence[TargetEntry]) -> Iterator[Prepared]:
         """Targets read ``workers`` ahead and embedded ``encode_ahead`` ahead, in threads."""
-        read = partial(_read_target, entries, self.max_pixels)
+        read = partial(_read_target, entries, self.max_pixels, self.allowed_root)
         loaded = map_ahead(read, range(len(entries)), self.workers)
         return map_ahead(self._embedded, loaded, self.encode_ahead)
 
@@ -532,7 +540,7 @@ class LabelJob:
     def _claim(self, entry: TargetEntry) -> Iterator[bool]:
         """Whether this process may label ``entry`` now: another process on the same output
         folder that holds its lock is labelling it. Killed, a process's locks are released."""
-        path = self.out / "locks" / f"{entry.key}.lock"
+        path = inside(self.out, self.out / "locks" / f"{entry.key}.lock")
         lock = FileLock(path, timeout=0)
         for attempt in range(10):
             # Another process removes the lock folder when it empties, at any moment: make

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prosam.errors import InputError
-from prosam.io import write_bytes_atomic
+from prosam.io import inside, write_bytes_atomic
 from prosam.label.prediction import ClassPrediction
 from prosam.label.targets import FileStamp, TargetEntry
 from prosam.label.video import frame_of
@@ -176,12 +176,12 @@ def write_dataset_files(
 
 def record_path(out: Path, key: str) -> Path:
     """Where the record of target ``key`` is."""
-    return out / "records" / f"{key}.json"
+    return inside(out, out / "records" / f"{key}.json")
 
 
 def failure_path(out: Path, key: str) -> Path:
     """Where the failure of target ``key`` is."""
-    return out / "failures" / f"{key}.json"
+    return inside(out, out / "failures" / f"{key}.json")
 
 
 def stored_keys(out: Path, folder: str) -> list[str]:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prosam.data.folder import IMAGE_SUFFIXES
+from prosam.data.folder import IMAGE_SUFFIXES, UNREAD_IMAGE_SUFFIXES
 from prosam.errors import InputError
 
 #: Keys a target cannot have: files prosam itself writes beside per-target outputs.
@@ -51,10 +52,15 @@ def expand_label_targets(
         p = Path(item)
         if p.is_dir():
             found = p.rglob("*") if recursive else p.iterdir()
-            images = sorted(  # a broken link is a target too: it fails, and says why
+            # A broken link is a target too, and so is an image of a kind prosam does not
+            # read: each fails, and says why, instead of being left out without a word.
+            wanted = (*IMAGE_SUFFIXES, *UNREAD_IMAGE_SUFFIXES)
+            images = sorted(
                 q
                 for q in found
-                if (q.is_file() or q.is_symlink()) and q.suffix.lower() in IMAGE_SUFFIXES
+                if (q.is_file() or q.is_symlink())
+                and q.suffix.lower() in wanted
+                and not q.name.startswith(".")
             )
             paths += images if out is None else without_output(images, out, p)
         elif p.exists():
@@ -62,6 +68,31 @@ def expand_label_targets(
         else:
             raise InputError(f"{p}: no such file or folder")
     return paths
+
+
+def check_target_file(
+    path: str | os.PathLike[str], allowed_root: str | os.PathLike[str] | None = None
+) -> None:
+    """Refuse (:class:`InputError`) a target that must not be read: not a regular file (a
+    pipe would block, a device never ends), an image kind prosam does not read, or, with
+    ``allowed_root``, a file whose real path (links followed) lies outside that folder."""
+    p = Path(path)
+    if allowed_root is not None:
+        real, base = p.resolve(), Path(allowed_root).resolve()
+        if base not in real.parents:
+            raise InputError("it leads outside the allowed root folder: not opened")
+    try:
+        mode = p.stat().st_mode
+    except OSError as err:
+        raise InputError(f"no such file, or it cannot be read ({err.strerror or err})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a pipe or a device)"
+        raise InputError(f"it is {kind}: not read")
+    kind = UNREAD_IMAGE_SUFFIXES.get(p.suffix.lower())
+    if kind is not None:
+        raise InputError(
+            f"prosam does not read {kind} files: convert it to PNG or JPEG"
+        )
 
 
 def without_output(

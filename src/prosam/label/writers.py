@@ -49,7 +49,14 @@ from pycocotools import mask as mask_utils
 
 from prosam import __version__
 from prosam.errors import InputError
-from prosam.io import atomic_path, read_image, write_bytes_atomic, write_image, write_mask_png
+from prosam.io import (
+    atomic_path,
+    inside,
+    read_image,
+    write_bytes_atomic,
+    write_image,
+    write_mask_png,
+)
 from prosam.label.classes import check_class_names, safe_name
 from prosam.visualize import draw_legend, overlay_masks
 
@@ -161,7 +168,13 @@ class _PerImageWriter:
 
     def __init__(self, out_dir: str | os.PathLike[str], classes: Sequence[str]) -> None:
         self.classes = check_class_names(classes)
-        self.root = Path(out_dir) / self.folder
+        self.out = Path(out_dir)
+        self.root = self.out / self.folder
+
+    def file(self, *parts: str) -> Path:
+        """``OUT/<folder>/<parts...>``, refused when it would lie outside ``OUT`` (a key or
+        class with ``..``, a link): checked before every write."""
+        return inside(self.out, self.root.joinpath(*parts))
 
     def paths(self, key: str) -> list[Path]:
         """The files written for image ``key``."""
@@ -242,12 +255,12 @@ class PngWriter(_PerImageWriter):
                 labels[_sized(as_bool_mask(m.mask), image_size)] = index[m.class_name]
             img = Image.fromarray(labels, mode="P")
             img.putpalette(voc_palette().ravel().tolist())
-            with atomic_path(self.root / f"{key}.png") as tmp:
+            with atomic_path(self.file(f"{key}.png")) as tmp:
                 img.save(tmp, format="PNG")
             return
         for c in self.classes:
             mask = _sized(_class_mask(found, c, image_size), image_size)
-            write_mask_png(self.root / self.folders[c] / f"{key}.png", mask)
+            write_mask_png(self.file(self.folders[c], f"{key}.png"), mask)
 
 
 class InstanceWriter(PngWriter):
@@ -265,7 +278,7 @@ class InstanceWriter(PngWriter):
         found = _by_class(self.classes, masks)
         for c in self.classes:
             objects = found[c].objects() if c in found else []
-            write_instance_png(self.root / self.folders[c] / f"{key}.png", objects, image_size)
+            write_instance_png(self.file(self.folders[c], f"{key}.png"), objects, image_size)
 
 
 def write_instance_png(
@@ -439,12 +452,12 @@ class YoloWriter(_PerImageWriter):
                     row = " ".join([str(idx), *(f"{v:.{self.decimals}f}" for v in coords)])
                     lines.append(row)
         text = "".join(line + "\n" for line in lines)
-        write_bytes_atomic(self.root / f"{key}.txt", text.encode())
+        write_bytes_atomic(self.file(f"{key}.txt"), text.encode())
 
     def finalize(self) -> None:
         """Write ``classes.txt``."""
         text = "".join(c + "\n" for c in self.classes)
-        write_bytes_atomic(self.root / "classes.txt", text.encode())
+        write_bytes_atomic(self.file("classes.txt"), text.encode())
 
 
 def read_yolo_polygons(
@@ -522,7 +535,7 @@ class OverlayWriter(_PerImageWriter):
                 quality = (found[c].extras or {}).get("quality")
                 legend.append((c if quality is None else f"{c} {quality:.2f}", i))
         drawn = draw_legend(overlay_masks(pixels, layers), legend)
-        write_image(self.root / f"{key}.jpg", drawn, quality=self.quality)
+        write_image(self.file(f"{key}.jpg"), drawn, quality=self.quality)
 
 
 def make_writer(

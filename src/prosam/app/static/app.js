@@ -15,11 +15,15 @@ function showError(message) {
   box.hidden = !message;
 }
 
+// The server accepts a change only with this page's token (read from its own HTML).
+const TOKEN = document.querySelector('meta[name="prosam-token"]').content;
+
 async function api(path, options = {}) {
   const init = { ...options };
+  init.headers = { "X-Prosam-Token": TOKEN, ...(init.headers || {}) };
   if (init.json !== undefined) {
     init.method = init.method || "POST";
-    init.headers = { "Content-Type": "application/json" };
+    init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(init.json);
     delete init.json;
   }
@@ -234,7 +238,8 @@ function showReferences(list) {
 async function upload(files, to) {
   let last = null;
   for (const file of files) {
-    const response = await api(`/api/upload${to ? `?to=${to}` : ""}`, { method: "POST", body: file });
+    const headers = { "Content-Type": file.type || "application/octet-stream", "X-Filename": encodeURIComponent(file.name) };
+    const response = await api(`/api/upload${to ? `?to=${to}` : ""}`, { method: "POST", body: file, headers });
     last = response.image;
   }
   return last;
