@@ -68,7 +68,7 @@ REFERENCE = {"image": "targets/t0.png", "class": "box", "box": [18, 8, 47, 32]}
         {"content-type": "application/json"},  # neither Origin nor Referer
         # the right origin but no token, a wrong token, or a body that is not JSON
         {"origin": "http://testserver", "content-type": "application/json"},
-        {"origin": "http://testserver", "x-prosam-token": "guess", "content-type": "application/json"},
+        {"origin": "http://testserver", "x-prosam-token": "x", "content-type": "application/json"},
         {"origin": "http://testserver", "x-prosam-token": "TOKEN", "content-type": "text/plain"},
     ],
 )
@@ -166,7 +166,8 @@ def test_a_job_never_opens_a_link_out_of_the_root(tmp_path, root, capsys):
     os.symlink("/etc/passwd", root / "targets" / "passwd.png")
     out = tmp_path / "labels"
     argv = ["label", "--ref", str(root / "targets" / "t0.png"), "--ref-box", "18,8,47,32"]
-    argv += [str(root / "targets"), "--out", str(out), "--root", str(root), "--format", "png,overlay"]
+    argv += [str(root / "targets"), "--out", str(out), "--root", str(root)]
+    argv += ["--format", "png,overlay"]
     argv += ["--method", "persam", "--model", "tiny", "--backend", "torch", "--no-progress"]
     assert main(argv) == 1
     failures = json.loads((out / "failures.json").read_text())
@@ -203,7 +204,8 @@ def test_uploads_keep_their_names_and_never_leave_their_folder(app, tmp_path):
         if expected:
             assert got.json()["image"] == expected
     # the same name with other pixels keeps both
-    other = client.post("/api/upload?to=targets", content=png(7), headers={"x-filename": "dog 1.png"})
+    renamed = {"x-filename": "dog 1.png"}
+    other = client.post("/api/upload?to=targets", content=png(7), headers=renamed)
     assert other.json()["image"].startswith("@uploaded-targets/dog_1-")
     stored = tmp_path / "work" / "uploads" / "targets"
     assert len(list(stored.iterdir())) == 4

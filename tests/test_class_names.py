@@ -52,7 +52,14 @@ def test_unicode_and_punctuation_keep_distinct_folders():
     names = ["猫", "犬", "traffic light", "a.b", "c++", "t-shirt", "Column_Pole", "jack (o')"]
     assert check_class_names(names) == names
     assert [safe_name(n) for n in names] == [
-        "猫", "犬", "traffic_light", "a.b", "c__", "t-shirt", "Column_Pole", "jack__o__"
+        "猫",
+        "犬",
+        "traffic_light",
+        "a.b",
+        "c__",
+        "t-shirt",
+        "Column_Pole",
+        "jack__o__",
     ]
 
 

@@ -24,7 +24,14 @@ from prosam.errors import InputError
 from prosam.io import read_binary_mask
 
 IMAGE_SUFFIXES: tuple[str, ...] = (
-    ".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff"
+    ".jpg",
+    ".jpeg",
+    ".jfif",
+    ".png",
+    ".bmp",
+    ".webp",
+    ".tif",
+    ".tiff",
 )
 #: Image formats prosam does not label: a folder's files of these kinds are reported as
 #: skipped (with this reason) instead of being left out without a word.

@@ -40,7 +40,11 @@ def check_class_name(name: object) -> str:
         raise InputError(f"class name {name!r} starts or ends with a space")
     if len(name) > MAX_CLASS_NAME:
         raise InputError(f"class name {name[:20]!r}... is over {MAX_CLASS_NAME} characters")
-    odd = [c for c in name if unicodedata.category(c)[0] not in "LNM" and c not in CLASS_NAME_PUNCTUATION]
+    odd = [
+        c
+        for c in name
+        if unicodedata.category(c)[0] not in "LNM" and c not in CLASS_NAME_PUNCTUATION
+    ]
     if odd:
         raise InputError(
             f"class name {name!r} holds {odd[0]!r}; use letters, digits, spaces and "

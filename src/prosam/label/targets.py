@@ -90,9 +90,7 @@ def check_target_file(
         raise InputError(f"it is {kind}: not read")
     kind = UNREAD_IMAGE_SUFFIXES.get(p.suffix.lower())
     if kind is not None:
-        raise InputError(
-            f"prosam does not read {kind} files: convert it to PNG or JPEG"
-        )
+        raise InputError(f"prosam does not read {kind} files: convert it to PNG or JPEG")
 
 
 def without_output(
