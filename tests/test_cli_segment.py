@@ -35,7 +35,8 @@ def test_two_targets_of_one_name_in_two_folders_get_two_masks(tmp_path, capsys):
     assert Image.open(out / "b" / "x.png").size == (52, 36)
     captured = capsys.readouterr()
     assert captured.out == f"{out}: 2 segmented, 0 failed" + captured.out.split("0 failed")[1]
-    assert captured.out.count("\n") == 1 and a.is_file() and b.is_file()
+    assert captured.out.count("\n") == 2 and a.is_file() and b.is_file()
+    assert "answers to check" in captured.out.splitlines()[1]
 
 
 def test_a_failed_target_is_one_stderr_line_and_the_others_are_segmented(tmp_path, capsys):

@@ -70,7 +70,7 @@ def test_yolo_polygons_rasterise_back_to_the_mask(tmp_path, name):
     writer.add("img", (H, W), [LabelMask("other", mask, 0.9)])
     writer.finalize()
     lines = read_yolo_polygons(tmp_path / "yolo" / "img.txt", (H, W))
-    assert len(lines) == (2 if name == "two_blobs" else 1)
+    assert len(lines) == 1  # one object, one row, whatever its pieces
     assert all(idx == 1 for idx, _ in lines)
     raw = (tmp_path / "yolo" / "img.txt").read_text().split()
     coords = np.array([float(v) for v in raw if "." in v])
@@ -222,7 +222,7 @@ def test_instances_give_one_coco_annotation_and_one_yolo_row_each(tmp_path):
     coco.add("img", (H, W), [cats])
     assert [a["score"] for a in coco.annotations] == [0.8, 0.6]
     areas = [a["area"] for a in coco.annotations]
-    assert areas == [30 * 32, 15 * 16]
+    assert areas == [30 * 32, 15 * 16 - 10 * 2]  # the shared pixels go to the better cat
     yolo = YoloWriter(tmp_path, ["cat"])
     yolo.add("img", (H, W), [cats])
     rows = read_yolo_polygons(tmp_path / "yolo" / "img.txt", (H, W))
@@ -244,3 +244,33 @@ def test_instance_pngs_number_objects_best_first(tmp_path):
     plain.add("img", (H, W), [LabelMask("cat", SHAPES["disk"], 0.5)])
     ids = np.asarray(Image.open(tmp_path / "plain" / "instances" / "cat" / "img.png"))
     np.testing.assert_array_equal(ids == 1, SHAPES["disk"])
+
+
+def test_one_yolo_row_per_instance_and_formats_agree_on_instances(tmp_path):
+    from prosam.label.writers import CocoWriter, InstanceWriter
+
+    rng = np.random.default_rng(0)
+    cat = SHAPES["disk"].copy()
+    specks = rng.random((H, W)) < 0.02  # specks and holes, as a real mask has
+    cat = (cat & ~(rng.random((H, W)) < 0.05)) | specks
+    inner = np.zeros((H, W), bool)
+    inner[20:26, 20:26] = True  # a duplicate wholly inside the better instance
+    overlapping = np.zeros((H, W), bool)
+    overlapping[5:40, 40:70] = True  # shares pixels with the cat
+    instances = [(cat, 0.9), (inner, 0.5), (overlapping, 0.7)]
+    label = LabelMask("cat", cat | inner | overlapping, 0.9, instances=instances)
+    coco = CocoWriter(tmp_path, ["cat"])
+    coco.add("x", (H, W), [label])
+    yolo = YoloWriter(tmp_path, ["cat"])
+    yolo.add("x", (H, W), [label])
+    png = InstanceWriter(tmp_path, ["cat"])
+    png.add("x", (H, W), [label])
+    anns = coco.to_dict()["annotations"]
+    assert len(anns) == 2  # the contained duplicate is gone
+    rows = (tmp_path / "yolo" / "x.txt").read_text().splitlines()
+    assert len(rows) == len(anns)
+    ids = np.asarray(Image.open(tmp_path / "instances" / "cat" / "x.png"))
+    masks = [decode_mask(a["segmentation"]) for a in anns]
+    assert not (masks[0] & masks[1]).any()  # disjoint
+    for i, m in enumerate(masks):
+        np.testing.assert_array_equal(ids == i + 1, m)

@@ -44,6 +44,16 @@ def quiet_pillow() -> Iterator[None]:
         yield
 
 
+def not_a_file(path: Path, wanted: str = "an image file") -> str:
+    """Why ``path``, given where a file is expected, is not one: a folder, a pipe or device,
+    or nothing at all (``wanted``: what to give instead)."""
+    if path.is_dir():
+        return f"is a folder; give {wanted}"
+    if path.exists():
+        return "is not a regular file (a pipe or a device)"
+    return "no such file"
+
+
 def _open(path: str | os.PathLike[str]) -> Image.Image:
     return _open_with_format(path)[0]
 
@@ -52,7 +62,7 @@ def _open_with_format(path: str | os.PathLike[str]) -> tuple[Image.Image, str | 
     """The decoded image, EXIF orientation applied, and its file format (e.g. ``"PNG"``)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{path}: {not_a_file(path)}")
     try:
         with quiet_pillow(), Image.open(path) as img:
             img.load()
@@ -209,7 +219,8 @@ def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
         base = Path(root).resolve()
         resolved = Path(path).resolve()
     except (RuntimeError, OSError) as err:  # a link loop, or a name too long
-        raise InputError(f"{text}: cannot be resolved ({err.__class__.__name__})") from None
+        why = "a loop of links" if isinstance(err, RuntimeError) else err.__class__.__name__
+        raise InputError(f"{text}: cannot be resolved ({why})") from None
     if resolved != base and base not in resolved.parents:
         raise InputError(f"{text}: outside the output folder {root}")
     return Path(path)

@@ -6,6 +6,7 @@ Building the parser imports no model code (torch loads only when a command runs)
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -71,6 +72,30 @@ def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: A
 _default_show_warning = warnings.showwarning
 
 
+COORDINATE_OPTIONS = frozenset(
+    {"--box", "--point", "--ref-box", "--ref-points", "--ref-scribble", "--neg-box", "--neg-points"}
+)
+NEGATIVE_COORDINATES = re.compile(r"^-\d|^-\.\d")
+
+
+def join_negative_coordinates(argv: Sequence[str]) -> list[str]:
+    """``--box -5,-5,100,100`` as ``--box=-5,-5,100,100``: argparse would read a value that
+    starts with ``-`` as an option (a box or point partly outside the image is valid)."""
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        following = items[i + 1] if i + 1 < len(items) else None
+        if item in COORDINATE_OPTIONS and following and NEGATIVE_COORDINATES.match(following):
+            out.append(f"{item}={following}")
+            i += 2
+            continue
+        out.append(item)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; user errors print one line and exit with status 2, no traceback.
 
@@ -78,7 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     user's too; :class:`ProsamWarning` prints as one ``prosam: warning:`` line.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    given = join_negative_coordinates(sys.argv[1:] if argv is None else argv)
+    dashes = [a for a in given if a.startswith("--") and a.endswith("=--")]
+    if dashes:  # argparse turns "--opt=--" into an empty list, whatever the option's type
+        print(f"prosam: error: {dashes[0][:-3]}: give a value, not '--'", file=sys.stderr)
+        return 2
+    args = parser.parse_args(given)
     with warnings.catch_warnings():
         warnings.simplefilter("always", ProsamWarning)
         warnings.showwarning = _show_warning

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -322,7 +321,7 @@ def cmd_eval_multi_entity(args: argparse.Namespace) -> int:
             f"{args.classes} classes of fold {args.fold}"
         )
     episodes = episodes[: args.limit]
-    options = parse_method_options(args.method_option)
+    options = parse_method_options(args.method_option, args.method)
     model, cache = load_model(args)
     method = build_method(args.method, model, checkpoint=args.checkpoint, **options)
     result = evaluate_multi_entity(
@@ -441,7 +440,7 @@ def cmd_eval_robustness(args: argparse.Namespace) -> int:
             "wall_seconds": time.perf_counter() - t0,
         }
     )
-    write_bytes_atomic(Path(args.json), json.dumps(report, indent=1, default=str).encode())
+    write_report(args.json, report)
     title = f"Robustness: {model.name}" + (" + Stable-SAM plugin" if args.plugin else "")
     markdown = to_markdown(report, title=title)
     if args.md:
@@ -471,7 +470,7 @@ def cmd_eval_reference_robustness(args: argparse.Namespace) -> int:
     if args.limit is not None:
         episodes = episodes[: args.limit]
     model, cache = load_model(args)
-    options = parse_method_options(args.method_option)
+    options = parse_method_options(args.method_option, args.method)
     method = build_method(args.method, model, checkpoint=args.checkpoint, **options)
     report = evaluate_reference_robustness(
         method,
@@ -493,7 +492,7 @@ def cmd_eval_reference_robustness(args: argparse.Namespace) -> int:
             "episodes_hash": episodes_hash(episodes),
         }
     )
-    write_bytes_atomic(args.json, json.dumps(report, indent=1).encode())
+    write_report(args.json, report)
     table = to_markdown(report, title=f"{args.method} ({model.name})")
     if args.md:
         write_bytes_atomic(args.md, (table + "\n").encode())

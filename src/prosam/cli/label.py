@@ -22,7 +22,10 @@ from prosam.cli.options import (
     add_model_args,
     add_quality_option,
     add_stable_option,
+    finite_float,
+    fraction,
     parse_method_options,
+    positive_int,
 )
 from prosam.cli.outputs import check_output_dir
 from prosam.cli.references import (
@@ -139,7 +142,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--score-threshold",
-        type=float,
+        type=finite_float,
         default=None,
         help="a class scoring below this is 'not in this image' and gets no mask (default: "
         "the method's calibrated presence threshold"
@@ -152,14 +155,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--min-area-fraction",
-        type=float,
+        type=fraction,
         default=DEFAULT_MIN_AREA_FRACTION,
         metavar="FRACTION",
         help="drop masks covering less than this fraction of the image (default %(default)s)",
     )
     p.add_argument(
         "--max-pixels",
-        type=int,
+        type=positive_int,
         default=DEFAULT_MAX_PIXELS,
         help="larger targets are reported as failures (default %(default)s)",
     )
@@ -251,7 +254,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     able = [m.name for m in list_methods() if UNCERTAINTY in m.capabilities]
     if args.uncertainty and args.method not in able:
         raise InputError(f"--uncertainty needs a method with an uncertainty map: {', '.join(able)}")
-    options = parse_method_options(args.method_option)
+    options = parse_method_options(args.method_option, args.method)
     if args.uncertainty:
         options["uncertainty"] = True
     seg = fit_segmenter(

@@ -62,6 +62,36 @@ POINTS_HELP = (
 )
 
 
+def finite_float(text: str) -> float:
+    """A finite number (``nan`` and ``inf`` are refused at parse time)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1)."""
+    value = finite_float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -79,7 +109,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="cache root for weights and embeddings (default: $PROSAM_CACHE or the "
         "user cache directory)",
     )
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     p.add_argument(
         "--backend",
         default="auto",
@@ -265,8 +295,9 @@ def dataset_and_classes(args: argparse.Namespace) -> tuple[Dataset, list[int], s
     return dataset, classes, scheme
 
 
-def parse_method_options(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings to keyword arguments; values are JSON when they parse as JSON."""
+def parse_method_options(items: list[str], method: str | None = None) -> dict[str, Any]:
+    """``KEY=VALUE`` strings to keyword arguments; values are JSON when they parse as JSON.
+    With ``method``, each is checked against that method's options (before SAM loads)."""
     options: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -276,6 +307,10 @@ def parse_method_options(items: list[str]) -> dict[str, Any]:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
             options[key] = value
+    if method is not None:
+        from prosam.methods.registry import check_method_options
+
+        check_method_options(method, options)
     return options
 
 

@@ -25,6 +25,13 @@ def check_output_file(path: str | os.PathLike[str], suffixes: tuple[str, ...], w
 def check_output_dir(path: str | os.PathLike[str]) -> Path:
     """A folder ``path`` can be written into: not a file, and writable (or creatable)."""
     out = Path(path)
+    try:
+        out.resolve(strict=False)
+    except (RuntimeError, OSError) as err:  # a link loop, or a path too long
+        why = "a loop of links" if isinstance(err, RuntimeError) else err.__class__.__name__
+        raise InputError(f"--out {out}: cannot be resolved ({why})") from None
+    if out.is_symlink() and not out.exists():
+        raise InputError(f"--out {out}: a link to nothing (or a loop of links)")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file, not a folder")
     check_writable_folder(out)

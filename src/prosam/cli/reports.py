@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -100,9 +101,30 @@ def timing(
     }
 
 
+def strict_json(report: dict[str, Any]) -> str:
+    """``report`` as indented, valid JSON: a NaN or infinity becomes ``null``, and
+    ``"non_finite"`` lists where each was (``"a.b[2]"``), so a reader knows a value was
+    undefined (e.g. a mean over no episodes) rather than missing."""
+    where: list[str] = []
+
+    def clean(value: Any, path: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            where.append(path or "(top)")
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    cleaned = clean(report, "")
+    if where:
+        cleaned["non_finite"] = where
+    return json.dumps(cleaned, indent=1, default=str, allow_nan=False)
+
+
 def write_report(path: str, report: dict[str, Any]) -> None:
-    """Write ``report`` to ``path`` as indented JSON, atomically."""
+    """Write ``report`` to ``path`` as strict JSON (:func:`strict_json`), atomically."""
     from prosam.io import write_bytes_atomic
 
-    text = json.dumps(report, indent=1, default=lambda v: None if v != v else v)
-    write_bytes_atomic(Path(path), text.encode())
+    write_bytes_atomic(Path(path), strict_json(report).encode())

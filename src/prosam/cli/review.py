@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from prosam.cli.options import positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -12,10 +14,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("out", help="the output folder of `prosam label`")
     p.add_argument(
-        "--limit", type=int, default=None, help="show only the first N masks of the queue"
+        "--limit", type=positive_int, default=None, help="show only the first N masks of the queue"
     )
     p.add_argument(
-        "--side", type=int, default=256, help="thumbnail side in pixels (default %(default)s)"
+        "--side",
+        type=positive_int,
+        default=256,
+        help="thumbnail side in pixels (default %(default)s)",
     )
     p.add_argument("--open", action="store_true", help="open the page in a web browser")
     p.set_defaults(func=cmd_review)

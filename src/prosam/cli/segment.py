@@ -16,28 +16,29 @@ from prosam.cli.options import (
     add_model_args,
     add_quality_option,
     add_stable_option,
-    attach_stable_from_args,
-    load_model,
+    finite_float,
     parse_method_options,
 )
 from prosam.cli.outputs import check_output_dir
 from prosam.cli.references import (
     add_reference_args,
     fit_segmenter,
-    reference_annotation,
     references_from_args,
 )
 from prosam.errors import InputError, failure_reason
 from prosam.io import inside
 from prosam.label.classes import safe_name
-from prosam.label.defaults import DEFAULT_METHOD, default_score_threshold
-from prosam.label.targets import TargetEntry, expand_label_targets, plan_targets, target_root
+from prosam.label.defaults import DEFAULT_METHOD
+from prosam.label.targets import (
+    TargetEntry,
+    check_target_file,
+    expand_label_targets,
+    plan_targets,
+    target_root,
+)
 
 if TYPE_CHECKING:
     from prosam.label.review import ReviewRow
-    from prosam.methods import ReferenceMethod
-    from prosam.quality import QualityModel
-    from prosam.sam import Predictor
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_method_option_arg(p, "max_instances=1 (one object per target)")
     p.add_argument(
         "--score-threshold",
-        type=float,
+        type=finite_float,
         default=None,
         help="a target scoring below this gets an empty mask: the object is not in it "
         "(default: the method's calibrated presence threshold, as in `prosam label`)",
@@ -80,53 +81,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """Segment every target like the references; status 1 when a target failed."""
-    from prosam.io import read_image
-    from prosam.label.api import annotation_to_mask, reference_from_annotation
-    from prosam.methods import Reference, build_method
-    from prosam.quality import resolve_quality_model
-    from prosam.sam import Predictor
 
     check_output_dir(args.out)
-    options = parse_method_options(args.method_option)
+    options = parse_method_options(args.method_option, args.method)
     references, classes = references_from_args(args)
     out = Path(args.out)
     names = list(dict.fromkeys(classes))
     entries = plan_outputs(
         args.targets, out, instances=args.instances, classes=names if len(names) > 1 else None
     )
-    if len(references) > 1:
-        return _segment_several(args, references, classes, entries, out, options)
-    ref_image = read_image(references[0]["image"])
-    annotation = reference_annotation(references[0])
-    if isinstance(annotation, str):
-        annotation = {"mask": annotation}
-    drawn = None  # rasterised now, so that a bad annotation is refused before the model loads
-    if 0 not in annotation.get("labels", ()):
-        drawn = annotation_to_mask(annotation, ref_image.shape[:2])
-    quality = resolve_quality_model(args.quality_model, args.method)
-    model, cache = load_model(args)
-    attach_stable_from_args(args, model)
-    predictor = Predictor(model, cache=cache)
-    method = build_method(args.method, model, checkpoint=args.checkpoint, **options)
-    try:
-        if drawn is None:
-            reference = reference_from_annotation(ref_image, annotation, predictor)
-        else:
-            reference = Reference(ref_image, drawn[0], predictor.embed(ref_image), drawn[1])
-    except InputError as err:
-        raise InputError(f"{references[0]['image']}: {err}") from None
-    method.fit([reference])
-    threshold = (
-        default_score_threshold(args.method)
-        if args.score_threshold is None
-        else args.score_threshold
-    )
-
-    def one(entry: TargetEntry) -> list[ReviewRow]:
-        row = _segment_one(method, predictor, entry, out, args.instances, threshold, quality)
-        return [] if row is None else [row]
-
-    return _run_targets(entries, one, out, args.no_progress, threshold, quality is not None)
+    return _segment_all(args, references, classes, entries, out, options)
 
 
 def _run_targets(
@@ -135,12 +99,11 @@ def _run_targets(
     out: Path,
     no_progress: bool,
     threshold: float,
-    estimated: bool,
 ) -> int:
     """Segment every target with ``segment_one`` (its review rows; none: nothing found),
     write ``review.csv``, print the summary; status 1 when a target failed."""
     from prosam.label.progress import progress_bar
-    from prosam.label.review import review_order, write_review_csv
+    from prosam.label.review import ABSENT, review_order, write_review_csv
 
     failed = absent = 0
     rows: list[ReviewRow] = []
@@ -150,7 +113,7 @@ def _run_targets(
         for entry in entries:
             try:
                 found = segment_one(entry)
-                absent += not found
+                absent += all(r.answer == ABSENT for r in found)
                 rows += found
             except Exception as err:  # one target's problem: the others are still segmented
                 reason = failure_reason(err)
@@ -170,11 +133,11 @@ def _run_targets(
         + (f", {done / seconds:.2f} img/s" if seconds > 0 and done else "")
     )
     if rows:
-        print(f"masks to check{', worst first' if estimated else ''}: {review}")
+        print(f"answers to check ('not in this image' first, then masks worst first): {review}")
     return 1 if failed else 0
 
 
-def _segment_several(
+def _segment_all(
     args: argparse.Namespace,
     references: Sequence[dict[str, Any]],
     classes: Sequence[str],
@@ -182,18 +145,21 @@ def _segment_several(
     out: Path,
     options: dict[str, Any],
 ) -> int:
-    """Several references (of one class or several): a :class:`~prosam.label.api.Segmenter`
-    (each pixel to at most one class; ``cpc`` fitted on all classes at once; ``options`` go
-    to the method), one mask per class and target: ``OUT/<key>.png`` for one class,
-    ``OUT/<class>/<key>.png`` for more."""
+    """Segment every target through a :class:`~prosam.label.api.Segmenter`, the path
+    ``prosam label`` and the page take (presence threshold, minimum area, each pixel to at
+    most one class; ``cpc`` fitted on all classes at once; ``options`` go to the method):
+    one mask per class and target, ``OUT/<key>.png`` for one class, ``OUT/<class>/<key>.png``
+    for more; every answer, found or absent, goes to ``review.csv``."""
     from prosam.io import write_mask_png
-    from prosam.label.review import ReviewRow
+    from prosam.label.review import ReviewRow, absent_row
     from prosam.label.writers import write_instance_png
 
     seg = fit_segmenter(args, list(references), list(classes), method_options=options)
     names = seg.classes
+    threshold = seg.score_threshold
 
     def one(entry: TargetEntry) -> list[ReviewRow]:
+        check_target_file(entry.path)
         (result,) = seg.predict([entry.path])
         rows = []
         for c in names:
@@ -212,12 +178,12 @@ def _segment_several(
                         result.scores[c], result.reasons.get(c) or "", entry.key,
                     )
                 )  # fmt: skip
+            else:
+                score = float(result.scores[c])
+                rows.append(absent_row(entry.file_name, c, score, threshold, entry.key))
         return rows
 
-    threshold = seg.score_threshold
-    return _run_targets(
-        entries, one, out, args.no_progress, threshold, seg.quality_model is not None
-    )
+    return _run_targets(entries, one, out, args.no_progress, threshold)
 
 
 def plan_outputs(
@@ -249,57 +215,3 @@ def plan_outputs(
             f"{clash[0]}-instances; rename that file"
         )
     return entries
-
-
-def _segment_one(
-    method: ReferenceMethod,
-    predictor: Predictor,
-    entry: TargetEntry,
-    out_dir: Path,
-    instances: bool,
-    threshold: float,
-    quality: QualityModel | None,
-) -> ReviewRow | None:
-    """Segment one target, write ``OUT/<key>.png`` (and ``-instances.png``); an empty mask
-    when the method's score is under ``threshold``. Returns the mask's review row (with its
-    quality estimate when ``quality`` is given), ``None`` when the object was not found."""
-    from prosam.io import read_image, write_mask_png
-    from prosam.label.review import ReviewRow
-    from prosam.label.writers import write_instance_png
-    from prosam.methods import Target
-    from prosam.quality import mask_signals
-    from prosam.sam.transforms import original_size_mask
-
-    out = out_dir / entry.key
-    image = read_image(entry.path)
-    embedded = predictor.embed(image)
-    result = method.predict(Target(image, embedded))
-    mask = original_size_mask(result.low_res_logits, embedded.geometry)
-    found = result.score >= threshold
-    if not found:
-        mask[:] = False
-    write_mask_png(inside(out_dir, out.with_name(f"{out.name}.png")), mask)
-    if instances:
-        objects = [
-            (original_size_mask(i.low_res_logits, embedded.geometry) & mask, i.score)
-            for i in result.instances
-        ] or [(mask, result.score)]
-        write_instance_png(
-            inside(out_dir, out.with_name(f"{out.name}-instances.png")), objects, mask.shape
-        )
-    if not found or not mask.any():
-        return None
-    estimate, reason = None, ""
-    if quality is not None:
-        signals = mask_signals(result, mask)
-        estimate, reason = quality.estimate(signals), quality.reason(signals)
-    return ReviewRow(
-        0,
-        entry.file_name,
-        "object",
-        max(1, len(result.instances)),
-        estimate,
-        result.score,
-        reason,
-        entry.key,
-    )

@@ -253,8 +253,12 @@ def rank_and_world_from_env() -> tuple[int, int]:
     try:
         rank = int(os.environ.get("RANK", "0"))
         world = int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError as err:
-        raise InputError(f"RANK / WORLD_SIZE must be integers ({err})") from err
+    except ValueError:
+        raise InputError(
+            f"the environment sets RANK={os.environ.get('RANK', '')!r} and "
+            f"WORLD_SIZE={os.environ.get('WORLD_SIZE', '')!r}: both must be whole numbers "
+            "(or unset them; --shard I/N does the same)"
+        ) from None
     if world < 1 or not 0 <= rank < world:
         raise InputError(f"RANK={rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE={world})")
     return rank, world

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from prosam.errors import InputError, ProsamWarning
-from prosam.label.classes import check_class_names
+from prosam.label.classes import check_class_name, check_class_names
 from prosam.label.defaults import (
     DEFAULT_CLASS,
     DEFAULT_MAX_PIXELS,
@@ -280,7 +280,7 @@ class Segmenter:
                 "a reference is a Reference or (image, annotation[, class_name]), "
                 f"got {type(item).__name__}"
             )
-        name = str(item[2]) if len(item) == 3 else None
+        name = check_class_name(item[2]) if len(item) == 3 else None
         try:
             return reference_from_annotation(item[0], item[1], self.predictor), name
         except InputError as err:

@@ -295,10 +295,16 @@ class LabelJob:
 
     # -- configuration files
 
-    def _check_config(self) -> None:
+    def _check_config(self, *, before_calibration: bool = False) -> None:
+        """Refuse a job folder that holds another configuration, else write ``job.json``.
+        ``before_calibration``: compare all but the calibration and write nothing (a run
+        that will be refused must not first spend minutes calibrating)."""
         path = self.out / "job.json"
         old = read_json(path)
         new = json.loads(json.dumps(self.config))  # tuples as lists, as read back
+        if before_calibration and isinstance(old, dict):
+            old = {k: v for k, v in old.items() if k != "calibration"}
+            new.pop("calibration", None)
         if old is not None and old != new and not self.restart:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             hint = (
@@ -311,7 +317,8 @@ class LabelJob:
                 f"{self.out} holds a labelling job with another configuration (differs in: "
                 f"{', '.join(diff)}); use another output folder or restart the job{hint}"
             )
-        write_json(path, self.config)
+        if not before_calibration:
+            write_json(path, self.config)
 
     def prepare_methods(self) -> None:
         """Load or fit (and save) the calibration of jointly fitted classes
@@ -478,6 +485,7 @@ class LabelJob:
         if not entries:
             raise InputError("no targets to label")
         self.out.mkdir(parents=True, exist_ok=True)
+        self._check_config(before_calibration=True)
         self.prepare_methods()
         self._check_config()
         remove_stale_temporaries(self.out)

@@ -1,11 +1,15 @@
 """The review queue of a labelling job: which masks to look at first.
 
-``OUT/review.csv`` (written with ``coco.json`` when the job finishes) lists every written
-class mask, worst first: by quality estimate (expected IoU) ascending, then the masks
-without an estimate (a method with no quality model) by the method's score ascending.
-Columns: ``rank``, ``file_name``, ``class``, ``instances`` (objects in the class mask, 1 for
-a method without instances), ``estimate``, ``score`` (the method's), ``reason`` (what
-lowers the estimate most), ``key``.
+``OUT/review.csv`` (written with ``coco.json`` when the job finishes) lists every answer the
+job gave, one row per target and class. First the "not in this image" answers, nearest the
+presence threshold first (a true object called absent is the worst mask a job can give,
+and the user can overrule it); then every written class mask, worst first: by quality
+estimate (expected IoU) ascending, then the masks without an estimate (a method with no
+quality model) by the method's score ascending. Columns: ``rank``, ``file_name``,
+``class``, ``answer`` (``found`` or ``absent``), ``instances`` (objects in the class mask, 1
+for a method without instances, 0 for an absent answer), ``estimate``, ``score`` (the
+method's), ``reason`` (what lowers the estimate most, or why the class was called absent),
+``key``. File names that are not valid UTF-8 are written as their bytes.
 
 ``prosam review OUT`` renders the queue as a contact sheet, ``OUT/review.html``: one
 thumbnail per row, in the queue's order, the class's mask drawn over the image and the
@@ -37,7 +41,10 @@ from prosam.visualize import draw_legend, overlay_masks
 REVIEW_FILE = "review.csv"
 SHEET_FILE = "review.html"
 THUMBS_FOLDER = "review"
-COLUMNS = ("rank", "file_name", "class", "instances", "estimate", "score", "reason", "key")
+COLUMNS = (
+    "rank", "file_name", "class", "answer", "instances", "estimate", "score", "reason", "key"
+)  # fmt: skip
+FOUND, ABSENT = "found", "absent"
 
 
 @dataclass
@@ -52,6 +59,7 @@ class ReviewRow:
     score: float
     reason: str
     key: str
+    answer: str = FOUND
 
     def as_row(self) -> list[str]:
         """The CSV cells, in :data:`COLUMNS` order."""
@@ -60,6 +68,7 @@ class ReviewRow:
             str(self.rank),
             self.file_name,
             self.class_name,
+            self.answer,
             str(self.instances),
             estimate,
             f"{self.score:.4f}",
@@ -68,12 +77,25 @@ class ReviewRow:
         ]
 
 
+def absent_row(
+    file_name: str, class_name: str, score: float, threshold: float | None, key: str
+) -> ReviewRow:
+    """The review row of a "not in this image" answer, saying why it was given."""
+    if isinstance(threshold, (int, float)) and score < threshold:
+        why = f"not in this image: score {score:.3f} < threshold {threshold:.3f}"
+    else:
+        why = "no mask large enough was found"
+    return ReviewRow(0, file_name, class_name, 0, None, score, why, key, ABSENT)
+
+
 def review_order(rows: Sequence[ReviewRow]) -> list[ReviewRow]:
-    """``rows`` worst first (estimate ascending, then the rest by score ascending; ties in
-    the order given), ranked from 1."""
+    """``rows`` worst first (absent answers by score descending, then masks by estimate
+    ascending, then the rest by score ascending; ties in the order given), ranked from 1."""
     indexed = list(enumerate(rows))
     indexed.sort(
         key=lambda t: (
+            t[1].answer != ABSENT,
+            -t[1].score if t[1].answer == ABSENT else 0.0,
             t[1].estimate is None,
             t[1].estimate if t[1].estimate is not None else t[1].score,
             t[0],
@@ -91,6 +113,8 @@ def job_review_rows(out_dir: str | os.PathLike[str]) -> list[ReviewRow]:
     targets = read_json(out / "targets.json")
     if not isinstance(targets, list):
         raise InputError(f"{out}: no targets.json; run the labelling job first")
+    job = read_json(out / "job.json")
+    threshold = job.get("score_threshold") if isinstance(job, dict) else None
     rows = []
     for t in targets:
         record = valid_record(out, t["key"], t["file_name"])
@@ -98,6 +122,9 @@ def job_review_rows(out_dir: str | os.PathLike[str]) -> list[ReviewRow]:
             continue
         for c in record["classes"]:
             if not c["kept"]:
+                rows.append(
+                    absent_row(t["file_name"], c["class"], float(c["score"]), threshold, t["key"])
+                )
                 continue
             rows.append(
                 ReviewRow(
@@ -121,7 +148,8 @@ def write_review_csv(out_dir: str | os.PathLike[str], rows: Sequence[ReviewRow])
     writer.writerow(COLUMNS)
     writer.writerows(r.as_row() for r in rows)
     path = Path(out_dir) / REVIEW_FILE
-    write_bytes_atomic(path, buffer.getvalue().encode())
+    # a file name that is not UTF-8 is kept as its bytes, so it still names the file
+    write_bytes_atomic(path, buffer.getvalue().encode("utf-8", "surrogateescape"))
     return path
 
 
@@ -149,6 +177,16 @@ def _thumbnail(out: Path, row: ReviewRow, classes: Sequence[str], side: int) -> 
     return draw_legend(overlay_masks(image, layers), [(row.class_name, index)])
 
 
+def _readable(text: str) -> str:
+    """``text`` with the undecodable bytes of a non-UTF-8 file name shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _href(relative: str) -> str:
+    """A relative link to a file whose name may hold undecodable bytes."""
+    return quote(relative, errors="surrogateescape")
+
+
 def write_contact_sheet(
     out_dir: str | os.PathLike[str], *, limit: int | None = None, side: int = 256
 ) -> Path:
@@ -160,31 +198,43 @@ def write_contact_sheet(
         raise InputError(f"{out}: no job.json; run the labelling job first")
     if side < 16:
         raise InputError(f"the thumbnail side must be at least 16 pixels, got {side}")
-    classes = list(job["classes"])
+    classes = job.get("classes")
+    if not isinstance(classes, list) or not classes:
+        raise InputError(f"{out}/job.json names no classes; rerun the labelling job")
     rows = job_review_rows(out)
     shown = rows if limit is None else rows[: max(0, limit)]
     cards = []
     for row in shown:
         name = thumbnail_name(row, classes)
+        shown_name = _readable(row.file_name)
         try:
-            write_image(out / name, _thumbnail(out, row, classes, side), quality=85)
-            picture = f'<img src="{quote(name)}" alt="{html.escape(row.file_name)}" loading="lazy">'
+            if row.answer == ABSENT:
+                picture = f'<div class="absent">{html.escape(row.class_name)}: not found</div>'
+            else:
+                write_image(out / name, _thumbnail(out, row, classes, side), quality=85)
+                source = _href(name)
+                picture = f'<img src="{source}" alt="{html.escape(shown_name)}" loading="lazy">'
         except (OSError, InputError) as err:
-            picture = f'<div class="missing">{html.escape(str(err))}</div>'
+            picture = f'<div class="missing">{html.escape(_readable(str(err)))}</div>'
         overlay = out / "overlay" / f"{row.key}.jpg"
         if overlay.is_file():
-            picture = f'<a href="{quote(f"overlay/{row.key}.jpg")}">{picture}</a>'
-        estimate = "no estimate" if row.estimate is None else f"estimate {row.estimate:.2f}"
+            picture = f'<a href="{_href(f"overlay/{row.key}.jpg")}">{picture}</a>'
+        if row.answer == ABSENT:
+            estimate = "absent"
+        else:
+            estimate = "no estimate" if row.estimate is None else f"estimate {row.estimate:.2f}"
         cards.append(
             "<figure>"
             + picture
             + f"<figcaption><b>#{row.rank}</b> {html.escape(row.class_name)} · {estimate}"
-            + f"<br>{html.escape(row.reason)}<br><small>{html.escape(row.file_name)}</small>"
+            + f"<br>{html.escape(row.reason)}<br><small>{html.escape(shown_name)}</small>"
             + "</figcaption></figure>"
         )
     title = f"prosam review: {html.escape(out.name)}"
     summary = (
-        f"{len(rows)} masks, worst first by quality estimate (expected IoU)"
+        f"{sum(r.answer == FOUND for r in rows)} masks and "
+        f"{sum(r.answer == ABSENT for r in rows)} 'not in this image' answers: the answers "
+        "nearest the threshold first, then the masks worst first by quality estimate"
         + ("" if len(shown) == len(rows) else f"; the first {len(shown)} shown")
         + f"; the list is in {REVIEW_FILE}."
     )
@@ -200,6 +250,7 @@ figure {{ margin: 0; width: {side}px; background: #fff; padding: 4px; border: 1p
 figure img {{ max-width: 100%; display: block; }}
 figcaption {{ font-size: 13px; padding-top: 4px; overflow-wrap: anywhere; }}
 .missing {{ color: #a00; font-size: 12px; }}
+.absent {{ color: #555; background: #eee; padding: 2em 0; text-align: center; }}
 </style>
 </head>
 <body>

@@ -25,6 +25,31 @@ from prosam.errors import InputError
 
 #: Keys a target cannot have: files prosam itself writes beside per-target outputs.
 RESERVED_KEYS = frozenset({"classes"})
+#: The folders a labelling job writes images into under its output folder: never targets
+#: when a folder is scanned, even with ``--out`` equal to the targets folder.
+JOB_OUTPUT_FOLDERS = frozenset(
+    {"png", "instances", "yolo", "overlay", "review", "frames", "overlay-video", "corrections"}
+)
+
+
+def is_job_output(path: Path, out: str | os.PathLike[str] | None, scanned: Path) -> bool:
+    """Whether ``path`` (found under the folder ``scanned``) lies in one of the
+    :data:`JOB_OUTPUT_FOLDERS` of the job writing into ``out``, or of an earlier job (a
+    folder holding ``job.json``) under ``scanned``."""
+    if out is not None:
+        try:
+            rel = path.resolve().relative_to(Path(out).resolve())
+        except ValueError:
+            pass
+        else:
+            if len(rel.parts) > 1 and rel.parts[0] in JOB_OUTPUT_FOLDERS:
+                return True
+    for parent in path.parents:
+        if parent == scanned or scanned not in parent.parents:
+            return False
+        if parent.name in JOB_OUTPUT_FOLDERS and (parent.parent / "job.json").is_file():
+            return True
+    return False
 
 
 def expand_label_targets(
@@ -58,9 +83,10 @@ def expand_label_targets(
             images = sorted(
                 q
                 for q in found
-                if (q.is_file() or q.is_symlink())
+                if (q.is_symlink() or not q.is_dir())  # a pipe too: reported, never read
                 and q.suffix.lower() in wanted
                 and not q.name.startswith(".")
+                and not is_job_output(q, out, p)
             )
             paths += images if out is None else without_output(images, out, p)
         elif p.exists():

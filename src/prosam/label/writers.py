@@ -80,8 +80,31 @@ class LabelMask(NamedTuple):
     instances: Sequence[tuple[np.ndarray | RLE, float]] = ()
 
     def objects(self) -> list[tuple[np.ndarray | RLE, float]]:
-        """The objects to write one annotation each for: the instances, else the mask."""
-        return list(self.instances) if self.instances else [(self.mask, self.score)]
+        """The objects to write one annotation each for: the instances made disjoint
+        (:func:`disjoint_objects`), else the mask. Every format writes these, so COCO,
+        YOLO and the instance PNG agree on the count and the pixels."""
+        if not self.instances:
+            return [(self.mask, self.score)]
+        return list(disjoint_objects(self.instances))
+
+
+def disjoint_objects(
+    objects: Sequence[tuple[np.ndarray | RLE, float]], *, min_own: float = 0.5
+) -> list[tuple[np.ndarray, float]]:
+    """Instances of one class with no pixel in two of them: best score first, each pixel to
+    the best-scoring instance holding it. An instance left with under ``min_own`` of its
+    pixels (a duplicate lying mostly inside better ones) is dropped, its leftover pixels
+    with it. Ties keep the order given."""
+    ranked = sorted(range(len(objects)), key=lambda i: -float(objects[i][1]))
+    taken: np.ndarray | None = None
+    kept = []
+    for i in ranked:
+        mask = as_bool_mask(objects[i][0])
+        own = mask if taken is None else mask & ~taken
+        if own.any() and own.sum() >= min_own * mask.sum():
+            taken = mask.copy() if taken is None else taken | own
+            kept.append((own, float(objects[i][1])))
+    return kept
 
 
 @runtime_checkable
@@ -289,9 +312,9 @@ def write_instance_png(
     """An instance-id palette PNG: 0 background, ``i`` the ``i``-th of ``(mask, score)``
     ``objects`` by score (best first, on top where they overlap; at most 255)."""
     ids = np.zeros(tuple(int(v) for v in image_size), dtype=np.uint8)
-    ranked = sorted(objects, key=lambda o: -o[1])[:255]
-    for i in reversed(range(len(ranked))):
-        ids[_sized(as_bool_mask(ranked[i][0]), image_size)] = i + 1
+    ranked = disjoint_objects(objects)[:255]
+    for i, (mask, _) in enumerate(ranked):
+        ids[_sized(mask, image_size)] = i + 1
     img = Image.fromarray(ids, mode="P")
     img.putpalette(voc_palette().ravel().tolist())
     with atomic_path(Path(path)) as tmp:
@@ -399,6 +422,34 @@ class CocoWriter:
 # --------------------------------------------------------------------------- YOLO
 
 
+def instance_polygon(mask: np.ndarray, *, min_piece: float = 0.01) -> np.ndarray | None:
+    """One YOLO-seg polygon for one instance: the outer boundary of each of its pieces
+    (:func:`mask_polygons`), pieces under ``min_piece`` of the instance's area (specks)
+    dropped, the rest joined into one ring by zero-width bridges between their nearest
+    points (as Ultralytics' converter joins the parts of a COCO object). Holes are filled.
+    ``None`` when nothing is left."""
+    pixels = np.asarray(mask, dtype=bool)
+    total = int(pixels.sum())
+    polygons = mask_polygons(pixels)
+    if total == 0 or not polygons:
+        return None
+    import cv2
+
+    def area(poly: np.ndarray) -> float:
+        return float(cv2.contourArea(poly.astype(np.float32).reshape(-1, 1, 2)))
+
+    largest = max(area(p) for p in polygons)
+    floor = min_piece * total
+    pieces = [p for p in polygons if area(p) >= floor or area(p) == largest]
+    ring = pieces[0]
+    for piece in pieces[1:]:
+        gaps = ((ring[:, None, :] - piece[None, :, :]) ** 2).sum(-1)
+        i, j = np.unravel_index(int(gaps.argmin()), gaps.shape)
+        around = np.roll(piece, -int(j), axis=0)
+        ring = np.concatenate([ring[: i + 1], around, around[:1], ring[i:]])
+    return ring
+
+
 def mask_polygons(mask: np.ndarray) -> list[np.ndarray]:
     """Outer boundary polygons of a mask's 8-connected components, as ``(N, 2)`` ``x, y``
     pixel coordinates (OpenCV's ``findContours``, collinear points dropped by
@@ -424,7 +475,8 @@ def mask_polygons(mask: np.ndarray) -> list[np.ndarray]:
 
 
 class YoloWriter(_PerImageWriter):
-    """YOLO-seg label files (``OUT/yolo/<key>.txt``) and ``OUT/yolo/classes.txt``."""
+    """YOLO-seg label files (``OUT/yolo/<key>.txt``, one row per object:
+    :func:`instance_polygon`) and ``OUT/yolo/classes.txt``."""
 
     name = "yolo"
     folder = "yolo"
@@ -446,11 +498,12 @@ class YoloWriter(_PerImageWriter):
         for idx, c in enumerate(self.classes):
             if c not in found:
                 continue
-            for mask, _ in found[c].objects():
-                for poly in mask_polygons(_sized(as_bool_mask(mask), image_size)):
-                    coords = (poly / scale).ravel()
-                    row = " ".join([str(idx), *(f"{v:.{self.decimals}f}" for v in coords)])
-                    lines.append(row)
+            for mask, _ in found[c].objects():  # one row per instance
+                poly = instance_polygon(_sized(as_bool_mask(mask), image_size))
+                if poly is None:
+                    continue
+                coords = (poly / scale).ravel()
+                lines.append(" ".join([str(idx), *(f"{v:.{self.decimals}f}" for v in coords)]))
         text = "".join(line + "\n" for line in lines)
         write_bytes_atomic(self.file(f"{key}.txt"), text.encode())
 

@@ -9,6 +9,8 @@ A spec's builder is imported only when the method is built, so listing methods (
 from __future__ import annotations
 
 import importlib
+import inspect
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +56,9 @@ class MethodSpec:
     takes_checkpoint: bool = False
     capabilities: frozenset[str] = frozenset()
     presence_threshold: float | None = None
+    options_from: str | None = None
+    """``"module:callable"`` whose keyword parameters are the method's options, where the
+    builder only passes ``**options`` on (default: the builder itself)."""
 
     def __post_init__(self) -> None:
         if self.trained:
@@ -116,6 +121,85 @@ def methods_help() -> str:
     return "; ".join(f"{s.name}: {s.summary}" for s in list_methods())
 
 
+def _resolve(target: str) -> Callable[..., Any]:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def method_parameters(name: str) -> dict[str, inspect.Parameter] | None:
+    """The keyword options method ``name`` takes, with their defaults: the builder's own,
+    and, where it passes ``**options`` on, those of the class it returns (and of that
+    class's parent, where the class passes them on again). ``None`` where they cannot be
+    told (a builder passing ``**options`` to something unnamed)."""
+    spec = get_method(name)
+    found: dict[str, inspect.Parameter] = {}
+    queue: list[Any] = [_resolve(spec.options_from or spec.builder)]
+    while queue:
+        target = queue.pop(0)
+        passes_on = False
+        signature = inspect.signature(target)
+        for param in signature.parameters.values():
+            if param.kind is param.VAR_KEYWORD:
+                passes_on = True
+            elif param.kind is param.KEYWORD_ONLY or (
+                param.kind is param.POSITIONAL_OR_KEYWORD and param.default is not param.empty
+            ):
+                found.setdefault(param.name, param)
+        if not passes_on:
+            continue
+        if inspect.isclass(target):
+            parent = target.__mro__[1]
+            if parent is object:
+                return None
+            queue.append(parent)
+            continue
+        returned = signature.return_annotation
+        cls = getattr(inspect.getmodule(target), str(returned).strip("'\""), None)
+        if not inspect.isclass(cls):
+            return None
+        queue.append(cls)
+    found.pop("checkpoint", None)
+    return found
+
+
+def _type_error(key: str, value: Any, default: Any) -> str | None:
+    """Why ``value`` cannot stand for an option whose default is ``default`` (``None``: it
+    can)."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else "an integer"
+    if isinstance(default, float):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if number and math.isfinite(value) else "a finite number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "text"
+    if isinstance(default, (tuple, list)):
+        return None if isinstance(value, (tuple, list)) else "a JSON list"
+    return None
+
+
+def check_method_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` if method ``name`` takes each of them with a value of the right kind,
+    else a one-line :class:`InputError` naming the valid options; cheap (no model is built),
+    so commands check before loading SAM. Ranges are checked when the method is built."""
+    params = method_parameters(name)
+    if params is None:
+        return options
+    for key, value in options.items():
+        if key not in params:
+            valid = ", ".join(sorted(params)) or "none"
+            raise InputError(f"method {name!r} has no option {key!r}; its options: {valid}")
+        default = params[key].default
+        if default is inspect.Parameter.empty or default is None:
+            continue
+        wanted = _type_error(key, value, default)
+        if wanted is not None:
+            raise InputError(f"method {name!r}: {key} must be {wanted}, got {value!r}")
+    return options
+
+
 def build_method(
     name: str, model: FrozenSam, *, checkpoint: str | None = None, **options: Any
 ) -> ReferenceMethod:
@@ -124,12 +208,15 @@ def build_method(
     Unknown options are an :class:`InputError` naming the method, not a ``TypeError``.
     """
     spec = get_method(name)
+    check_method_options(name, options)
     try:
         return spec.build(model, checkpoint, **options)
     except TypeError as err:
         if "unexpected keyword" not in str(err):
             raise
         raise InputError(f"method {name!r}: {err}") from err
+    except InputError as err:
+        raise InputError(f"method {name!r}: {err}") from None
 
 
 for _spec in (

