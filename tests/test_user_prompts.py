@@ -61,6 +61,10 @@ def test_a_clipped_box_lies_in_the_image_and_clipping_twice_changes_nothing(valu
         with pytest.raises(InputError, match="does not overlap"):
             clip_box((x0, y0, x1, y1), size)
         return
+    if min(x1, w) - max(x0, 0) < 1 or min(y1, h) - max(y0, 0) < 1:
+        with pytest.raises(InputError, match="has no area"):  # a line or a dot on the image
+            clip_box((x0, y0, x1, y1), size)
+        return
     clipped, changed = clip_box((x0, y0, x1, y1), size)
     cx0, cy0, cx1, cy1 = clipped
     assert 0 <= cx0 <= cx1 <= w and 0 <= cy0 <= cy1 <= h

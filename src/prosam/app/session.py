@@ -215,7 +215,7 @@ class AppSession:
         mask, score = self._mask(self.open_image(name), points, labels, box)
         return {
             "mask": png_data_url(mask.astype(np.uint8) * 255),
-            "score": score,
+            "score": min(max(float(score), 0.0), 1.0),  # SAM's IoU head can say 1.02
             "area": int(mask.sum()),
             "ms": 1000 * (time.perf_counter() - t0),
         }

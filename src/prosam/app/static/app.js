@@ -9,9 +9,13 @@ const state = {
 };
 window.prosam = state; // read by the browser test
 
+// An error stays on screen until the user dismisses it (a later poll must not hide it).
 function showError(message) {
   const box = $("error");
-  box.textContent = message;
+  box.replaceChildren();
+  if (message) {
+    box.append(el("span", {}, message), " ", el("button", { type: "button", class: "dismiss", title: "dismiss", onclick: () => showError("") }, "×"));
+  }
   box.hidden = !message;
 }
 
@@ -30,7 +34,6 @@ async function api(path, options = {}) {
   const response = await fetch(path, init);
   const body = await response.json().catch(() => ({ error: `${response.status} ${response.statusText}` }));
   if (!response.ok) throw new Error(body.error || `${response.status}`);
-  showError("");
   return body;
 }
 
@@ -81,7 +84,13 @@ function loadPicture(src) {
 
 async function openImage(name) {
   $("mask-status").textContent = "Encoding the image with SAM…";
-  const info = await api("/api/open", { json: { image: name } });
+  let info;
+  try {
+    info = await api("/api/open", { json: { image: name } });
+  } catch (err) {
+    $("mask-status").textContent = `${name} could not be opened.`;
+    throw err;
+  }
   state.picture = await loadPicture(`/api/image?name=${encodeURIComponent(name)}`);
   Object.assign(state, { image: name, width: info.width, height: info.height });
   for (const li of document.querySelectorAll("#files li")) li.classList.toggle("open", li.dataset.path === name);
