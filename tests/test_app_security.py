@@ -210,3 +210,16 @@ def test_uploads_keep_their_names_and_never_leave_their_folder(app, tmp_path):
     stored = tmp_path / "work" / "uploads" / "targets"
     assert len(list(stored.iterdir())) == 4
     assert not (tmp_path / "work" / "evil.png").exists() and not (tmp_path / "evil.png").exists()
+
+
+def test_a_killed_job_reads_as_stopped_not_failed(tmp_path):
+    from prosam.app.jobs import JOB_FILE
+
+    folder = tmp_path / "jobs" / "old"
+    folder.mkdir(parents=True)
+    record = {"name": "old", "targets": "x", "pid": None, "exit_code": -9}
+    (folder / JOB_FILE).write_text(json.dumps(record))
+    runner = JobRunner(tmp_path / "jobs", ModelOptions())
+    assert runner.status("old")["state"] == "stopped"
+    (folder / JOB_FILE).write_text(json.dumps({**record, "exit_code": 2}))
+    assert runner.status("old")["state"] == "failed"

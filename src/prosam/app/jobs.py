@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -113,6 +114,8 @@ class JobRunner:
         self.model = model
         self.allowed_root = allowed_root
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        # a second Start pressed while the first is being started must see it running
+        self.starting = threading.Lock()
 
     def start(
         self,
@@ -127,7 +130,29 @@ class JobRunner:
     ) -> dict[str, Any]:
         """Start (or resume) job ``name`` on the folder ``targets`` (``shown_as``: the name
         the page gives that folder; ``allowed_root``: the folder its targets must lie in,
-        default the runner's); its status."""
+        default the runner's); its status. One start at a time."""
+        with self.starting:
+            return self._start(
+                name,
+                references,
+                targets,
+                method=method,
+                formats=formats,
+                shown_as=shown_as,
+                allowed_root=allowed_root,
+            )
+
+    def _start(
+        self,
+        name: str,
+        references: list[JobReference],
+        targets: Path,
+        *,
+        method: str,
+        formats: list[str],
+        shown_as: str | None,
+        allowed_root: Path | None,
+    ) -> dict[str, Any]:
         check_job_name(name)
         if not references:
             raise InputError("add at least one reference before starting a job")
@@ -223,7 +248,7 @@ class JobRunner:
             state = "running"
         elif code == 0 or (code is None and (out / "review.csv").is_file()):
             state = "finished"
-        elif code is None:
+        elif code is None or code < 0:  # never seen ending, or ended by a signal (killed)
             state = "stopped"
         else:
             state = "failed"
